@@ -1,0 +1,1 @@
+"""idweave.cli."""

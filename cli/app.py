@@ -1,0 +1,58 @@
+"""The `idweave` command: one thin command per library verb (see the README for each)."""
+
+from __future__ import annotations
+
+import typer
+
+from idweave.cli import _common
+from idweave.cli._common import fail
+
+app = typer.Typer(
+    name="idweave",
+    help="Link records across registries into persistent entities.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors (they may hold data values).")) -> None:
+    _common.STATE["debug"] = debug
+
+
+def _register() -> None:
+    # Each module adds its commands to `app`; importing them is what registers them.
+    from idweave.cli import commands  # noqa: F401
+
+
+def main() -> None:
+    """Console-script entry: user errors print `Error: ...` and exit 2; no tracebacks
+    unless --debug."""
+    from idweave.linkage.errors import IdweaveError
+
+    _register()
+    try:
+        app(standalone_mode=False)
+    except IdweaveError as exc:
+        if _common.debug_enabled():
+            raise
+        fail(str(exc))
+    except (typer.Abort, KeyboardInterrupt):
+        fail("interrupted", code=130)
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # a bug (or a library panic): say so briefly, without data values
+        # Usage errors from the (vendored) click layer: print them as click would.
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            exc.show()
+            raise SystemExit(2)
+        if _common.debug_enabled():
+            raise
+        fail(f"internal error ({exc.__class__.__name__}); rerun with --debug for details", code=1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

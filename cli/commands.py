@@ -1,0 +1,181 @@
+"""Commands for the linkage job: link, export, count-pairs, explain, evaluate.
+
+Each opens nothing itself: it calls the library function of the same name and prints.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from idweave.cli._common import console, stage_progress
+from idweave.cli.app import app
+
+PROJECT = typer.Argument(..., help="The project file (YAML).", exists=False)
+
+
+@app.command("link")
+def link_cmd(
+    project: Path = PROJECT,
+    threshold: Optional[float] = typer.Option(None, help="Match probability to join records (overrides the project)."),
+    retrain: bool = typer.Option(False, "--retrain", help="Train a new model even if the store has one."),
+    full: bool = typer.Option(False, "--full", help="Recompute everything instead of only what changed."),
+    wait: float = typer.Option(0.0, help="Seconds to wait for another run holding the store."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Run the linkage job: load, block, train (or reuse) the model, score, cluster, store."""
+    from idweave.linkage import link
+
+    with stage_progress(not as_json) as progress:
+        result = link(project, threshold=threshold, retrain=retrain, full=full, progress=progress, wait=wait)
+    s = result.summary
+    if as_json:
+        console.print_json(json.dumps(s, default=str))
+        return
+    t = Table(title=f"idweave link: run {s['run_id']}", show_header=False)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    for src, n in s["records_per_source"].items():
+        t.add_row(f"records in {src}", f"{n:,}")
+    if s.get("unparsed_dates"):
+        for col, n in s["unparsed_dates"].items():
+            t.add_row(f"unparsed dates in {col}", f"{n:,}")
+    t.add_row("candidate pairs", f"{s['candidate_pairs']:,} ({s['pairs_per_record']} per record)")
+    t.add_row("threshold", f"{s['threshold']}" + (" (chosen by the model)" if s["threshold_chosen"] else ""))
+    t.add_row("links at threshold", f"{s['links']:,}")
+    t.add_row("entities", f"{s['entities']:,}")
+    t.add_row("model", f"{s['model_version']} ({'trained' if s['retrained'] else 'reused'})")
+    t.add_row("events", f"{s['events']:,}")
+    console.print(t)
+    sizes = Table(title="entity sizes")
+    sizes.add_column("records per entity", justify="right")
+    sizes.add_column("entities", justify="right")
+    for k, v in s["entity_sizes"].items():
+        sizes.add_row(k, f"{v:,}")
+    console.print(sizes)
+    times = Table(title="time per stage")
+    times.add_column("stage")
+    times.add_column("seconds", justify="right")
+    for k, v in s["timings"].items():
+        times.add_row(k, f"{v:.2f}")
+    console.print(times)
+
+
+@app.command("export")
+def export_cmd(
+    project: Path = PROJECT,
+    out: Path = typer.Option(..., "--out", help="Output file: .csv or .parquet."),
+    with_attributes: bool = typer.Option(False, "--with-attributes", help="Add the cleaned attributes."),
+) -> None:
+    """Write one row per record: source, record_id, entity_id."""
+    from idweave.linkage.export import export
+
+    df = export(project, out, with_attributes=with_attributes)
+    console.print(f"wrote {df.height:,} records in {df['entity_id'].n_unique():,} entities to {out}")
+
+
+@app.command("count-pairs")
+def count_pairs_cmd(project: Path = PROJECT) -> None:
+    """Before any scoring: the pairs each blocking rule adds, per source pair, and the total."""
+    from idweave.linkage.export import count_pairs
+
+    df = count_pairs(project)
+    for sp in df["sources"].unique(maintain_order=True).to_list():
+        part = df.filter(df["sources"] == sp)
+        t = Table(title=f"candidate pairs: {sp}" if sp != "all" else "candidate pairs: all sources")
+        for c, j in (("rule", "left"), ("added", "right"), ("cumulative", "right"), ("share of possible", "right"),
+                     ("skipped blocks", "right")):
+            t.add_column(c, justify=j)
+        for r in part.iter_rows(named=True):
+            t.add_row(r["rule"], f"{r['pairs_added']:,}", f"{r['cumulative']:,}",
+                      f"{r['share_of_possible']:.4%}", f"{r['skipped_blocks']:,}")
+        console.print(t)
+    total = df.filter(df["sources"] == "all")
+    if total.height:
+        last = total.row(-1, named=True)
+        console.print(f"total: {last['cumulative']:,} candidate pairs of {last['possible']:,} possible "
+                      f"({last['share_of_possible']:.4%})")
+
+
+@app.command("explain")
+def explain_cmd(
+    project: Path = PROJECT,
+    first: str = typer.Argument(..., help="SOURCE:ID of a record (or an entity id, see review commands)."),
+    second: Optional[str] = typer.Argument(None, help="SOURCE:ID of the other record."),
+) -> None:
+    """Why two records are (or are not) one entity: each comparison's level and weight."""
+    from idweave.linkage.explain import explain_pair, parse_record_ref
+
+    if second is None:
+        from idweave.cli.review_commands import print_entity_explanation
+
+        print_entity_explanation(project, first)
+        return
+    ex = explain_pair(project, parse_record_ref(first), parse_record_ref(second))
+    t = Table(title=f"{first} vs {second}")
+    for c in ("comparison", "left", "right", "level", "weight"):
+        t.add_column(c, justify="right" if c == "weight" else "left")
+    t.add_row("prior", "", "", "", f"{ex.prior_weight:+.2f}")
+    for c in ex.comparisons:
+        t.add_row(c.attribute, "" if c.left is None else str(c.left), "" if c.right is None else str(c.right),
+                  c.level, f"{c.weight:+.2f}")
+    t.add_row("[bold]total[/]", "", "", f"probability {ex.match_probability:.4f}", f"[bold]{ex.match_weight:+.2f}[/]")
+    console.print(t)
+    blocked = ", ".join(ex.blocking_rules) if ex.blocking_rules else "no rule: the pair is never compared"
+    console.print(f"blocked by: {blocked}")
+    console.print(f"scored in the last run: {'yes' if ex.candidate_in_last_run else 'no'}")
+    console.print(f"same entity: {'yes' if ex.same_entity else 'no'} ({ex.entity_left} / {ex.entity_right}); "
+                  f"threshold {ex.threshold}")
+    for n in ex.notes:
+        console.print(f"note: {n}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    project: Path = PROJECT,
+    truth: str = typer.Option(..., "--truth", help="A column in the sources holding the true entity."),
+    chart: Optional[Path] = typer.Option(None, "--chart", help="Write the threshold sweep as an HTML chart."),
+    errors: int = typer.Option(10, "--errors", help="How many false and missed links to list."),
+) -> None:
+    """Precision, recall and F1 (pairwise and B-cubed) of the stored entities, a threshold
+    sweep, and the worst errors."""
+    from idweave.linkage.evaluate import evaluate
+
+    rep = evaluate(project, truth=truth, max_errors=errors)
+    m = rep.metrics
+    t = Table(title=f"evaluation against '{truth}' (threshold {rep.threshold})")
+    for c in ("metric", "precision", "recall", "F1"):
+        t.add_column(c, justify="right" if c != "metric" else "left")
+    t.add_row("pairwise", f"{m['pairwise_precision']:.4f}", f"{m['pairwise_recall']:.4f}", f"{m['pairwise_f1']:.4f}")
+    t.add_row("B-cubed", f"{m['bcubed_precision']:.4f}", f"{m['bcubed_recall']:.4f}", f"{m['bcubed_f1']:.4f}")
+    console.print(t)
+    console.print(f"entities: {m['entities']:,} (true: {m['true_entities']:,}); "
+                  f"true pairs kept by blocking: {rep.blocking_recall:.4f}")
+    sw = Table(title="threshold sweep")
+    for c in ("threshold", "pairwise P", "pairwise R", "pairwise F1", "B-cubed F1", "entities"):
+        sw.add_column(c, justify="right")
+    best = max(rep.sweep["pairwise_f1"])
+    for r in rep.sweep.iter_rows(named=True):
+        style = "bold green" if r["pairwise_f1"] == best else None
+        sw.add_row(f"{r['threshold']}", f"{r['pairwise_precision']:.4f}", f"{r['pairwise_recall']:.4f}",
+                   f"{r['pairwise_f1']:.4f}", f"{r['bcubed_f1']:.4f}", f"{r['entities']:,}", style=style)
+    console.print(sw)
+    for title, df in (("false links (same entity, different truth)", rep.false_links),
+                      ("missed links (scored, truth same, entities differ)", rep.missed_links)):
+        if df.height:
+            e = Table(title=title)
+            for c in ("left", "right", "probability"):
+                e.add_column(c)
+            for r in df.iter_rows(named=True):
+                e.add_row(f"{r['source_l']}:{r['record_id_l']}", f"{r['source_r']}:{r['record_id_r']}",
+                          f"{r['match_probability']:.4f}")
+            console.print(e)
+    if chart is not None:
+        from idweave.linkage.charts import sweep_chart_html
+
+        chart.write_text(sweep_chart_html(rep.sweep, title=f"threshold sweep against '{truth}'"))
+        console.print(f"chart written to {chart}")

@@ -1,0 +1,355 @@
+"""The identity store: a DuckDB file any DuckDB client can query with plain SQL.
+
+Tables (see the README's "Identity store" section for every column):
+
+* ``records``   one row per (source, record_id): cleaned attributes, content hash, entity_id,
+                first and last seen run
+* ``links``     every scored candidate pair, with match weight, probability and per-comparison
+                evidence (``level_<attr>``, ``w_<attr>``)
+* ``entities``  persistent ids: status ``active`` / ``merged`` (``merged_into``) / ``retired``,
+                ``split_from``, created and last changed run
+* ``runs``      one row per run: time, project hash, model version, counts
+* ``events``    append-only history: entity created / merged / split / retired, record added /
+                moved / removed; each names its run (or decision)
+* ``decisions`` human decisions (see review.py)
+* ``models``    every model version used, as Splink JSON, and ``model_tf`` its tf tables
+
+Persistent ids: every cluster of a run inherits the id of the old entity it holds the largest
+part of; when a cluster holds the largest part of several old entities the oldest id survives
+and the others become ``merged`` into it; a cluster that holds no entity's largest part gets a
+new, opaque id (``split_from`` names the entity it came from, if any).
+
+>>> store = Store.open("out/doctest.duckdb")
+>>> store.last_run() >= 0
+True
+>>> store.close()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import duckdb
+import polars as pl
+
+from idweave.linkage._db import fetch_one, query_pl
+
+from idweave.linkage.errors import StoreBusyError, StoreError
+
+__all__ = ["Store", "assign_ids", "IdAssignment", "new_entity_id", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+
+_BASE_DDL = """
+create table if not exists meta (key varchar primary key, value varchar);
+create table if not exists runs (
+    run_id integer primary key, started_at timestamp, finished_at timestamp, mode varchar,
+    project_hash varchar, model_version varchar, threshold double, clustering varchar,
+    n_records integer, n_new integer, n_changed integer, n_removed integer,
+    n_pairs bigint, n_links bigint, n_entities integer, n_events integer, summary json);
+create table if not exists entities (
+    entity_id varchar primary key, status varchar not null, merged_into varchar, split_from varchar,
+    created_run integer, changed_run integer, size integer);
+create table if not exists events (
+    event_id bigint primary key, run_id integer, decision_id integer, happened_at timestamp, type varchar,
+    entity_id varchar, other_entity_id varchar, source varchar, record_id varchar, detail varchar);
+create table if not exists decisions (
+    decision_id integer primary key, decided_at timestamp, author varchar, action varchar, reason varchar,
+    payload json, undone_by integer, undoes integer);
+create table if not exists models (
+    version varchar primary key, created_run integer, created_at timestamp, splink_version varchar,
+    settings json);
+create table if not exists model_tf (version varchar, "column" varchar, value varchar, tf double);
+"""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def new_entity_id() -> str:
+    """A new opaque entity id: random, never derived from record ids or data."""
+    return "E" + secrets.token_hex(6).upper()
+
+
+@dataclass
+class IdAssignment:
+    """The result of :func:`assign_ids`: record -> entity id, and what changed."""
+
+    entity_of: dict[tuple[str, str], str]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    created: list[tuple[str, str | None]] = field(default_factory=list)  # (id, split_from)
+    merged: list[tuple[str, str]] = field(default_factory=list)  # (loser, survivor)
+    retired: list[str] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+
+
+def assign_ids(
+    clusters: dict[tuple[str, str], int],
+    old_entity_of: dict[tuple[str, str], str],
+    entity_age: dict[str, tuple[int, str]],
+    *,
+    mint=new_entity_id,
+) -> IdAssignment:
+    """Give each cluster a persistent id.
+
+    ``clusters`` maps (source, record_id) -> cluster label of this run (records of the
+    affected part of the graph). ``old_entity_of`` maps records already in the store to
+    their entity. ``entity_age`` gives each old entity a sort key (created run, id): lower
+    is older, and the oldest survives a merge.
+
+    >>> a = assign_ids({("s", "1"): 0, ("s", "2"): 0}, {("s", "1"): "EA", ("s", "2"): "EB"},
+    ...                {"EA": (1, "EA"), "EB": (2, "EB")})
+    >>> a.entity_of[("s", "2")], a.merged
+    ('EA', [('EB', 'EA')])
+    """
+    members: dict[int, list[tuple[str, str]]] = {}
+    for rec, c in clusters.items():
+        members.setdefault(c, []).append(rec)
+    # Overlap of each old entity with each new cluster.
+    overlap: dict[str, dict[int, int]] = {}
+    for rec, c in clusters.items():
+        e = old_entity_of.get(rec)
+        if e is not None:
+            overlap.setdefault(e, {}).setdefault(c, 0)
+            overlap[e][c] += 1
+    cluster_key = {c: min(recs) for c, recs in members.items()}
+    # Each old entity's heir: the cluster holding most of its records (ties: smallest key).
+    heir: dict[str, int] = {}
+    for e, by_c in overlap.items():
+        heir[e] = min(by_c, key=lambda c: (-by_c[c], cluster_key[c]))
+    heirs_of: dict[int, list[str]] = {}
+    for e, c in heir.items():
+        heirs_of.setdefault(c, []).append(e)
+
+    out = IdAssignment(entity_of={})
+    for c in sorted(members, key=lambda c: cluster_key[c]):
+        inherited = sorted(heirs_of.get(c, []), key=lambda e: entity_age.get(e, (10**9, e)))
+        if inherited:
+            eid = inherited[0]
+            for loser in inherited[1:]:
+                out.merged.append((loser, eid))
+                out.events.append({"type": "entities_merged", "entity_id": eid, "other_entity_id": loser})
+                out.touched |= {eid, loser}
+        else:
+            parents = sorted({old_entity_of[r] for r in members[c] if r in old_entity_of},
+                             key=lambda e: entity_age.get(e, (10**9, e)))
+            eid = mint()
+            split_from = parents[0] if parents else None
+            out.created.append((eid, split_from))
+            out.touched.add(eid)
+            out.events.append({"type": "entity_created", "entity_id": eid,
+                               "other_entity_id": split_from,
+                               "detail": "split" if split_from else None})
+            for p in parents:
+                out.events.append({"type": "entity_split", "entity_id": p, "other_entity_id": eid})
+                out.touched.add(p)
+        for rec in sorted(members[c]):
+            before = old_entity_of.get(rec)
+            out.entity_of[rec] = eid
+            if before is None:
+                out.events.append({"type": "record_added", "entity_id": eid, "source": rec[0], "record_id": rec[1]})
+                out.touched.add(eid)
+            elif before != eid:
+                out.events.append({"type": "record_moved", "entity_id": eid, "other_entity_id": before,
+                                   "source": rec[0], "record_id": rec[1]})
+                out.touched |= {eid, before}
+    return out
+
+
+class Store:
+    """An open identity store. Use :meth:`open`; writes happen inside :meth:`transaction`."""
+
+    def __init__(self, path: Path, con: duckdb.DuckDBPyConnection, read_only: bool):
+        self.path = path
+        self.con = con
+        self.read_only = read_only
+
+    # ---------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, path: str | Path, *, read_only: bool = False, wait: float = 0.0) -> "Store":
+        """Open (creating if needed, unless ``read_only``) the store at ``path``.
+
+        A store held by another run raises :class:`StoreBusyError` after waiting up to
+        ``wait`` seconds for it.
+        """
+        path = Path(path)
+        if read_only and not path.exists():
+            raise StoreError("no store yet: run `idweave link` first", file=str(path))
+        if not read_only:
+            _check_writable(path)
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                con = duckdb.connect(str(path), read_only=read_only)
+                break
+            except duckdb.IOException as exc:
+                msg = str(exc)
+                if "lock" in msg.lower() or "conflicting" in msg.lower():
+                    if time.monotonic() < deadline:
+                        time.sleep(0.2)
+                        continue
+                    raise StoreBusyError("the store is in use by another idweave run; wait for it to finish "
+                                         "(or pass --wait SECONDS)", file=str(path)) from None
+                raise StoreError(f"cannot open the store: {msg.splitlines()[0]}", file=str(path)) from None
+            except duckdb.Error as exc:
+                raise StoreError(f"cannot open the store: {str(exc).splitlines()[0]}", file=str(path)) from None
+        store = cls(path, con, read_only)
+        if not read_only:
+            store._ensure_schema()
+        else:
+            store._check_schema()
+        return store
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _ensure_schema(self) -> None:
+        self.con.execute("begin transaction")
+        self.con.execute(_BASE_DDL)
+        self.con.execute("insert or ignore into meta values ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        self.con.execute("commit")
+        self._check_schema()
+
+    def _check_schema(self) -> None:
+        try:
+            v = fetch_one(self.con, "select value from meta where key = 'schema_version'")
+        except duckdb.CatalogException:
+            raise StoreError("not an idweave store (no meta table)", file=str(self.path)) from None
+        if v is None or int(v[0]) != SCHEMA_VERSION:
+            raise StoreError(f"store schema version {v and v[0]} is not {SCHEMA_VERSION}", file=str(self.path))
+
+    # ---------------------------------------------------------------- reading
+    def has_table(self, name: str) -> bool:
+        return bool(fetch_one(self.con, 
+            "select count(*) from information_schema.tables where table_name = ?", [name])[0])
+
+    def records(self) -> pl.DataFrame:
+        """All stored records (empty frame before the first run)."""
+        if not self.has_table("records"):
+            return pl.DataFrame(schema={"source": pl.Utf8, "record_id": pl.Utf8, "content_hash": pl.Utf8,
+                                        "entity_id": pl.Utf8})
+        return query_pl(self.con, "select * from records order by source, record_id")
+
+    def links(self) -> pl.DataFrame:
+        if not self.has_table("links"):
+            return pl.DataFrame()
+        return query_pl(self.con, "select * from links")
+
+    def entity_ages(self) -> dict[str, tuple[int, str]]:
+        rows = self.con.execute("select entity_id, created_run from entities").fetchall()
+        return {e: (r if r is not None else 0, e) for e, r in rows}
+
+    def last_run(self) -> int:
+        return int(fetch_one(self.con, "select coalesce(max(run_id), 0) from runs")[0])
+
+    def latest_model(self) -> tuple[dict[str, Any], dict[str, pl.DataFrame], str] | None:
+        """The model of the latest run that recorded one: (settings, tf tables, version)."""
+        row = fetch_one(self.con, 
+            "select m.version, m.settings from runs r join models m on m.version = r.model_version "
+            "order by r.run_id desc limit 1")
+        if row is None:
+            return None
+        version, settings = row
+        tf = query_pl(self.con, 'select "column", value, tf from model_tf where version = ?', [version])
+        tables = {c: tf.filter(pl.col("column") == c).select(pl.col("value").alias(c), pl.col("tf").alias(f"tf_{c}"))
+                  for c in tf["column"].unique().to_list()}
+        return json.loads(settings), tables, version
+
+    def resolve(self, entity_id: str) -> str | None:
+        """Follow merges: the active entity an id now stands for (None if unknown)."""
+        seen = set()
+        cur = entity_id
+        while cur not in seen:
+            seen.add(cur)
+            row = fetch_one(self.con, "select status, merged_into from entities where entity_id = ?", [cur])
+            if row is None:
+                return None
+            if row[0] == "merged" and row[1]:
+                cur = row[1]
+                continue
+            return cur
+        return None
+
+    # ---------------------------------------------------------------- writing
+    def begin(self) -> None:
+        self.con.execute("begin transaction")
+
+    def commit(self) -> None:
+        self.con.execute("commit")
+
+    def rollback(self) -> None:
+        try:
+            self.con.execute("rollback")
+        except duckdb.Error:
+            pass
+
+    def next_event_id(self) -> int:
+        return int(fetch_one(self.con, "select coalesce(max(event_id), 0) + 1 from events")[0])
+
+    def append_events(self, events: list[dict[str, Any]], *, run_id: int | None = None,
+                      decision_id: int | None = None) -> int:
+        if not events:
+            return 0
+        start = self.next_event_id()
+        at = _now()
+        rows = [{
+            "event_id": start + i, "run_id": run_id, "decision_id": decision_id, "happened_at": at,
+            "type": e["type"], "entity_id": e.get("entity_id"), "other_entity_id": e.get("other_entity_id"),
+            "source": e.get("source"), "record_id": e.get("record_id"), "detail": e.get("detail"),
+        } for i, e in enumerate(events)]
+        df = pl.DataFrame(rows, schema={"event_id": pl.Int64, "run_id": pl.Int32, "decision_id": pl.Int32,
+                                        "happened_at": pl.Datetime, "type": pl.Utf8, "entity_id": pl.Utf8,
+                                        "other_entity_id": pl.Utf8, "source": pl.Utf8, "record_id": pl.Utf8,
+                                        "detail": pl.Utf8})
+        self.con.register("_ev", df.to_arrow())
+        self.con.execute("insert into events by name select * from _ev")
+        self.con.unregister("_ev")
+        return len(rows)
+
+    def replace_table(self, name: str, df: pl.DataFrame) -> None:
+        """Replace a whole table's content with ``df`` (inside the caller's transaction)."""
+        self.con.register("_df", df.to_arrow())
+        self.con.execute(f'create or replace table "{name}" as select * from _df')
+        self.con.unregister("_df")
+
+    def save_model(self, version: str, settings: dict[str, Any], tf_tables: dict[str, pl.DataFrame],
+                   run_id: int, splink_version: str) -> None:
+        if fetch_one(self.con, "select count(*) from models where version = ?", [version])[0]:
+            return
+        self.con.execute("insert into models values (?, ?, ?, ?, ?)",
+                         [version, run_id, _now(), splink_version, json.dumps(settings, default=str)])
+        for col, tf in tf_tables.items():
+            t = tf.select(pl.col(col).cast(pl.Utf8).alias("value"), pl.col(f"tf_{col}").alias("tf"))
+            t = t.with_columns(pl.lit(version).alias("version"), pl.lit(col).alias("column"))
+            self.con.register("_tf", t.select("version", "column", "value", "tf").to_arrow())
+            self.con.execute("insert into model_tf select * from _tf")
+            self.con.unregister("_tf")
+
+
+def _check_writable(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise StoreError("cannot write the store here: the folder is not writable", file=str(path))
+    if path.exists() and not os.access(path, os.W_OK):
+        raise StoreError("cannot write the store: the file is read-only", file=str(path))
+    if path.exists() and path.is_dir():
+        raise StoreError("the store path is a folder, not a file", file=str(path))

@@ -1,0 +1,455 @@
+"""The matching model: the only module that imports splink.
+
+Comparisons are derived from attribute kinds (overridable per attribute), trained without
+labels on Splink 5 (u by random sampling, the prior from deterministic rules, then EM over
+several blocking passes so every comparison is trained), and applied to the candidate pairs
+that :mod:`idweave.blocking` made. A trained model is a Splink 5 model JSON
+(``splink.Linker(df, "model.json")`` loads it) plus the term-frequency tables it was trained
+with, so that later runs and lookups score exactly as the training run did.
+
+>>> from idweave.linkage.project import load_project
+>>> from idweave.linkage.sources import load_records
+>>> p = load_project("fixtures/tiny/project.yaml")
+>>> settings = build_settings(p)
+>>> [c["output_column_name"] for c in settings["comparisons"]][:2]
+['first_name', 'last_name']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import duckdb
+import polars as pl
+
+from idweave.linkage._db import query_pl
+
+from idweave.linkage.errors import ModelError
+from idweave.linkage.kinds import NAME_KINDS, default_comparison
+from idweave.linkage.project import Project
+
+__all__ = [
+    "TrainedModel", "build_settings", "train", "score_pairs", "comparison_columns",
+    "model_attributes", "splink_version",
+]
+
+log = logging.getLogger("idweave.model")
+
+
+def splink_version() -> str:
+    import splink
+
+    return splink.__version__
+
+
+# --------------------------------------------------------------------------------------
+# comparison ladders (Splink comparison dicts: plain SQL, so they round-trip through JSON)
+# --------------------------------------------------------------------------------------
+def _q(c: str) -> str:
+    return f'"{c}"'
+
+
+def _l(c: str) -> str:
+    return _q(f"{c}_l")
+
+
+def _r(c: str) -> str:
+    return _q(f"{c}_r")
+
+
+def _null(c: str) -> dict:
+    return {"sql_condition": f"{_l(c)} IS NULL OR {_r(c)} IS NULL", "label_for_charts": "null",
+            "is_null_level": True}
+
+
+def _exact(c: str, tf: bool, label: str = "exact") -> dict:
+    lvl: dict[str, Any] = {"sql_condition": f"{_l(c)} = {_r(c)}", "label_for_charts": label}
+    if tf:
+        lvl["tf_adjustment_column"] = c
+        lvl["tf_adjustment_weight"] = 1.0
+    return lvl
+
+
+def _else() -> dict:
+    return {"sql_condition": "ELSE", "label_for_charts": "else"}
+
+
+def _lvl(sql: str, label: str) -> dict:
+    return {"sql_condition": sql, "label_for_charts": label}
+
+
+def _jw(c: str, t: float) -> str:
+    return f"jaro_winkler_similarity({_l(c)}, {_r(c)}) >= {t}"
+
+
+def _ladder(c: str, kind: str, spec: dict[str, Any], others: dict[str, str]) -> list[dict]:
+    """The levels of one comparison, most to least similar, null first."""
+    m = spec["method"]
+    tf = bool(spec.get("term_frequency", False))
+    th = spec.get("thresholds")
+    levels = [_null(c)]
+    if m == "name":
+        levels.append(_exact(c, tf))
+        for t in th or [0.92, 0.8]:
+            levels.append(_lvl(_jw(c, t), f"jaro-winkler >= {t}"))
+        if kind == "given_name":
+            # An initial stands for a name: "j" agrees with "john" more than "mary" does.
+            levels.append(_lvl(f"(length({_l(c)}) = 1 OR length({_r(c)}) = 1) AND "
+                               f"substr({_l(c)}, 1, 1) = substr({_r(c)}, 1, 1)", "initial agrees"))
+    elif m == "full_name":
+        levels.append(_exact(c, tf))
+        levels.append(_lvl(f"list_sort(string_split({_l(c)}, ' ')) = list_sort(string_split({_r(c)}, ' '))",
+                           "same tokens, other order"))
+        for t in th or [0.92, 0.8]:
+            levels.append(_lvl(_jw(c, t), f"jaro-winkler >= {t}"))
+        levels.append(_lvl(f"len(list_intersect(string_split({_l(c)}, ' '), string_split({_r(c)}, ' '))) >= 1",
+                           "a token in common"))
+    elif m == "date":
+        dl, dr = f"try_cast({_l(c)} AS DATE)", f"try_cast({_r(c)} AS DATE)"
+        levels.append(_exact(c, False))
+        levels.append(_lvl(f"damerau_levenshtein({_l(c)}, {_r(c)}) <= 1 OR "
+                           f"(substr({_l(c)}, 1, 4) = substr({_r(c)}, 1, 4) AND substr({_l(c)}, 6, 2) = substr({_r(c)}, 9, 2)"
+                           f" AND substr({_l(c)}, 9, 2) = substr({_r(c)}, 6, 2))",
+                           "one typo or day/month swapped"))
+        levels.append(_lvl(f"abs(date_diff('day', {dl}, {dr})) <= 31", "within a month"))
+        levels.append(_lvl(f"abs(date_diff('day', {dl}, {dr})) <= 366", "within a year"))
+    elif m in ("identifier", "phone"):
+        levels.append(_exact(c, tf))
+        levels.append(_lvl(f"damerau_levenshtein({_l(c)}, {_r(c)}) <= 1", "one typo"))
+        if m == "phone":
+            levels.append(_lvl(f"right({_l(c)}, 7) = right({_r(c)}, 7)", "last 7 digits agree"))
+    elif m == "postcode":
+        levels.append(_exact(c, tf))
+        levels.append(_lvl(f"damerau_levenshtein({_l(c)}, {_r(c)}) <= 1", "one typo"))
+        levels.append(_lvl(f"length({_l(c)}) > 4 AND length({_r(c)}) > 4 AND "
+                           f"left({_l(c)}, length({_l(c)}) - 3) = left({_r(c)}, length({_r(c)}) - 3)",
+                           "same district"))
+        levels.append(_lvl(f"substr({_l(c)}, 1, 2) = substr({_r(c)}, 1, 2)", "same area"))
+    elif m == "email":
+        levels.append(_exact(c, tf))
+        levels.append(_lvl(f"split_part({_l(c)}, '@', 1) = split_part({_r(c)}, '@', 1)", "same user name"))
+        levels.append(_lvl(_jw(c, 0.88), "jaro-winkler >= 0.88"))
+    elif m == "address":
+        levels.append(_exact(c, tf))
+        levels.append(_lvl(_jw(c, 0.9), "jaro-winkler >= 0.9"))
+        levels.append(_lvl(f"len(list_intersect(string_split({_l(c)}, ' '), string_split({_r(c)}, ' '))) >= 2",
+                           "two words in common"))
+    elif m == "exact":
+        levels.append(_exact(c, tf))
+    elif m == "jaro_winkler":
+        levels.append(_exact(c, tf))
+        for t in th or [0.92, 0.8]:
+            levels.append(_lvl(_jw(c, t), f"jaro-winkler >= {t}"))
+    elif m in ("levenshtein", "damerau_levenshtein"):
+        levels.append(_exact(c, tf))
+        for t in th or [1, 2]:
+            levels.append(_lvl(f"{m}({_l(c)}, {_r(c)}) <= {int(t)}", f"{m} <= {int(t)}"))
+    elif m == "numeric":
+        levels.append(_exact(c, False))
+        for t in th or [0.01, 0.1]:
+            levels.append(_lvl(f"abs({_l(c)} - {_r(c)}) <= {t} * greatest(abs({_l(c)}), abs({_r(c)}))",
+                               f"within {t:.0%}"))
+    else:  # pragma: no cover - validated in project.py
+        raise ModelError(f"unknown comparison method {m!r}")
+    levels.append(_else())
+    return levels
+
+
+def model_attributes(project: Project) -> dict[str, dict[str, Any]]:
+    """Attribute -> comparison spec actually used (overrides applied, 'off' removed).
+
+    A full name is only compared when the project has no separate given and family names:
+    otherwise it only fills them in (see sources.derive_names) and comparing it again would
+    count the same evidence twice.
+    """
+    kinds = {a.name: a.kind for a in project.attributes.values()}
+    has_parts = any(k == "given_name" for k in kinds.values()) and any(k == "family_name" for k in kinds.values())
+    overrides = project.comparisons or {}
+    out: dict[str, dict[str, Any]] = {}
+    for attr, kind in kinds.items():
+        spec: Any = overrides.get(attr)
+        if spec is False or spec == "off" or (isinstance(spec, dict) and spec.get("method") == "off"):
+            continue
+        if spec is None:
+            if kind == "full_name" and has_parts:
+                continue
+            spec = default_comparison(kind)
+        elif isinstance(spec, str):
+            spec = {"method": spec}
+        out[attr] = dict(spec)
+    return out
+
+
+def comparison_columns(project: Project) -> list[str]:
+    """Columns the model reads from records."""
+    return list(model_attributes(project))
+
+
+def build_settings(project: Project, *, rules_sql: Iterable[str] = (), prior: float = 1e-4) -> dict[str, Any]:
+    """The Splink settings dict (untrained) that the project's kinds and overrides imply."""
+    kinds = {a.name: a.kind for a in project.attributes.values()}
+    comps = []
+    for attr, spec in model_attributes(project).items():
+        comps.append({
+            "output_column_name": attr,
+            "comparison_description": f"{attr} ({kinds[attr]}, {spec['method']})",
+            "comparison_levels": _ladder(attr, kinds[attr], spec, kinds),
+        })
+    if not comps:
+        raise ModelError("no attribute is compared: declare at least one attribute a source maps")
+    return {
+        "link_type": "dedupe_only",
+        "unique_id_column_name": "rid",
+        "probability_two_random_records_match": prior,
+        "blocking_rules_to_generate_predictions": list(rules_sql) or ["1 = 0"],
+        "comparisons": comps,
+        # Needed for the gamma (level) columns, which are the per-attribute evidence.
+        "retain_matching_columns": True,
+        "retain_intermediate_calculation_columns": True,
+        "max_iterations": 25,
+        "em_convergence": 0.0001,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# trained model
+# --------------------------------------------------------------------------------------
+@dataclass
+class TrainedModel:
+    """A Splink model JSON (``settings``) plus the term-frequency tables it scores with."""
+
+    settings: dict[str, Any]
+    tf_tables: dict[str, pl.DataFrame] = field(default_factory=dict)
+    training_log: list[str] = field(default_factory=list)
+
+    @property
+    def version(self) -> str:
+        """Content hash of the model: changes exactly when scores could change."""
+        h = hashlib.sha256(json.dumps(self.settings, sort_keys=True, default=str).encode())
+        for k in sorted(self.tf_tables):
+            h.update(k.encode())
+            h.update(self.tf_tables[k].sort(k).write_csv().encode())
+        return h.hexdigest()[:12]
+
+    def to_json(self) -> str:
+        return json.dumps(self.settings, indent=2, default=str)
+
+    def save(self, path: Path) -> None:
+        """Write the Splink model JSON atomically (a temp file renamed into place)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(path)
+
+    @property
+    def prior(self) -> float:
+        return float(self.settings["probability_two_random_records_match"])
+
+    def comparisons(self) -> list[dict[str, Any]]:
+        return self.settings["comparisons"]
+
+    def weights_table(self) -> pl.DataFrame:
+        """One row per comparison level: m, u and the match weight log2(m/u)."""
+        rows = []
+        for c in self.comparisons():
+            for i, lvl in enumerate(c["comparison_levels"]):
+                if lvl.get("is_null_level"):
+                    continue
+                m, u = lvl.get("m_probability"), lvl.get("u_probability")
+                w = math.log2(m / u) if m and u else None
+                rows.append({"comparison": c["output_column_name"], "level": lvl.get("label_for_charts", str(i)),
+                             "m": m, "u": u, "weight": w})
+        return pl.DataFrame(rows, schema={"comparison": pl.Utf8, "level": pl.Utf8, "m": pl.Float64,
+                                          "u": pl.Float64, "weight": pl.Float64})
+
+
+def _db_api(con: duckdb.DuckDBPyConnection, engine: str):
+    if engine != "duckdb":
+        raise ModelError(f"engine {engine!r} is not available in this version of idweave; use duckdb",
+                         key="engine")
+    from splink import DuckDBAPI
+
+    return DuckDBAPI(connection=con)
+
+
+def _linker(records: pl.DataFrame, settings: dict[str, Any], con: duckdb.DuckDBPyConnection, engine: str,
+            tf_tables: dict[str, pl.DataFrame] | None = None):
+    from splink import Linker
+
+    db = _db_api(con, engine)
+    sdf = db.register(records.to_arrow(), table_name="idweave_records")
+    # Splink's own messages are for notebooks; idweave reports what matters in its summary.
+    linker = Linker(sdf, settings, log_level=logging.ERROR)
+    logging.getLogger("splink").setLevel(logging.ERROR)
+    for col, tf in (tf_tables or {}).items():
+        t = db.register(tf.to_arrow(), table_name=f"idweave_tf_{col}")
+        linker.table_management.register_term_frequency_lookup(t, col)
+    return linker, db
+
+
+def _tf_columns(settings: dict[str, Any]) -> list[str]:
+    cols = []
+    for c in settings["comparisons"]:
+        for lvl in c["comparison_levels"]:
+            if lvl.get("tf_adjustment_column") and lvl["tf_adjustment_column"] not in cols:
+                cols.append(lvl["tf_adjustment_column"])
+    return cols
+
+
+def _em_rules(project: Project, present: set[str]) -> list[tuple[str, str]]:
+    """EM blocking passes (name, SQL) so that every compared attribute is trained in at
+    least one pass that does not block on it."""
+    kinds = {a.name: a.kind for a in project.attributes.values()}
+    compared = [a for a in model_attributes(project) if a in present]
+    by_kind: dict[str, list[str]] = {}
+    for a in compared:
+        by_kind.setdefault(kinds[a], []).append(a)
+    cands: list[list[str]] = []
+    for k in ("date",):
+        cands += [[a] for a in by_kind.get(k, [])]
+    names = [by_kind[k][0] for k in NAME_KINDS if k in by_kind]
+    if "given_name" in by_kind and "family_name" in by_kind:
+        cands.append([by_kind["given_name"][0], by_kind["family_name"][0]])
+    elif names:
+        cands.append(names[:1])
+    for k in ("national_id", "email", "phone", "postcode", "address", "city", "full_name", "family_name",
+              "given_name", "category", "text", "number", "sex"):
+        cands += [[a] for a in by_kind.get(k, [])]
+    chosen: list[list[str]] = []
+    trained: set[str] = set()
+    for cand in cands:
+        gain = set(compared) - set(cand) - trained
+        if gain:
+            chosen.append(cand)
+            trained |= gain
+        if trained >= set(compared):
+            break
+    return [(" & ".join(c), " AND ".join(f'l."{a}" = r."{a}"' for a in c)) for c in chosen]
+
+
+def _prior_rules(project: Project, present: set[str]) -> list[str]:
+    """Deterministic rules that admit almost no false matches, for the prior."""
+    kinds = {a.name: a.kind for a in project.attributes.values()}
+    by_kind: dict[str, list[str]] = {}
+    for a in model_attributes(project):
+        if a in present:
+            by_kind.setdefault(kinds[a], []).append(a)
+    rules = []
+    date = by_kind.get("date", [None])[0]
+    names = [by_kind[k][0] for k in ("given_name", "family_name") if k in by_kind] or \
+        [by_kind[k][0] for k in ("full_name",) if k in by_kind]
+    if names and date:
+        rules.append(" AND ".join(f'l."{a}" = r."{a}"' for a in [*names, date]))
+    for k in ("national_id", "email"):
+        for a in by_kind.get(k, []):
+            extra = f' AND l."{names[0]}" = r."{names[0]}"' if names else ""
+            rules.append(f'l."{a}" = r."{a}"{extra}')
+    return rules
+
+
+def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=None) -> TrainedModel:
+    """Train a model on records (which need ``rid`` and the compared attributes), no labels.
+
+    Steps: the prior from deterministic rules (recall assumed 0.7); u by random sampling;
+    EM over several blocking passes chosen so every comparison is trained in one that does
+    not block on it. The term-frequency tables of the training data are kept with the model.
+    """
+    settings = build_settings(project)
+    cols = ["rid", *comparison_columns(project)]
+    recs = records.select(cols)
+    present = {c for c in cols[1:] if recs[c].null_count() < recs.height}
+    con = duckdb.connect()
+    log_lines: list[str] = []
+    try:
+        linker, db = _linker(recs, settings, con, project.engine)
+        n = recs.height
+        total_pairs = n * (n - 1) / 2
+        prior_rules = _prior_rules(project, present)
+        if prior_rules:
+            try:
+                linker.training.estimate_probability_two_random_records_match(prior_rules, recall=0.7)
+            except ValueError as exc:  # too many deterministic matches for the recall: keep default
+                log_lines.append(f"prior: kept default ({exc})")
+        if progress:
+            progress("u")
+        max_pairs = float(project.training.get("u_max_pairs", min(5e6, max(total_pairs, 1))))
+        linker.training.estimate_u_using_random_sampling(max_pairs=max_pairs, seed=seed)
+        for name, sql in _em_rules(project, present):
+            if progress:
+                progress(f"em: {name}")
+            try:
+                linker.training.estimate_parameters_using_expectation_maximisation(
+                    sql, estimate_without_term_frequencies=True)
+                log_lines.append(f"em pass blocked on {name}")
+            except Exception as exc:  # a pass with no pairs must not sink the whole model
+                log_lines.append(f"em pass blocked on {name} skipped: {str(exc).splitlines()[0][:120]}")
+        trained = linker.misc.save_model_to_json(None)
+        tf_tables = {}
+        for col in _tf_columns(trained):
+            tf = linker.table_management.compute_tf_table(col).as_duckdbpyrelation().pl()
+            tf_tables[col] = tf
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"training failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:300]}") from exc
+    finally:
+        con.close()
+    model = TrainedModel(trained, tf_tables, log_lines)
+    return model
+
+
+def score_pairs(records: pl.DataFrame, pairs: pl.DataFrame, model: TrainedModel, *,
+                engine: str = "duckdb") -> pl.DataFrame:
+    """Score candidate pairs (``rid_l``, ``rid_r``, ``rule``) with a trained model.
+
+    Returns one row per pair: ``rid_l``, ``rid_r``, ``rule``, ``match_weight``,
+    ``match_probability`` and, per comparison ``c``, ``level_c`` (the level's label index,
+    Splink's gamma) and ``w_c`` (its weight in bits, term-frequency adjustment included).
+    """
+    comps = [c["output_column_name"] for c in model.comparisons()]
+    if pairs.height == 0:
+        schema = {"rid_l": pl.Int64, "rid_r": pl.Int64, "rule": pl.Int32, "match_weight": pl.Float64,
+                  "match_probability": pl.Float64}
+        for c in comps:
+            schema[f"level_{c}"] = pl.Int32
+            schema[f"w_{c}"] = pl.Float64
+        return pl.DataFrame(schema=schema)
+    recs = records.select(["rid", *comps])
+    con = duckdb.connect()
+    try:
+        linker, db = _linker(recs, model.settings, con, engine, model.tf_tables)
+        blocked = pairs.select(
+            pl.col("rid_l").alias("join_key_l"), pl.col("rid_r").alias("join_key_r"),
+            pl.col("rule").cast(pl.Utf8).alias("match_key"))
+        b = db.register(blocked.to_arrow(), table_name="idweave_blocked")
+        linker.table_management.register_blocked_pairs_for_predict(b)
+        pred = linker.inference.predict(warning_mode="never").as_duckdbpyrelation()
+        sel = ["rid_l", "rid_r", "cast(match_key as integer) as rule", "match_weight", "match_probability"]
+        for c in comps:
+            tf = f" + coalesce(mw_tf_adj_{c}, 0)" if c in model.tf_tables else ""
+            sel.append(f"cast(gamma_{c} as integer) as level_{c}")
+            sel.append(f"mw_{c}{tf} as w_{c}")
+        con.register("pred_rel", pred)
+        out = query_pl(con, f"select {', '.join(sel)} from pred_rel order by rid_l, rid_r")
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"scoring failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:300]}") from exc
+    finally:
+        con.close()
+    return out.with_columns(pl.col("rid_l").cast(pl.Int64), pl.col("rid_r").cast(pl.Int64))
+
+
+def load_model(path: Path, tf_tables: dict[str, pl.DataFrame] | None = None) -> TrainedModel:
+    """Read a model JSON written by :meth:`TrainedModel.save`."""
+    try:
+        settings = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read model: {exc}", file=str(path)) from None
+    return TrainedModel(settings, dict(tf_tables or {}))

@@ -1,0 +1,354 @@
+"""The project file: one YAML document that declares a linkage job.
+
+Load it with :func:`load_project`; every problem in the file is reported at once, each with
+its path in the file (``sources.tax.columns.birth_date: column 'dob' not in tax.parquet;
+found: tin_row, given, family, born, ssn``).
+
+>>> p = load_project("fixtures/demo/project.yaml")
+>>> sorted(p.sources)
+['benefits', 'census', 'tax']
+>>> p.attributes["birth_date"].kind
+'date'
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from idweave.linkage.errors import ProjectError
+from idweave.linkage.kinds import KINDS
+
+__all__ = ["Attribute", "Source", "Project", "load_project", "project_from_dict"]
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_RESERVED = {"source", "record_id", "rid", "entity_id", "cluster_id", "match_key", "unique_id"}
+_ENGINES = ("duckdb", "spark")
+_SOURCE_KEYS = {"path", "id", "columns", "date_format", "exclusive", "mode", "format"}
+_TOP_KEYS = {
+    "store", "threshold", "attributes", "sources", "blocking", "comparisons", "engine",
+    "model", "training", "clustering", "base_dir",
+}
+_FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet",
+            ".ndjson": "ndjson", ".jsonl": "ndjson"}
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """A canonical field and its kind (which decides cleaning, comparison and blocking)."""
+
+    name: str
+    kind: str
+
+
+@dataclass
+class Source:
+    """One registry: where its rows are, which column is the record id, and its column map.
+
+    ``columns`` maps attribute -> column in the source. ``frame`` holds an in-memory table
+    when the source was given as a frame rather than a path.
+    """
+
+    name: str
+    id: str
+    columns: dict[str, str]
+    path: str | None = None
+    files: list[Path] = field(default_factory=list)
+    format: str | None = None
+    date_format: str | None = None
+    exclusive: bool = False
+    mode: str = "snapshot"
+    frame: Any = None
+
+    @property
+    def label(self) -> str:
+        """How errors name this source: its file, or ``<frame NAME>``."""
+        if self.files:
+            return self.files[0].name if len(self.files) == 1 else str(self.path)
+        return f"<frame {self.name}>"
+
+
+@dataclass
+class Project:
+    """A validated project. Build it with :func:`load_project` or :func:`project_from_dict`."""
+
+    attributes: dict[str, Attribute]
+    sources: dict[str, Source]
+    store: Path
+    threshold: float | None = None
+    blocking: list[Any] | None = None
+    comparisons: dict[str, Any] | None = None
+    engine: str = "duckdb"
+    model_path: Path | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    clustering: dict[str, Any] = field(default_factory=dict)
+    file: Path | None = None
+    base_dir: Path = Path(".")
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_file(self) -> Path:
+        """Where the trained Splink model JSON lives (next to the store unless set)."""
+        if self.model_path is not None:
+            return self.model_path
+        return self.store.with_name(self.store.stem + ".model.json")
+
+    def config_hash(self) -> str:
+        """A hash of the settings that change results (not of the data)."""
+        keep = {k: v for k, v in self.raw.items() if k not in ("store", "base_dir")}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_project(path: str | Path, *, sources: Mapping[str, Any] | None = None) -> Project:
+    """Read and validate a project file.
+
+    ``sources`` may map source names to in-memory frames (polars, pandas or Arrow), which
+    then stand in for the ``path`` of those sources.
+
+    >>> load_project("fixtures/demo/project.yaml").sources["tax"].exclusive
+    True
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ProjectError([f"project file not found: {path}"], file=str(path))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        raise ProjectError([f"malformed YAML{where}: {problem}"], file=str(path)) from None
+    if not isinstance(data, dict):
+        raise ProjectError(["the file must hold a mapping (store, attributes, sources, ...)"],
+                           file=str(path))
+    return project_from_dict(data, base_dir=path.parent, sources=sources, file=path)
+
+
+def project_from_dict(
+    data: Mapping[str, Any],
+    *,
+    base_dir: str | Path | None = None,
+    sources: Mapping[str, Any] | None = None,
+    file: Path | None = None,
+) -> Project:
+    """Validate a project given as a dict in the project-file form.
+
+    Relative paths resolve against ``base_dir`` (or a ``base_dir`` key, or the cwd).
+
+    >>> p = project_from_dict({"store": "s.duckdb", "attributes": {"name": "full_name"},
+    ...     "sources": {"a": {"path": "fixtures/demo/census.csv", "id": "person_no",
+    ...                       "columns": {"name": "fname"}}}})
+    >>> p.sources["a"].columns
+    {'name': 'fname'}
+    """
+    data = dict(data)
+    frames = dict(sources or {})
+    base = Path(base_dir if base_dir is not None else data.get("base_dir", "."))
+    problems: list[str] = []
+    label = str(file) if file else None
+
+    for key in data:
+        if key not in _TOP_KEYS:
+            problems.append(f"{key}: unknown key; expected one of {', '.join(sorted(_TOP_KEYS - {'base_dir'}))}")
+
+    # store
+    store_val = data.get("store")
+    if not store_val or not isinstance(store_val, (str, Path)):
+        problems.append("store: required: a path for the identity store (e.g. out/project.duckdb)")
+        store = base / "idweave.duckdb"
+    else:
+        store = _resolve(base, str(store_val))
+
+    # threshold
+    threshold = data.get("threshold")
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+            problems.append(f"threshold: must be a match probability between 0 and 1 (exclusive), got {threshold!r}")
+            threshold = None
+        else:
+            threshold = float(threshold)
+
+    # attributes
+    attributes: dict[str, Attribute] = {}
+    raw_attrs = data.get("attributes")
+    if not isinstance(raw_attrs, dict) or not raw_attrs:
+        problems.append("attributes: required: a mapping of attribute name -> kind "
+                        f"(kinds: {', '.join(KINDS)})")
+        raw_attrs = {}
+    for name, kind in raw_attrs.items():
+        name = str(name)
+        if isinstance(kind, dict):
+            kind = kind.get("kind")
+        if not _NAME.match(name) or name in _RESERVED:
+            problems.append(f"attributes.{name}: attribute names must be lower_snake_case and not one of "
+                            f"{', '.join(sorted(_RESERVED))}")
+            continue
+        if kind not in KINDS:
+            problems.append(f"attributes.{name}: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+            continue
+        attributes[name] = Attribute(name, kind)
+
+    # sources
+    src_objs: dict[str, Source] = {}
+    raw_sources = data.get("sources")
+    if not isinstance(raw_sources, dict) or not raw_sources:
+        problems.append("sources: required: a mapping of source name -> {path, id, columns}")
+        raw_sources = {}
+    for sname, spec in raw_sources.items():
+        sname = str(sname)
+        at = f"sources.{sname}"
+        if not re.match(r"^[A-Za-z0-9_.-]+$", sname):
+            problems.append(f"{at}: source names may hold letters, digits, '_', '-' and '.' only")
+            continue
+        if not isinstance(spec, dict):
+            problems.append(f"{at}: must be a mapping with path, id and columns")
+            continue
+        for key in spec:
+            if key not in _SOURCE_KEYS:
+                problems.append(f"{at}.{key}: unknown key; expected one of {', '.join(sorted(_SOURCE_KEYS))}")
+        id_col = spec.get("id")
+        if not id_col or not isinstance(id_col, str):
+            problems.append(f"{at}.id: required: the column holding the record id")
+            id_col = ""
+        cols = spec.get("columns")
+        if not isinstance(cols, dict) or not cols:
+            problems.append(f"{at}.columns: required: a mapping of attribute -> column")
+            cols = {}
+        columns: dict[str, str] = {}
+        for attr, col in cols.items():
+            if attr not in raw_attrs:
+                problems.append(f"{at}.columns.{attr}: not a declared attribute; declared: "
+                                f"{', '.join(map(str, raw_attrs)) or '(none)'}")
+                continue
+            if not isinstance(col, str) or not col:
+                problems.append(f"{at}.columns.{attr}: must name a column")
+                continue
+            columns[str(attr)] = col
+        mode = spec.get("mode", "snapshot")
+        if mode not in ("snapshot", "append"):
+            problems.append(f"{at}.mode: must be 'snapshot' or 'append', got {mode!r}")
+        exclusive = spec.get("exclusive", False)
+        if not isinstance(exclusive, bool):
+            problems.append(f"{at}.exclusive: must be true or false, got {exclusive!r}")
+            exclusive = False
+        date_format = spec.get("date_format")
+        if date_format is not None and (not isinstance(date_format, str) or "%" not in date_format):
+            problems.append(f"{at}.date_format: must be a strftime pattern like '%d/%m/%Y', got {date_format!r}")
+            date_format = None
+        src = Source(name=sname, id=id_col, columns=columns, date_format=date_format,
+                     exclusive=exclusive, mode=mode)
+        if sname in frames:
+            src.frame = frames[sname]
+        else:
+            p = spec.get("path")
+            if not p or not isinstance(p, str):
+                problems.append(f"{at}.path: required: a csv, parquet or ndjson file (or a glob of several)")
+            else:
+                src.path = p
+                full = _resolve(base, p)
+                files = sorted(Path(f) for f in glob.glob(str(full))) if glob.has_magic(p) else [full]
+                if not files or not all(f.exists() for f in files):
+                    problems.append(f"{at}.path: file not found: {full}" if not glob.has_magic(p)
+                                    else f"{at}.path: no file matches {full}")
+                    files = []
+                fmt = spec.get("format") or (_FORMATS.get(files[0].suffix.lower()) if files else None)
+                if files and fmt not in ("csv", "parquet", "ndjson"):
+                    problems.append(f"{at}.path: cannot tell the format of {files[0].name}; "
+                                    "use .csv, .parquet or .ndjson, or set format")
+                src.files, src.format = files, fmt
+        src_objs[sname] = src
+    for name in frames:
+        if name not in raw_sources:
+            problems.append(f"sources.{name}: a frame was given for a source the project does not declare")
+
+    engine = data.get("engine", "duckdb")
+    if engine not in _ENGINES:
+        problems.append(f"engine: must be one of {', '.join(_ENGINES)}, got {engine!r}")
+
+    blocking = data.get("blocking")
+    if blocking is not None:
+        problems += _check_blocking(blocking, attributes)
+    comparisons = data.get("comparisons")
+    if comparisons is not None:
+        problems += _check_comparisons(comparisons, attributes)
+
+    for key in ("training", "clustering"):
+        if data.get(key) is not None and not isinstance(data.get(key), dict):
+            problems.append(f"{key}: must be a mapping")
+
+    # Column checks need the file headers: only when the rest of the source is sound.
+    if not problems:
+        from idweave.linkage.sources import source_columns  # sources imports project
+
+        for src in src_objs.values():
+            try:
+                found = source_columns(src)
+            except Exception as exc:  # unreadable file: report it as that source's problem
+                problems.append(f"sources.{src.name}.path: cannot read {src.label}: {exc.__class__.__name__}: "
+                                f"{str(exc).splitlines()[0][:200]}")
+                continue
+            shown = ", ".join(found[:30]) + (" ..." if len(found) > 30 else "")
+            if src.id not in found:
+                problems.append(f"sources.{src.name}.id: column '{src.id}' not in {src.label}; found: {shown}")
+            for attr, col in src.columns.items():
+                if col not in found:
+                    problems.append(f"sources.{src.name}.columns.{attr}: column '{col}' not in {src.label}; "
+                                    f"found: {shown}")
+
+    if problems:
+        raise ProjectError(problems, file=label)
+
+    model = data.get("model")
+    return Project(
+        attributes=attributes,
+        sources=src_objs,
+        store=store,
+        threshold=threshold,
+        blocking=blocking,
+        comparisons=comparisons,
+        engine=engine,
+        model_path=_resolve(base, model) if model else None,
+        training=dict(data.get("training") or {}),
+        clustering=dict(data.get("clustering") or {}),
+        file=file,
+        base_dir=base,
+        raw={k: v for k, v in data.items()},
+    )
+
+
+def _resolve(base: Path, p: str) -> Path:
+    q = Path(p).expanduser()
+    return q if q.is_absolute() else base / q
+
+
+def _check_blocking(blocking: Any, attributes: dict[str, Attribute]) -> list[str]:
+    from idweave.blocking.rules import parse_rules
+
+    try:
+        parse_rules(blocking, attributes={a: x.kind for a, x in attributes.items()})
+    except ValueError as exc:
+        return [f"blocking: {exc}"]
+    return []
+
+
+def _check_comparisons(comparisons: Any, attributes: dict[str, Attribute]) -> list[str]:
+    from idweave.linkage.kinds import check_comparison_override
+
+    if not isinstance(comparisons, dict):
+        return ["comparisons: must be a mapping of attribute -> comparison"]
+    problems = []
+    for attr, spec in comparisons.items():
+        if attr not in attributes:
+            problems.append(f"comparisons.{attr}: not a declared attribute")
+            continue
+        msg = check_comparison_override(spec)
+        if msg:
+            problems.append(f"comparisons.{attr}: {msg}")
+    return problems

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 console = Console()
@@ -20,7 +21,9 @@ STATE = {"debug": False}
 
 def fail(message: str, code: int = 2) -> None:
     """Print ``Error: ...`` on stderr and exit (2 for the user's input)."""
-    err_console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escape: messages quote user text ("keys like [first_name, birth_date]") that rich
+    # would otherwise take for markup and swallow.
+    err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise SystemExit(code)
 
 

@@ -26,14 +26,18 @@ def _register() -> None:
     from idweave.cli import commands  # noqa: F401
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry: user errors print `Error: ...` and exit 2; no tracebacks
-    unless --debug."""
+    unless --debug.
+
+    ``argv`` (without the program name) defaults to the process arguments; tests pass it
+    to run a command in-process exactly as the console script would.
+    """
     from idweave.linkage.errors import IdweaveError
 
     _register()
     try:
-        app(standalone_mode=False)
+        rc = app(args=argv, prog_name="idweave", standalone_mode=False)
     except IdweaveError as exc:
         if _common.debug_enabled():
             raise
@@ -44,6 +48,13 @@ def main() -> None:
         raise SystemExit(exc.exit_code)
     except SystemExit:
         raise
+    except OSError as exc:
+        # The environment refused a file operation (a folder that cannot be created, a full
+        # disk, a file removed mid-run): the user's to fix, so exit 2 and name the file.
+        if _common.debug_enabled():
+            raise
+        what = f" {exc.filename}" if exc.filename else ""
+        fail(f"cannot create, read or write{what}: {exc.strerror or exc.__class__.__name__}")
     except BaseException as exc:  # a bug (or a library panic): say so briefly, without data values
         # Usage errors from the (vendored) click layer: print them as click would.
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):
@@ -52,6 +63,8 @@ def main() -> None:
         if _common.debug_enabled():
             raise
         fail(f"internal error ({exc.__class__.__name__}); rerun with --debug for details", code=1)
+    if isinstance(rc, int) and rc:
+        raise SystemExit(rc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from idweave.cli._common import console, stage_progress
@@ -91,7 +92,7 @@ def count_pairs_cmd(project: Path = PROJECT) -> None:
                      ("skipped blocks", "right")):
             t.add_column(c, justify=j)
         for r in part.iter_rows(named=True):
-            t.add_row(r["rule"], f"{r['pairs_added']:,}", f"{r['cumulative']:,}",
+            t.add_row(escape(r["rule"]), f"{r['pairs_added']:,}", f"{r['cumulative']:,}",
                       f"{r['share_of_possible']:.4%}", f"{r['skipped_blocks']:,}")
         console.print(t)
     total = df.filter(df["sources"] == "all")
@@ -121,11 +122,12 @@ def explain_cmd(
         t.add_column(c, justify="right" if c == "weight" else "left")
     t.add_row("prior", "", "", "", f"{ex.prior_weight:+.2f}")
     for c in ex.comparisons:
-        t.add_row(c.attribute, "" if c.left is None else str(c.left), "" if c.right is None else str(c.right),
-                  c.level, f"{c.weight:+.2f}")
+        # Values come from the data: escape them so rich never reads them as markup.
+        t.add_row(c.attribute, "" if c.left is None else escape(str(c.left)),
+                  "" if c.right is None else escape(str(c.right)), escape(c.level), f"{c.weight:+.2f}")
     t.add_row("[bold]total[/]", "", "", f"probability {ex.match_probability:.4f}", f"[bold]{ex.match_weight:+.2f}[/]")
     console.print(t)
-    blocked = ", ".join(ex.blocking_rules) if ex.blocking_rules else "no rule: the pair is never compared"
+    blocked = escape(", ".join(ex.blocking_rules)) if ex.blocking_rules else "no rule: the pair is never compared"
     console.print(f"blocked by: {blocked}")
     console.print(f"scored in the last run: {'yes' if ex.candidate_in_last_run else 'no'}")
     console.print(f"same entity: {'yes' if ex.same_entity else 'no'} ({ex.entity_left} / {ex.entity_right}); "

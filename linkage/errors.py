@@ -65,12 +65,21 @@ class IdweaveError(Exception):
 
 
 class ProjectError(IdweaveError):
-    """The project file is invalid. ``problems`` lists every problem found at once."""
+    """The project file is invalid. ``problems`` lists every problem found at once.
+
+    >>> print(ProjectError(["threshold: must be between 0 and 1", "store: required"], file="p.yaml"))
+    p.yaml: invalid project file (2 problems):
+      - threshold: must be between 0 and 1
+      - store: required
+    """
 
     def __init__(self, problems: list[str], *, file: str | None = None) -> None:
         self.problems = list(problems)
-        body = problems[0] if len(problems) == 1 else "\n  - " + "\n  - ".join(problems)
-        super().__init__(f"invalid project file: {body}", file=file)
+        if len(problems) == 1:
+            text = f"invalid project file: {problems[0]}"
+        else:
+            text = f"invalid project file ({len(problems)} problems):\n  - " + "\n  - ".join(problems)
+        super().__init__(text, file=file)
 
 
 class SourceError(IdweaveError):

@@ -7,8 +7,8 @@ and the blocking keys the rule derivation may use (:data:`BLOCKING_KEYS`).
 >>> import polars as pl
 >>> pl.DataFrame({"n": ["  José O'Brien-Smith "]}).select(clean_expr("given_name", pl.col("n"))).item()
 'jose obrien smith'
->>> pl.DataFrame({"n": ["123-45-6789", "000000000"]}).select(clean_expr("national_id", pl.col("n")))["n"].to_list()
-['123456789', None]
+>>> pl.DataFrame({"n": ["219-09-9999", "000000000"]}).select(clean_expr("national_id", pl.col("n")))["n"].to_list()
+['219099999', None]
 """
 
 from __future__ import annotations
@@ -38,10 +38,17 @@ _NAME_NOISE = r"\b(mr|mrs|ms|miss|dr|prof|sir|dame|jr|sr|ii|iii|iv)\b"
 _PLACEHOLDER_IDS = ("123456789", "1234567890", "012345678", "987654321")
 
 
+# Letters that Unicode does not decompose into a base letter and an accent, so NFKD alone
+# would drop them ("Søren" -> "s ren"); written the way ASCII registries spell them.
+_FOLD = {"ø": "o", "Ø": "o", "æ": "ae", "Æ": "ae", "œ": "oe", "Œ": "oe", "ß": "ss", "ẞ": "ss",
+         "ł": "l", "Ł": "l", "đ": "d", "Đ": "d", "ð": "d", "Ð": "d", "þ": "th", "Þ": "th", "ı": "i"}
+
+
 def _basic_text(e: pl.Expr) -> pl.Expr:
     """Lower case, accents stripped, apostrophes dropped, other punctuation to spaces."""
     return (
         e.cast(pl.Utf8)
+        .str.replace_many(list(_FOLD), list(_FOLD.values()))
         .str.normalize("NFKD")
         .str.replace_all(r"\p{M}", "")
         .str.to_lowercase()
@@ -157,10 +164,20 @@ _CLEANERS = {
 
 def clean_expr(kind: str, e: pl.Expr) -> pl.Expr:
     """The polars expression that cleans a column of this kind (dates excepted: they need
-    a per-source format and are parsed in :mod:`idweave.linkage.sources`)."""
+    a per-source format and are parsed in :mod:`idweave.linkage.sources`).
+
+    >>> pl.DataFrame({"p": ["+44 7700 900123", "07700-900123"]}).select(clean_expr("phone", pl.col("p")))["p"].to_list()
+    ['7700900123', '7700900123']
+    """
     if kind == "date":
         raise ValueError("dates are parsed by idweave.linkage.sources.parse_dates")
-    return _CLEANERS[kind](e)
+    if kind not in _CLEANERS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    out = _CLEANERS[kind](e)
+    try:  # keep the input's column name (a when/then chain would take another one)
+        return out.alias(e.meta.output_name())
+    except Exception:
+        return out
 
 
 # Comparison methods a user may name in `comparisons:`; each maps to a Splink ladder in
@@ -198,7 +215,13 @@ def default_comparison(kind: str) -> dict[str, Any]:
 
 
 def check_comparison_override(spec: Any) -> str | None:
-    """Return a message if a `comparisons:` entry is malformed, else None."""
+    """Return a message if a `comparisons:` entry is malformed, else None.
+
+    >>> check_comparison_override({"method": "jaro_winkler", "thresholds": [0.9, 0.7]}) is None
+    True
+    >>> check_comparison_override({"method": "exact", "weight": 2})
+    "unknown keys ['weight']; allowed: method, thresholds, term_frequency"
+    """
     if spec is False or spec == "off":
         return None
     if isinstance(spec, str):

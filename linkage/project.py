@@ -42,7 +42,11 @@ _FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet
 
 @dataclass(frozen=True)
 class Attribute:
-    """A canonical field and its kind (which decides cleaning, comparison and blocking)."""
+    """A canonical field and its kind (which decides cleaning, comparison and blocking).
+
+    >>> load_project("fixtures/tiny/project.yaml").attributes["ssn"]
+    Attribute(name='ssn', kind='national_id')
+    """
 
     name: str
     kind: str
@@ -54,6 +58,10 @@ class Source:
 
     ``columns`` maps attribute -> column in the source. ``frame`` holds an in-memory table
     when the source was given as a frame rather than a path.
+
+    >>> src = load_project("fixtures/tiny/project.yaml").sources["census"]
+    >>> src.label, src.id, src.format, src.date_format
+    ('census.csv', 'person_no', 'csv', '%m/%d/%Y')
     """
 
     name: str
@@ -77,7 +85,12 @@ class Source:
 
 @dataclass
 class Project:
-    """A validated project. Build it with :func:`load_project` or :func:`project_from_dict`."""
+    """A validated project. Build it with :func:`load_project` or :func:`project_from_dict`.
+
+    >>> p = load_project("fixtures/tiny/project.yaml")
+    >>> p.store.name, p.model_file.name, p.threshold, p.engine
+    ('tiny.duckdb', 'tiny.model.json', 0.9, 'duckdb')
+    """
 
     attributes: dict[str, Attribute]
     sources: dict[str, Source]
@@ -165,6 +178,9 @@ def project_from_dict(
         store = base / "idweave.duckdb"
     else:
         store = _resolve(base, str(store_val))
+        msg = _store_path_problem(store)
+        if msg:
+            problems.append(f"store: {msg}")
 
     # threshold
     threshold = data.get("threshold")
@@ -283,24 +299,25 @@ def project_from_dict(
         if data.get(key) is not None and not isinstance(data.get(key), dict):
             problems.append(f"{key}: must be a mapping")
 
-    # Column checks need the file headers: only when the rest of the source is sound.
-    if not problems:
-        from idweave.linkage.sources import source_columns  # sources imports project
+    # Column checks read the file headers (cheap) of every source whose path is sound, even
+    # when other parts of the file have problems, so that one run reports everything.
+    from idweave.linkage.sources import source_columns  # sources imports project
 
-        for src in src_objs.values():
-            try:
-                found = source_columns(src)
-            except Exception as exc:  # unreadable file: report it as that source's problem
-                problems.append(f"sources.{src.name}.path: cannot read {src.label}: {exc.__class__.__name__}: "
-                                f"{str(exc).splitlines()[0][:200]}")
-                continue
-            shown = ", ".join(found[:30]) + (" ..." if len(found) > 30 else "")
-            if src.id not in found:
-                problems.append(f"sources.{src.name}.id: column '{src.id}' not in {src.label}; found: {shown}")
-            for attr, col in src.columns.items():
-                if col not in found:
-                    problems.append(f"sources.{src.name}.columns.{attr}: column '{col}' not in {src.label}; "
-                                    f"found: {shown}")
+    for src in src_objs.values():
+        if src.frame is None and (not src.files or src.format not in ("csv", "parquet", "ndjson")):
+            continue  # its path problem is already reported
+        try:
+            found = source_columns(src)
+        except Exception as exc:  # unreadable file: report it as that source's problem
+            problems.append(f"sources.{src.name}.path: {_read_problem(src, exc)}")
+            continue
+        shown = ", ".join(found[:30]) + (" ..." if len(found) > 30 else "")
+        if src.id and src.id not in found:
+            problems.append(f"sources.{src.name}.id: column '{src.id}' not in {src.label}; found: {shown}")
+        for attr, col in src.columns.items():
+            if col not in found:
+                problems.append(f"sources.{src.name}.columns.{attr}: column '{col}' not in {src.label}; "
+                                f"found: {shown}")
 
     if problems:
         raise ProjectError(problems, file=label)
@@ -321,6 +338,32 @@ def project_from_dict(
         base_dir=base,
         raw={k: v for k, v in data.items()},
     )
+
+
+def _store_path_problem(store: Path) -> str | None:
+    """Why a store can never live at ``store`` (whatever the command), or None.
+
+    Writability itself is checked when a command opens the store for writing: read-only
+    commands (export, explain) must work on a store in a read-only folder.
+    """
+    if store.is_dir():
+        return f"{store} is a folder; give a file path such as {store / 'project.duckdb'}"
+    probe = store.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        return f"cannot create {store}: {probe} is a file, not a folder"
+    return None
+
+
+def _read_problem(src: Source, exc: Exception) -> str:
+    """A one-line reason a source's header cannot be read (no data values)."""
+    import polars as pl
+
+    if isinstance(exc, pl.exceptions.NoDataError):
+        return f"{src.label} is empty (not even a header row)"
+    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"cannot read {src.label}: {exc.__class__.__name__}" + (f": {first}" if first else "")
 
 
 def _resolve(base: Path, p: str) -> Path:

@@ -51,7 +51,12 @@ class LoadReport:
 
 
 def source_columns(src: Source) -> list[str]:
-    """The column names a source has (read from the file header only)."""
+    """The column names a source has (read from the file header only).
+
+    >>> from idweave.linkage.project import load_project
+    >>> source_columns(load_project("fixtures/tiny/project.yaml").sources["tax"])
+    ['tin_row', 'given', 'family', 'born', 'ssn', 'true_person']
+    """
     if src.frame is not None:
         return list(_to_polars(src.frame, src).columns)
     names: list[str] | None = None
@@ -91,7 +96,12 @@ def _to_polars(frame: Any, src: Source) -> pl.DataFrame:
 
 
 def read_source(src: Source, columns: Iterable[str]) -> pl.DataFrame:
-    """Read the named columns of a source (all files of a glob, stacked)."""
+    """Read the named columns of a source (all files of a glob, stacked).
+
+    >>> from idweave.linkage.project import load_project
+    >>> read_source(load_project("fixtures/tiny/project.yaml").sources["tax"], ["tin_row", "born"]).row(0)
+    ('T0000001', '1988-02-03')
+    """
     cols = list(dict.fromkeys(columns))
     if src.frame is not None:
         df = _to_polars(src.frame, src)
@@ -142,23 +152,36 @@ def parse_dates(values: pl.Series, fmt: str | None) -> tuple[pl.Series, str]:
 
 def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
                        report: LoadReport | None = None) -> pl.DataFrame:
-    """Map and clean one source's raw frame into records (checks ids and dates)."""
+    """Map and clean one source's raw frame into records (checks ids and dates).
+
+    Every problem of the source is reported at once (empty or duplicate ids, unreadable
+    date columns), each naming the file, the column and a record id or data row.
+
+    >>> from idweave.linkage.project import load_project
+    >>> src = load_project("fixtures/tiny/project.yaml").sources["census"]
+    >>> raw = read_source(src, ["person_no", "fname", "dob"])
+    >>> recs = records_from_frame(raw, src, {"first_name": "given_name", "birth_date": "date"})
+    >>> recs.columns
+    ['source', 'record_id', 'first_name', 'birth_date']
+    """
     report = report if report is not None else LoadReport()
     label = src.label
     if df.height == 0:
         raise SourceError("the source has no rows", file=label)
+    problems: list[SourceError] = []
     ids = df[src.id].cast(pl.Utf8).str.strip_chars()
     null_ids = ids.is_null() | (ids == "")
     if null_ids.any():
         row = int(null_ids.arg_true()[0]) + 1
-        raise SourceError(f"{int(null_ids.sum())} record(s) have an empty id, first at data row {row}",
-                          file=label, column=src.id)
-    dup = ids.is_duplicated()
+        problems.append(SourceError(f"{int(null_ids.sum())} record(s) have an empty id, first at data row {row}",
+                                    file=label, column=src.id))
+    dup = ids.is_duplicated() & ~null_ids
     if dup.any():
         first = ids.filter(dup)[0]
-        raise SourceError(f"duplicate record id ({int(dup.sum())} rows share {ids.filter(dup).n_unique()} "
-                          "ids); record ids must be unique within a source",
-                          file=label, column=src.id, row=first)
+        n_ids = ids.filter(dup).n_unique()
+        problems.append(SourceError(f"duplicate record id ({int(dup.sum())} rows share {n_ids} "
+                                    f"id{'s' if n_ids > 1 else ''}); record ids must be unique within a source",
+                                    file=label, column=src.id, row=first))
     out = {"source": pl.Series("source", [src.name] * df.height, dtype=pl.Utf8), "record_id": ids}
     for attr, kind in kinds.items():
         col = src.columns.get(attr)
@@ -171,22 +194,38 @@ def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
             parsed, used = parse_dates(raw, src.date_format)
             present = raw.cast(pl.Utf8).str.strip_chars().replace("", None).is_not_null()
             n_present = int(present.sum())
-            n_bad = int((present & parsed.is_null()).sum())
+            bad = present & parsed.is_null()
+            n_bad = int(bad.sum())
             if n_present and (n_present - n_bad) / n_present < _MIN_DATE_PARSE_SHARE:
-                first_bad = ids.filter(present & parsed.is_null())[0]
+                first_bad = ids.filter(bad & ~null_ids)
+                where = ({"row": first_bad[0]} if first_bad.len() else {})
                 tried = f"format '{src.date_format}'" if src.date_format else "any common format"
-                raise SourceError(f"dates do not parse with {tried} ({n_bad} of {n_present} values fail)",
-                                  file=label, column=col, row=first_bad,
-                                  hint="set date_format on the source, e.g. date_format: \"%d/%m/%Y\"")
+                hint = ("check the source's date_format" if src.date_format
+                        else "set date_format on the source, e.g. date_format: \"%d/%m/%Y\"")
+                problems.append(SourceError(f"dates do not parse with {tried} ({n_bad} of {n_present} values fail)",
+                                            file=label, column=col, hint=hint, **where))
+                continue
             if n_bad:
                 report.unparsed_dates[f"{src.name}.{col}"] = n_bad
             report.date_formats[f"{src.name}.{col}"] = used
             out[attr] = parsed.alias(attr)
         else:
             out[attr] = raw.to_frame("v").select(clean_expr(kind, pl.col("v"))).to_series().alias(attr)
+    if problems:
+        raise _combined(problems)
     recs = pl.DataFrame(out)
     report.rows[src.name] = recs.height
     return recs
+
+
+def _combined(problems: list[SourceError]) -> SourceError:
+    """One error for several problems (the single one as it is)."""
+    if len(problems) == 1:
+        return problems[0]
+    err = SourceError(f"{len(problems)} problems in the sources:\n  - " + "\n  - ".join(str(p) for p in problems))
+    err.errors = list(problems)  # type: ignore[attr-defined]
+    err.problems = [str(p) for p in problems]  # type: ignore[attr-defined]
+    return err
 
 
 def load_records(project: Project, *, report: LoadReport | None = None,
@@ -195,17 +234,29 @@ def load_records(project: Project, *, report: LoadReport | None = None,
 
     ``extra_columns`` are carried through raw where a source has them (for example a truth
     column for :func:`idweave.linkage.evaluate.evaluate`), null where it has not.
+
+    >>> from idweave.linkage.project import load_project
+    >>> recs = load_records(load_project("fixtures/tiny/project.yaml"), extra_columns=["true_person"])
+    >>> recs.height, recs.columns[-2:]
+    (64, ['true_person', 'content_hash'])
     """
     kinds = {a.name: a.kind for a in project.attributes.values()}
     extra = list(extra_columns)
     frames = []
+    problems: list[SourceError] = []
     for src in project.sources.values():
         have = set(source_columns(src))
         raw = read_source(src, [src.id, *src.columns.values(), *[c for c in extra if c in have]])
-        recs = records_from_frame(raw, src, kinds, report)
+        try:
+            recs = records_from_frame(raw, src, kinds, report)
+        except SourceError as exc:  # keep going: report every source's problems at once
+            problems += getattr(exc, "errors", [exc])
+            continue
         for c in extra:
             recs = recs.with_columns((raw[c].cast(pl.Utf8) if c in have else pl.lit(None, pl.Utf8)).alias(c))
         frames.append(recs)
+    if problems:
+        raise _combined(problems)
     records = pl.concat(frames, how="vertical_relaxed")
     records = derive_names(records, kinds)
     return with_content_hash(records, list(kinds))
@@ -216,6 +267,11 @@ def derive_names(records: pl.DataFrame, kinds: dict[str, str]) -> pl.DataFrame:
 
     Registries disagree on whether a name is one field or two; without this, a record with
     only ``full_name`` would share no name evidence with one holding given and family names.
+    The given name is the first token of the full name and the family name the last.
+
+    >>> recs = pl.DataFrame({"fn": [None, "ann"], "ln": [None, "lee"], "full": ["mary ann lee", None]})
+    >>> derive_names(recs, {"fn": "given_name", "ln": "family_name", "full": "full_name"}).rows()
+    [('mary', 'lee', 'mary ann lee'), ('ann', 'lee', 'ann lee')]
     """
     given = [a for a, k in kinds.items() if k == "given_name"]
     family = [a for a, k in kinds.items() if k == "family_name"]
@@ -234,7 +290,12 @@ def derive_names(records: pl.DataFrame, kinds: dict[str, str]) -> pl.DataFrame:
 
 
 def with_content_hash(records: pl.DataFrame, attributes: list[str]) -> pl.DataFrame:
-    """Add ``content_hash``: md5 of the cleaned attributes (stable across polars versions)."""
+    """Add ``content_hash``: md5 of the cleaned attributes (stable across polars versions).
+
+    >>> with_content_hash(pl.DataFrame({"fn": ["ann"], "ln": [None]}, schema={"fn": pl.Utf8, "ln": pl.Utf8}),
+    ...                   ["fn", "ln"])["content_hash"].str.len_chars().item()
+    32
+    """
     con = duckdb.connect()
     con.register("r", records.select(attributes).with_row_index("_i"))
     parts = ", ".join(f"coalesce(cast(\"{a}\" as varchar), '\x00')" for a in attributes)

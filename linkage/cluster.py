@@ -140,8 +140,9 @@ def cluster(
                 ra, rb = uf.find(a), uf.find(b)
                 if ra == rb:
                     continue
-                nbr.setdefault(ra, {})[rb] = nbr.setdefault(ra, {}).get(rb, 0.0) + p
-                nbr.setdefault(rb, {})[ra] = nbr[rb].get(ra, 0.0) + p
+                da, db = nbr.setdefault(ra, {}), nbr.setdefault(rb, {})
+                da[rb] = da.get(rb, 0.0) + p
+                db[ra] = db.get(ra, 0.0) + p
         strong = edges.filter(pl.col("match_probability") >= threshold).sort(
             ["match_probability", "rid_l", "rid_r"], descending=[True, False, False])
         for a, b, _p in strong.iter_rows():

@@ -15,6 +15,7 @@ attribute (cleaned per kind; dates as ISO ``YYYY-MM-DD`` strings), and ``content
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Iterable
 
 import duckdb
@@ -130,6 +131,9 @@ def parse_dates(values: pl.Series, fmt: str | None) -> tuple[pl.Series, str]:
 
     >>> parse_dates(pl.Series(["03/25/1980", "12/01/1979"]), None)[0].to_list()
     ['1980-03-25', '1979-12-01']
+    >>> dates, used = parse_dates(pl.Series(["25/03/80", "01/02/45"]), None)
+    >>> dates.to_list(), used
+    (['1980-03-25', '1945-02-01'], '%d/%m/%y')
     """
     if values.dtype in (pl.Date, pl.Datetime):
         return values.cast(pl.Date).dt.strftime("%Y-%m-%d"), "native"
@@ -140,7 +144,7 @@ def parse_dates(values: pl.Series, fmt: str | None) -> tuple[pl.Series, str]:
     best_fmt = formats[0]
     best_n = -1
     for f in formats:
-        parsed = s.str.strptime(pl.Date, f, strict=False, exact=True)
+        parsed = _strptime(s, f)
         n = parsed.is_not_null().sum()
         if n > best_n:
             best, best_n, best_fmt = parsed, n, f
@@ -148,6 +152,27 @@ def parse_dates(values: pl.Series, fmt: str | None) -> tuple[pl.Series, str]:
             break
     assert best is not None
     return best.dt.strftime("%Y-%m-%d"), best_fmt
+
+
+def _strptime(s: pl.Series, fmt: str) -> pl.Series:
+    """Parse with one format; null where it does not fit.
+
+    ``%Y`` also reads "80" as the year 80, which would let a four-digit-year format win over
+    the two-digit one: years before 1000 count as not parsed. ``%y`` puts 45 in 2045; a date
+    after today is taken a century earlier (these are mostly birth dates).
+    """
+    try:
+        parsed = s.str.strptime(pl.Date, fmt, strict=False, exact=True)
+    except pl.exceptions.PolarsError:  # a pattern polars cannot use parses nothing
+        return pl.Series(s.name, [None] * s.len(), dtype=pl.Date)
+    frame = parsed.to_frame("d")
+    if "%Y" in fmt:
+        frame = frame.select(pl.when(pl.col("d").dt.year() >= 1000).then(pl.col("d")).alias("d"))
+    if "%y" in fmt:
+        today = date.today()
+        frame = frame.select(pl.when(pl.col("d") > today).then(pl.col("d").dt.offset_by("-100y"))
+                             .otherwise(pl.col("d")).alias("d"))
+    return frame["d"].alias(s.name)
 
 
 def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],

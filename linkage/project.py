@@ -31,6 +31,7 @@ __all__ = ["Attribute", "Source", "Project", "load_project", "project_from_dict"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _RESERVED = {"source", "record_id", "rid", "entity_id", "cluster_id", "match_key", "unique_id"}
 _ENGINES = ("duckdb", "spark")
+_AVAILABLE_ENGINES = ("duckdb",)  # spark is reserved for scale-out
 _SOURCE_KEYS = {"path", "id", "columns", "date_format", "exclusive", "mode", "format"}
 _TOP_KEYS = {
     "store", "threshold", "attributes", "sources", "blocking", "comparisons", "engine",
@@ -287,6 +288,10 @@ def project_from_dict(
     engine = data.get("engine", "duckdb")
     if engine not in _ENGINES:
         problems.append(f"engine: must be one of {', '.join(_ENGINES)}, got {engine!r}")
+    elif engine not in _AVAILABLE_ENGINES:
+        # Said here, not when the model is trained: by then a run would have opened the store.
+        problems.append(f"engine: {engine!r} is not available in this version of idweave; use "
+                        f"{' or '.join(_AVAILABLE_ENGINES)}")
 
     blocking = data.get("blocking")
     if blocking is not None:

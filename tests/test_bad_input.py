@@ -191,6 +191,12 @@ def test_threshold_out_of_range(bad: Path, value: str) -> None:
         f"(exclusive), got {shown}")
 
 
+def test_engine_not_available(bad: Path) -> None:
+    p = project(bad, VALID.format(path="people.csv") + "engine: spark\n")
+    assert fails(bad, "link", p) == (
+        f"Error: {p}: invalid project file: engine: 'spark' is not available in this version of idweave; use duckdb")
+
+
 def test_unknown_top_level_key(bad: Path) -> None:
     p = project(bad, VALID.format(path="people.csv").replace("threshold: 0.9", "treshold: 0.9"))
     assert fails(bad, "link", p) == f"Error: {p}: invalid project file: treshold: unknown key; expected one of {TOP_KEYS}"

@@ -128,12 +128,13 @@ def explain_cmd(
     t.add_row("[bold]total[/]", "", "", f"probability {ex.match_probability:.4f}", f"[bold]{ex.match_weight:+.2f}[/]")
     console.print(t)
     blocked = escape(", ".join(ex.blocking_rules)) if ex.blocking_rules else "no rule: the pair is never compared"
-    console.print(f"blocked by: {blocked}")
+    # One line each, however long (a script may read them): the terminal wraps, not rich.
+    console.print(f"blocked by: {blocked}", soft_wrap=True)
     console.print(f"scored in the last run: {'yes' if ex.candidate_in_last_run else 'no'}")
     console.print(f"same entity: {'yes' if ex.same_entity else 'no'} ({ex.entity_left} / {ex.entity_right}); "
                   f"threshold {ex.threshold}")
     for n in ex.notes:
-        console.print(f"note: {n}")
+        console.print(f"note: {escape(n)}", soft_wrap=True)
 
 
 @app.command("evaluate")

@@ -51,7 +51,8 @@ def test_link_prints_the_summary(linked_tiny: Linked) -> None:
     assert sum(int(k) * int(v) for k, v in sizes.items()) == sum(RECORDS.values())
     assert sum(int(v) for v in sizes.values()) == int(summary["entities"])
     stages = two_column(out.split("time per stage")[1])
-    assert list(stages) == ["load", "block", "train", "score", "cluster", "store"]
+    assert list(stages)[0] == "load" and list(stages)[-1] == "store"
+    assert {"block", "train", "score", "cluster"} <= set(stages)
     # Without a terminal, each finished stage is one line on stderr (no progress bars).
     assert [line.split(":")[0].strip() for line in linked_tiny.link.err.splitlines()] == list(stages)
     assert store_files(linked_tiny.folder) == [linked_tiny.store, linked_tiny.folder / "out" / "tiny.model.json"]
@@ -185,11 +186,12 @@ def test_explain_pair(linked_tiny: Linked) -> None:
     total = float(rows["total"][4])
     assert abs(total - sum(float(r[4]) for k, r in rows.items() if k != "total")) < 0.05
     assert rows["total"][3].startswith("probability ")
-    tail = [line for line in lines if ":" in line and not line.startswith(("│", "┃"))][-3:]
-    assert tail[0].startswith("blocked by: ")
-    assert tail[1] in ("scored in the last run: yes", "scored in the last run: no")
-    assert tail[2].startswith(("same entity: yes (", "same entity: no ("))
-    assert tail[2].endswith("; threshold 0.9")
+    after = lines[next(i for i, line in enumerate(lines) if line.startswith("└")) + 1:]
+    assert after[0].startswith("blocked by: ") and len(after[0]) > len("blocked by: ")
+    assert after[1] in ("scored in the last run: yes", "scored in the last run: no")
+    assert after[2].startswith(("same entity: yes (", "same entity: no ("))
+    assert after[2].endswith("; threshold 0.9")
+    assert all(line.startswith("note: ") for line in after[3:])
 
 
 def test_explain_pair_that_no_rule_blocks(linked_tiny: Linked) -> None:

@@ -399,4 +399,10 @@ def _check_comparisons(comparisons: Any, attributes: dict[str, Attribute]) -> li
         msg = check_comparison_override(spec)
         if msg:
             problems.append(f"comparisons.{attr}: {msg}")
+
+    def off(spec: Any) -> bool:
+        return spec is False or spec == "off" or (isinstance(spec, dict) and spec.get("method") == "off")
+
+    if attributes and all(a in comparisons and off(comparisons[a]) for a in attributes):
+        problems.append("comparisons: every attribute is switched off; at least one must be compared")
     return problems

@@ -271,8 +271,13 @@ def test_comparison_problems() -> None:
 
 
 def test_comparison_switched_off() -> None:
-    p = project_from_dict(_with(comparisons={"first_name": False, "birth_date": "off"}), base_dir=TINY)
-    assert p.comparisons == {"first_name": False, "birth_date": "off"}
+    p = project_from_dict(_with(comparisons={"first_name": False}), base_dir=TINY)
+    assert p.comparisons == {"first_name": False}
+
+
+def test_at_least_one_attribute_is_compared() -> None:
+    assert _problems(_with(comparisons={"first_name": "off", "birth_date": {"method": "off"}})) == [
+        "comparisons: every attribute is switched off; at least one must be compared"]
 
 
 def test_engine_training_clustering_and_source_keys() -> None:

@@ -1,25 +1,61 @@
-"""Key transforms: turn a cleaned attribute into a blocking key.
+"""Key transforms: turn a cleaned attribute into blocking key values.
 
-Transforms chain left to right (``first_token:metaphone``). Phonetic codes come from
-jellyfish and are computed once per distinct value, not per row.
+Transforms chain left to right (``tokens:nickname:metaphone``). Some give several values per
+record (``tokens`` splits a name into words, ``nickname`` gives every formal name a nickname
+may stand for): the record then has several keys, and a pair is found when any agree.
+Phonetic codes come from jellyfish and are computed once per distinct value.
 
 >>> import polars as pl
->>> s = pl.Series(["catherine", "kathryn", None])
->>> apply_transforms(s, ("metaphone",)).to_list()
-['K0RN', 'K0RN', None]
->>> apply_transforms(pl.Series(["1980-03-25"]), ("year",)).to_list()
-['1980']
+>>> key_values(pl.Series(["catherine", "kathryn", None]), ("metaphone",)).rows()
+[(0, 'K0RN'), (1, 'K0RN')]
+>>> key_values(pl.Series(["bob smith"]), ("tokens", "nickname")).rows()
+[(0, 'robert'), (0, 'smith')]
+>>> key_values(pl.Series(["SW1A2AA"]), ("district",)).rows()
+[(0, 'SW1A')]
 """
 
 from __future__ import annotations
 
+import csv
 import re
+from functools import lru_cache
+from importlib import resources
 from typing import Callable
 
 import jellyfish
 import polars as pl
 
-__all__ = ["TRANSFORMS", "apply_transforms", "check_transform", "sql_transform"]
+__all__ = ["TRANSFORMS", "key_values", "apply_transforms", "check_transform", "sql_transform",
+           "nickname_groups", "canonical_names"]
+
+
+@lru_cache(maxsize=1)
+def nickname_groups() -> dict[str, tuple[str, ...]]:
+    """Name -> the formal names it may stand for (a formal name stands for itself).
+
+    From the bundled ``data/nicknames.csv`` (canonical name and its variants).
+    """
+    groups: dict[str, set[str]] = {}
+    with resources.files("idweave.blocking").joinpath("data/nicknames.csv").open(encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            canon = row["canonical"].strip()
+            groups.setdefault(canon, set()).add(canon)
+            for v in row["variants"].split("|"):
+                v = v.strip()
+                if v:
+                    groups.setdefault(v, set()).add(canon)
+    return {k: tuple(sorted(v)) for k, v in groups.items()}
+
+
+def canonical_names(name: str | None) -> list[str]:
+    """The formal names a given name may stand for; itself when it is none of them.
+
+    >>> canonical_names("bob"), canonical_names("zebedee")
+    (['robert'], ['zebedee'])
+    """
+    if not name:
+        return []
+    return list(nickname_groups().get(name, (name,)))
 
 
 def _phonetic(fn: Callable[[str], str]) -> Callable[[pl.Series], pl.Series]:
@@ -32,10 +68,20 @@ def _phonetic(fn: Callable[[str], str]) -> Callable[[pl.Series], pl.Series]:
     return run
 
 
-def _tokens(s: pl.Series) -> pl.Series:
-    return s.str.split(" ")
+def _nickname(s: pl.Series) -> pl.Series:
+    uniq = s.drop_nulls().unique().to_list()
+    mapping = {v: canonical_names(v) for v in uniq}
+    return s.replace_strict(mapping, default=None, return_dtype=pl.List(pl.Utf8))
 
 
+def _district(s: pl.Series) -> pl.Series:
+    # A postcode's district: all but its last three characters when it has more than four
+    # (UK "SW1A2AA" -> "SW1A"); shorter codes (zip-like) keep their first three.
+    n = s.str.len_chars()
+    return pl.select(pl.when(n > 4).then(s.str.slice(0, n - 3)).otherwise(s.str.slice(0, 3))).to_series()
+
+
+# Scalar -> scalar transforms.
 _SIMPLE: dict[str, Callable[[pl.Series], pl.Series]] = {
     "exact": lambda s: s,
     "metaphone": _phonetic(jellyfish.metaphone),
@@ -44,22 +90,28 @@ _SIMPLE: dict[str, Callable[[pl.Series], pl.Series]] = {
     "year": lambda s: s.str.slice(0, 4),
     "year_month": lambda s: s.str.slice(0, 7),
     "month_day": lambda s: s.str.slice(5, 5),
-    "first_token": lambda s: _tokens(s).list.first(),
-    "last_token": lambda s: _tokens(s).list.last(),
-    "sorted_tokens": lambda s: _tokens(s).list.sort().list.join(" "),
+    "first_token": lambda s: s.str.split(" ").list.first(),
+    "last_token": lambda s: s.str.split(" ").list.last(),
+    "sorted_tokens": lambda s: s.str.split(" ").list.sort().list.join(" "),
     "initial": lambda s: s.str.slice(0, 1),
     "digits": lambda s: s.str.replace_all(r"[^0-9]", ""),
     "local_part": lambda s: s.str.split("@").list.first(),
+    "district": _district,
+}
+# Scalar -> several values.
+_MULTI: dict[str, Callable[[pl.Series], pl.Series]] = {
+    "tokens": lambda s: s.str.split(" "),
+    "nickname": _nickname,
 }
 _PREFIX = re.compile(r"^prefix(\d+)$")
 _SUFFIX = re.compile(r"^suffix(\d+)$")
 
-TRANSFORMS = tuple(_SIMPLE) + ("prefixN", "suffixN")
+TRANSFORMS = tuple(_SIMPLE) + tuple(_MULTI) + ("prefixN", "suffixN")
 
 
 def check_transform(name: str) -> str | None:
     """A message if ``name`` is not a known transform, else None."""
-    if name in _SIMPLE or _PREFIX.match(name) or _SUFFIX.match(name):
+    if name in _SIMPLE or name in _MULTI or _PREFIX.match(name) or _SUFFIX.match(name):
         return None
     return f"unknown key transform {name!r}; expected one of {', '.join(TRANSFORMS)} (e.g. prefix3)"
 
@@ -76,16 +128,29 @@ def _one(s: pl.Series, name: str) -> pl.Series:
     raise ValueError(check_transform(name))
 
 
-def apply_transforms(s: pl.Series, transforms: tuple[str, ...]) -> pl.Series:
-    """Apply a chain of transforms to a cleaned string column; empty results become null."""
-    out = s.cast(pl.Utf8)
+def key_values(s: pl.Series, transforms: tuple[str, ...]) -> pl.DataFrame:
+    """Key values of each row of ``s``: a frame ``(row, key)``, several rows per input row
+    when a transform gives several values; nulls and empty strings dropped."""
+    df = pl.DataFrame({"row": pl.Series(range(s.len()), dtype=pl.Int64), "key": s.cast(pl.Utf8)})
+    df = df.drop_nulls("key")
     for t in transforms:
-        out = _one(out, t)
-    return out.replace("", None)
+        if t in _MULTI:
+            df = df.with_columns(_MULTI[t](df["key"]).alias("key")).explode("key")
+        else:
+            df = df.with_columns(_one(df["key"], t).alias("key"))
+        df = df.filter(pl.col("key").is_not_null() & (pl.col("key") != ""))
+    return df.unique(maintain_order=True)
+
+
+def apply_transforms(s: pl.Series, transforms: tuple[str, ...]) -> pl.Series:
+    """One key per row (the first when a transform gives several); null where none."""
+    kv = key_values(s, transforms).unique("row", keep="first", maintain_order=True)
+    full = pl.DataFrame({"row": pl.Series(range(s.len()), dtype=pl.Int64)}).join(kv, on="row", how="left")
+    return full["key"]
 
 
 def sql_transform(expr: str, transforms: tuple[str, ...]) -> str | None:
-    """The SQL for a transform chain, or None if it has no SQL form (phonetic codes)."""
+    """The SQL for a transform chain, or None if it has no SQL form (phonetic codes, lists)."""
     for t in transforms:
         m = _PREFIX.match(t)
         if t == "exact":

@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 
 import polars as pl
 
-from idweave.blocking.keys import apply_transforms
+from idweave.blocking.keys import key_values
 from idweave.blocking.rules import Rule
 
 __all__ = ["generate_pairs", "count_pairs", "rule_pairs", "PairStats", "DEFAULT_MAX_BLOCK"]
@@ -39,14 +39,19 @@ class PairStats:
     skipped_records: list[int] = field(default_factory=list)
 
 
-def _key_column(records: pl.DataFrame, rule: Rule, side: str) -> pl.Series:
-    parts = []
-    for k in rule.keys:
-        attr = k.left if side == "l" else k.right
-        parts.append(apply_transforms(records[attr], k.transforms).alias(f"k{len(parts)}"))
-    if len(parts) == 1:
-        return parts[0].alias("key")
-    return pl.DataFrame(parts).select(pl.concat_str(pl.all(), separator="\x1f").alias("key")).to_series()
+def _key_frame(records: pl.DataFrame, rule: Rule, side: str) -> pl.DataFrame:
+    """``rid``, ``source``, ``key`` for one side of a rule; several rows for a record whose
+    keys have several values (every combination of its key values)."""
+    combined: pl.DataFrame | None = None
+    for i, k in enumerate(rule.keys):
+        kv = key_values(k.source_values(records, side), k.transforms).rename({"key": f"k{i}"})
+        combined = kv if combined is None else combined.join(kv, on="row", how="inner")
+    assert combined is not None
+    cols = [c for c in combined.columns if c != "row"]
+    key = pl.col(cols[0]) if len(cols) == 1 else pl.concat_str([pl.col(c) for c in cols], separator="\x1f")
+    frame = combined.select("row", key.alias("key"))
+    ids = records.select("rid", "source").with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+    return frame.join(ids, on="row").select("rid", "source", "key")
 
 
 def rule_pairs(records: pl.DataFrame, rule: Rule, *, max_block: int = DEFAULT_MAX_BLOCK,
@@ -58,16 +63,14 @@ def rule_pairs(records: pl.DataFrame, rule: Rule, *, max_block: int = DEFAULT_MA
     records of an incremental run).
     """
     excl = list(exclusive)
-    left = pl.DataFrame({"rid": records["rid"], "source": records["source"],
-                         "key": _key_column(records, rule, "l")}).drop_nulls("key")
-    if rule.symmetric:
-        right = left
-    else:
-        right = pl.DataFrame({"rid": records["rid"], "source": records["source"],
-                              "key": _key_column(records, rule, "r")}).drop_nulls("key")
-    sizes = pl.concat([left.select("key"), right.select("key")] if not rule.symmetric else [left.select("key")])
-    sizes = sizes.group_by("key").len()
-    big = sizes.filter(pl.col("len") > max_block)
+    left = _key_frame(records, rule, "l")
+    right = left if rule.symmetric else _key_frame(records, rule, "r")
+    # A block's size is the number of distinct records holding the key on either side.
+    both = left.select("key", "rid") if rule.symmetric else pl.concat([left.select("key", "rid"),
+                                                                      right.select("key", "rid")])
+    sizes = both.unique().group_by("key").len()
+    cap = rule.max_block if rule.max_block is not None else max_block
+    big = sizes.filter(pl.col("len") > cap)
     if stats is not None:
         stats.skipped_blocks.append(big.height)
         stats.skipped_records.append(int(big["len"].sum()) if big.height else 0)
@@ -89,7 +92,8 @@ def rule_pairs(records: pl.DataFrame, rule: Rule, *, max_block: int = DEFAULT_MA
         pl.max_horizontal("rid", "rid_r").alias("rid_r"),
     )
     if restrict_to is not None:
-        pairs = pairs.filter(pl.col("rid_l").is_in(restrict_to) | pl.col("rid_r").is_in(restrict_to))
+        new_ids = restrict_to.implode()
+        pairs = pairs.filter(pl.col("rid_l").is_in(new_ids) | pl.col("rid_r").is_in(new_ids))
     return pairs.unique()
 
 
@@ -126,7 +130,7 @@ def count_pairs(records: pl.DataFrame, rules: Sequence[Rule], *, max_block: int 
     >>> from idweave.blocking.rules import Rule, Key
     >>> recs = pl.DataFrame({"rid": [0, 1, 2], "source": ["a", "a", "b"], "fn": ["ann", "ann", "ann"]})
     >>> count_pairs(recs, [Rule((Key("fn", "fn"),))]).select("rule", "sources", "pairs_added").rows()
-    [('fn', 'a-a', 1), ('fn', 'a-b', 2), ('fn', 'all', 3)]
+    [('fn', 'a-a', 1), ('fn', 'a-b', 2), ('fn', 'b-b', 0), ('fn', 'all', 3)]
     """
     excl = list(exclusive)
     stats = PairStats()

@@ -49,12 +49,30 @@ class Key:
     def symmetric(self) -> bool:
         return self.left == self.right
 
+    def attributes(self) -> set[str]:
+        """Every attribute the key reads (``a+b`` reads both)."""
+        return {a for side in (self.left, self.right) for a in side.split("+")}
+
+    def source_values(self, records: "pl.DataFrame", side: str) -> "pl.Series":
+        """The untransformed value of one side: an attribute, or the words of several
+        attributes joined (``first_name+surname``), for names that sit in either field."""
+        import polars as pl
+
+        spec = self.left if side == "l" else self.right
+        parts = spec.split("+")
+        if len(parts) == 1:
+            return records[parts[0]]
+        return records.select(pl.concat_str([pl.col(p) for p in parts], separator=" ", ignore_nulls=True)
+                              .replace("", None)).to_series()
+
     def __str__(self) -> str:
         attr = self.left if self.symmetric else f"{self.left}~{self.right}"
         return ":".join((attr, *self.transforms))
 
     def sql(self) -> str | None:
         """SQL for this key as a Splink blocking condition, or None if it has no SQL form."""
+        if "+" in self.left or "+" in self.right:
+            return None
         lhs = sql_transform(f'l."{self.left}"', self.transforms)
         rhs = sql_transform(f'r."{self.right}"', self.transforms)
         return None if lhs is None or rhs is None else f"{lhs} = {rhs}"
@@ -66,10 +84,16 @@ class Rule:
 
     keys: tuple[Key, ...]
     name: str = ""
+    # Skip key values shared by more records than this (None: the generator's default). A
+    # small cap turns a weak key into a "rare value" rule: a rare surname identifies alone.
+    max_block: int | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
-            object.__setattr__(self, "name", " & ".join(str(k) for k in self.keys))
+            name = " & ".join(str(k) for k in self.keys)
+            if self.max_block is not None:
+                name += f" (blocks <= {self.max_block})"
+            object.__setattr__(self, "name", name)
 
     @property
     def symmetric(self) -> bool:
@@ -77,10 +101,13 @@ class Rule:
 
     @property
     def attributes(self) -> set[str]:
-        return {a for k in self.keys for a in (k.left, k.right)}
+        return {a for k in self.keys for a in k.attributes()}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "keys": [str(k) for k in self.keys]}
+        d: dict[str, Any] = {"name": self.name, "keys": [str(k) for k in self.keys]}
+        if self.max_block is not None:
+            d["max_block"] = self.max_block
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | Iterable[str] | str) -> "Rule":
@@ -88,7 +115,10 @@ class Rule:
             keys = [k for k in d.split("&")]
             return cls(tuple(Key.parse(k) for k in keys))
         if isinstance(d, Mapping):
-            return cls(tuple(Key.parse(k) for k in d["keys"]), str(d.get("name") or ""))
+            mb = d.get("max_block")
+            if mb is not None and (not isinstance(mb, int) or isinstance(mb, bool) or mb < 2):
+                raise ValueError(f"max_block must be a whole number >= 2, got {mb!r}")
+            return cls(tuple(Key.parse(k) for k in d["keys"]), str(d.get("name") or ""), mb)
         return cls(tuple(Key.parse(k) for k in d))
 
     def sql(self) -> str | None:
@@ -108,7 +138,7 @@ def parse_rules(spec: Any, *, attributes: Mapping[str, str]) -> list[Rule]:
             problems.append(f"rule {i + 1}: {exc}")
             continue
         for k in rule.keys:
-            for a in (k.left, k.right):
+            for a in sorted(k.attributes()):
                 if a not in attributes:
                     problems.append(f"rule {i + 1}: unknown attribute {a!r}")
             for t in k.transforms:
@@ -121,15 +151,22 @@ def parse_rules(spec: Any, *, attributes: Mapping[str, str]) -> list[Rule]:
     return rules
 
 
+# A name word held by at most this many records is rare enough to propose pairs on its own.
+_RARE_BLOCK = 25
+
+
 def derive_rules(attributes: Mapping[str, str]) -> list[Rule]:
     """Blocking rules derived from attribute kinds alone, most specific first.
 
-    The aim is high recall at bounded cost: strong identifiers alone; pairs of independent
-    weaker keys (phonetic names, date parts, places), so that one typo or one missing value
-    in any single attribute still leaves some rule that finds the pair; swapped names.
+    The aim is high recall at bounded cost: strong identifiers alone; then a name key paired
+    with one other independent key (date, year, place), so that a typo, a nickname, a
+    missing value or a name in the wrong field in any single attribute still leaves a rule
+    that finds the pair. Name keys use every word of every name field (``tokens``), mapped
+    through nicknames to formal names and to a phonetic code. Very common key values are
+    skipped at pair generation (see ``pairs.DEFAULT_MAX_BLOCK``), which bounds the cost.
 
     >>> [r.name for r in derive_rules({"ssn": "national_id", "fn": "given_name", "ln": "family_name"})]
-    ['ssn', 'fn:metaphone & ln:metaphone', 'fn~ln:metaphone & ln~fn:metaphone', 'fn:prefix2 & ln:prefix3']
+    ['ssn', 'fn:nickname:metaphone & ln:metaphone', 'fn~ln:metaphone & ln~fn:metaphone', 'fn:prefix2 & ln:prefix3']
     """
     by_kind: dict[str, list[str]] = {}
     for a, k in attributes.items():
@@ -142,45 +179,52 @@ def derive_rules(attributes: Mapping[str, str]) -> list[Rule]:
     for kind in ("national_id", "email", "phone"):
         for a in by_kind.get(kind, []):
             rules.append(Rule((Key(a, a),)))
+    # Rare values identify alone: a user name shared by few e-mail addresses, a birth date
+    # held by few records (year-only dates pile up on 1 January and so are skipped).
+    for a in by_kind.get("email", []):
+        rules.append(Rule((Key(a, a, ("local_part",)),), max_block=_RARE_BLOCK))
+    for a in by_kind.get("date", [])[:1]:
+        rules.append(Rule((Key(a, a),), max_block=_RARE_BLOCK))
 
     given, family, full = first("given_name"), first("family_name"), first("full_name")
     date = first("date")
     places = [a for kind in ("postcode", "address", "city") for a in by_kind.get(kind, [])]
 
-    # Name keys: with separate given and family names use phonetic codes of each; with only
-    # a full name use its first and last token.
     if given and family:
-        g, f = Key(given, given, ("metaphone",)), Key(family, family, ("metaphone",))
-        rules.append(Rule((g, f)))
+        rules.append(Rule((Key(given, given, ("nickname", "metaphone")), Key(family, family, ("metaphone",)))))
         rules.append(Rule((Key(given, family, ("metaphone",)), Key(family, given, ("metaphone",)))))
         rules.append(Rule((Key(given, given, ("prefix2",)), Key(family, family, ("prefix3",)))))
+        rules.append(Rule((Key(given, given, ("initial",)), Key(family, family, ("metaphone",)))))
+        words = f"{given}+{family}"
     elif full:
-        g = Key(full, full, ("first_token", "metaphone"))
-        f = Key(full, full, ("last_token", "metaphone"))
-        rules.append(Rule((g, f)))
+        rules.append(Rule((Key(full, full, ("tokens", "nickname", "metaphone")),
+                           Key(full, full, ("last_token", "metaphone")))))
         rules.append(Rule((Key(full, full, ("sorted_tokens",)),)))
+        words = full
     else:
-        g = Key(given, given, ("metaphone",)) if given else None
-        f = Key(family, family, ("metaphone",)) if family else None
+        words = given or family
+    # Any word of any name field, through nicknames, phonetically: survives swapped fields,
+    # a name in the wrong field, one missing name and most typos.
+    name = Key(words, words, ("tokens", "nickname", "metaphone")) if words else None
 
-    name_keys = [k for k in (g, f) if k is not None] if (given or family or full) else []
+    def place_key(p: str) -> Key:
+        return Key(p, p, ("district",)) if attributes[p] == "postcode" else Key(p, p)
+
     if date:
         d = Key(date, date)
-        for k in name_keys:
-            rules.append(Rule((k, d)))
-        # A typo in the year still leaves day and month; pair them with a name.
-        for k in name_keys:
-            rules.append(Rule((k, Key(date, date, ("month_day",)))))
+        if name:
+            rules.append(Rule((name, d)))
+            rules.append(Rule((name, Key(date, date, ("year",)))))
+            if family:
+                # A typo in the year still leaves day and month.
+                rules.append(Rule((Key(family, family, ("metaphone",)), Key(date, date, ("month_day",)))))
         for p in places:
-            rules.append(Rule((d, Key(p, p))))
+            rules.append(Rule((d, place_key(p))))
             rules.append(Rule((Key(date, date, ("year",)), Key(p, p))))
-    for p in places:
-        for k in name_keys:
-            rules.append(Rule((k, Key(p, p))))
-    if len(places) >= 2:
-        for p, q in combinations(places, 2):
-            for k in name_keys[:1]:
-                rules.append(Rule((k, Key(p, p), Key(q, q))))
+    if name:
+        for p in places:
+            rules.append(Rule((name, place_key(p))))
+        rules.append(Rule((name,), max_block=_RARE_BLOCK))
     # Deduplicate while keeping order.
     seen, out = set(), []
     for r in rules:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -88,6 +89,42 @@ def _jw(c: str, t: float) -> str:
     return f"jaro_winkler_similarity({_l(c)}, {_r(c)}) >= {t}"
 
 
+# Helper columns the model derives from records before Splink sees them.
+FORMAL_SUFFIX = "__formal"
+
+
+def _partner(kind: str, kinds: dict[str, str]) -> str | None:
+    """For a given name, the family-name attribute (and the reverse), if the project has one."""
+    want = {"given_name": "family_name", "family_name": "given_name"}.get(kind)
+    return next((a for a, k in kinds.items() if k == want), None) if want else None
+
+
+def input_columns(settings: dict[str, Any]) -> list[str]:
+    """Every record column the comparisons of a model read (attributes and helper columns)."""
+    cols: list[str] = []
+    for c in settings["comparisons"]:
+        for lv in c["comparison_levels"]:
+            for name in re.findall(r'"([A-Za-z0-9_]+)_[lr]"', lv["sql_condition"]):
+                if name not in cols:
+                    cols.append(name)
+    return cols
+
+
+def prepare(records: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """``rid`` and the columns a model reads, deriving helper columns (formal names)."""
+    from idweave.blocking.keys import canonical_names
+
+    out = records.select("rid", *[c for c in columns if c in records.columns])
+    for c in columns:
+        if c.endswith(FORMAL_SUFFIX) and c not in out.columns:
+            base = c[: -len(FORMAL_SUFFIX)]
+            uniq = records[base].drop_nulls().unique().to_list()
+            mapping = {v: canonical_names(v) for v in uniq}
+            out = out.with_columns(records[base].replace_strict(mapping, default=None,
+                                                                return_dtype=pl.List(pl.Utf8)).alias(c))
+    return out
+
+
 def _ladder(c: str, kind: str, spec: dict[str, Any], others: dict[str, str]) -> list[dict]:
     """The levels of one comparison, most to least similar, null first."""
     m = spec["method"]
@@ -96,12 +133,21 @@ def _ladder(c: str, kind: str, spec: dict[str, Any], others: dict[str, str]) -> 
     levels = [_null(c)]
     if m == "name":
         levels.append(_exact(c, tf))
+        if kind == "given_name":
+            # "bob" and "robert" are one name: their sets of formal names meet.
+            f = f"{c}{FORMAL_SUFFIX}"
+            levels.append(_lvl(f"list_has_any({_l(f)}, {_r(f)})", "nickname or variant"))
         for t in th or [0.92, 0.8]:
             levels.append(_lvl(_jw(c, t), f"jaro-winkler >= {t}"))
         if kind == "given_name":
             # An initial stands for a name: "j" agrees with "john" more than "mary" does.
             levels.append(_lvl(f"(length({_l(c)}) = 1 OR length({_r(c)}) = 1) AND "
                                f"substr({_l(c)}, 1, 1) = substr({_r(c)}, 1, 1)", "initial agrees"))
+        partner = _partner(kind, others)
+        if partner:
+            # Registries swap given and family names, or put a surname in the first field.
+            levels.append(_lvl(f"{_l(c)} = {_r(partner)} OR {_r(c)} = {_l(partner)}",
+                               "found in the other name field"))
     elif m == "full_name":
         levels.append(_exact(c, tf))
         levels.append(_lvl(f"list_sort(string_split({_l(c)}, ' ')) = list_sort(string_split({_r(c)}, ' '))",
@@ -119,6 +165,7 @@ def _ladder(c: str, kind: str, spec: dict[str, Any], others: dict[str, str]) -> 
                            "one typo or day/month swapped"))
         levels.append(_lvl(f"abs(date_diff('day', {dl}, {dr})) <= 31", "within a month"))
         levels.append(_lvl(f"abs(date_diff('day', {dl}, {dr})) <= 366", "within a year"))
+        levels.append(_lvl(f"abs(date_diff('day', {dl}, {dr})) <= 3653", "within ten years"))
     elif m in ("identifier", "phone"):
         levels.append(_exact(c, tf))
         levels.append(_lvl(f"damerau_levenshtein({_l(c)}, {_r(c)}) <= 1", "one typo"))
@@ -142,6 +189,8 @@ def _ladder(c: str, kind: str, spec: dict[str, Any], others: dict[str, str]) -> 
                            "two words in common"))
     elif m == "exact":
         levels.append(_exact(c, tf))
+        if kind == "city":
+            levels.append(_lvl(f"damerau_levenshtein({_l(c)}, {_r(c)}) <= 1", "one typo"))
     elif m == "jaro_winkler":
         levels.append(_exact(c, tf))
         for t in th or [0.92, 0.8]:
@@ -361,9 +410,8 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
     not block on it. The term-frequency tables of the training data are kept with the model.
     """
     settings = build_settings(project)
-    cols = ["rid", *comparison_columns(project)]
-    recs = records.select(cols)
-    present = {c for c in cols[1:] if recs[c].null_count() < recs.height}
+    recs = prepare(records, input_columns(settings))
+    present = {c for c in comparison_columns(project) if recs[c].null_count() < recs.height}
     con = duckdb.connect()
     log_lines: list[str] = []
     try:
@@ -390,6 +438,7 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
             except Exception as exc:  # a pass with no pairs must not sink the whole model
                 log_lines.append(f"em pass blocked on {name} skipped: {str(exc).splitlines()[0][:120]}")
         trained = linker.misc.save_model_to_json(None)
+        log_lines += regularise(trained)
         tf_tables = {}
         for col in _tf_columns(trained):
             tf = linker.table_management.compute_tf_table(col).as_duckdbpyrelation().pl()
@@ -402,6 +451,76 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
         con.close()
     model = TrainedModel(trained, tf_tables, log_lines)
     return model
+
+
+def regularise(settings: dict[str, Any]) -> list[str]:
+    """Make each comparison ladder monotone and flag untrained or degenerate levels.
+
+    A level nearer the top of a ladder means more similar values, so it can never be weaker
+    evidence than a level below it. EM sometimes says otherwise for a level it rarely saw
+    (m near 0 gives tens of negative bits); such a level is lifted to the weight of the
+    level below it. An untrained level (no m or u) gets the weight of the level below it
+    too. Changes ``settings`` in place; returns one message per change.
+    """
+    notes = []
+    for c in settings["comparisons"]:
+        levels = [lv for lv in c["comparison_levels"] if not lv.get("is_null_level")]
+        below: float | None = None
+        for lv in reversed(levels):
+            m, u = lv.get("m_probability"), lv.get("u_probability")
+            name = f"{c['output_column_name']}: {lv.get('label_for_charts')}"
+            if not m or not u:
+                if below is not None and u:
+                    lv["m_probability"] = min(u * 2 ** below, 1.0)
+                    notes.append(f"untrained level {name}: given the weight of the level below")
+                elif below is not None:
+                    lv["m_probability"], lv["u_probability"] = 2 ** below / (1 + 2 ** below), 1 / (1 + 2 ** below)
+                    notes.append(f"untrained level {name}: given the weight of the level below")
+                else:
+                    lv["m_probability"] = lv["u_probability"] = 0.5
+                    notes.append(f"untrained level {name}: neutral weight")
+                m, u = lv["m_probability"], lv["u_probability"]
+            w = math.log2(m / u)
+            if below is not None and w < below - 1e-9:
+                lv["m_probability"] = min(u * 2 ** below, 1.0)
+                notes.append(f"degenerate level {name}: {w:.1f} bits is below the next level's {below:.1f}; lifted")
+                w = math.log2(lv["m_probability"] / u)
+            below = w
+    return notes
+
+
+def refine_prior(model: TrainedModel, links: pl.DataFrame, total_pairs: float, *,
+                 iterations: int = 50) -> tuple[TrainedModel, pl.DataFrame]:
+    """Re-estimate the prior (probability two random records match) from the candidate pairs.
+
+    With m and u fixed, the expected number of matches is the sum of the pairs' match
+    probabilities, which depends on the prior: iterate prior = sum(p) / all possible pairs
+    to its fixed point (EM on the prior alone). Deterministic rules with an assumed recall
+    can be far off on noisy data; this uses every scored pair instead. Pairs blocking never
+    proposed count as non-matches, so this errs low, never high. Returns the model with the
+    new prior and ``links`` with match weight and probability shifted to it.
+    """
+    if links.height == 0 or total_pairs <= 0:
+        return model, links
+    old = model.prior
+    old_w = math.log2(old / (1 - old))
+    base = links["match_weight"] - old_w  # evidence without the prior
+    prior = old
+    for _ in range(iterations):
+        w = math.log2(prior / (1 - prior))
+        p = 1.0 / (1.0 + (2.0 ** -(base + w)))
+        new = min(max(float(p.sum()) / total_pairs, 1e-12), 0.5)
+        if abs(new - prior) <= 1e-4 * prior:
+            prior = new
+            break
+        prior = new
+    settings = json.loads(json.dumps(model.settings))
+    settings["probability_two_random_records_match"] = prior
+    new_w = math.log2(prior / (1 - prior))
+    mw = base + new_w
+    links = links.with_columns(mw.alias("match_weight"), (1.0 / (1.0 + 2.0 ** (-mw))).alias("match_probability"))
+    log = [*model.training_log, f"prior re-estimated from {links.height:,} candidate pairs: {old:.3g} -> {prior:.3g}"]
+    return TrainedModel(settings, model.tf_tables, log), links
 
 
 def score_pairs(records: pl.DataFrame, pairs: pl.DataFrame, model: TrainedModel, *,
@@ -420,7 +539,7 @@ def score_pairs(records: pl.DataFrame, pairs: pl.DataFrame, model: TrainedModel,
             schema[f"level_{c}"] = pl.Int32
             schema[f"w_{c}"] = pl.Float64
         return pl.DataFrame(schema=schema)
-    recs = records.select(["rid", *comps])
+    recs = prepare(records, input_columns(model.settings))
     con = duckdb.connect()
     try:
         linker, db = _linker(recs, model.settings, con, engine, model.tf_tables)
@@ -453,3 +572,40 @@ def load_model(path: Path, tf_tables: dict[str, pl.DataFrame] | None = None) -> 
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read model: {exc}", file=str(path)) from None
     return TrainedModel(settings, dict(tf_tables or {}))
+
+
+def scoring_sql(settings: dict[str, Any], table: str) -> tuple[str, list[str]]:
+    """Splink's own scoring SQL for a model, as one query over a table of ready-made pairs.
+
+    ``table`` must hold ``rid_l``, ``rid_r``, ``match_key`` and, for every column ``c`` the
+    comparisons read (the second value returned), ``c_l`` and ``c_r``, plus ``tf_c_l`` and
+    ``tf_c_r`` for term-frequency columns. The query returns ``rid_l``, ``rid_r``,
+    ``match_weight``, ``match_probability`` and per comparison ``level_c`` and ``w_c``, exactly
+    as :func:`score_pairs` does, without building a Splink linker (which takes far longer
+    than scoring a few pairs: see :mod:`idweave.linkage.lookup`).
+
+    >>> from idweave.linkage.project import load_project
+    >>> sql, cols = scoring_sql(build_settings(load_project("fixtures/tiny/project.yaml")), "cand")
+    >>> cols[:2], "from cand" in sql
+    (['first_name', 'first_name__formal'], True)
+    """
+    from splink.internals.predict import predict_from_comparison_vectors_sqls_using_settings
+    from splink.internals.settings_creator import SettingsCreator
+
+    s = SettingsCreator.from_path_or_dict(json.loads(json.dumps(settings, default=str))).get_settings("duckdb")
+    s._retain_matching_columns = True
+    s._retain_intermediate_calculation_columns = True
+    cv = ", ".join(s._columns_to_select_for_comparison_vector_values)
+    parts, predict = predict_from_comparison_vectors_sqls_using_settings(s)
+    tf_cols = set(_tf_columns(settings))
+    sel = ["rid_l", "rid_r", "match_weight", "match_probability"]
+    for c in settings["comparisons"]:
+        name = c["output_column_name"]
+        tf = f" + coalesce(mw_tf_adj_{name}, 0)" if name in tf_cols else ""
+        sel.append(f"cast(gamma_{name} as integer) as level_{name}")
+        sel.append(f"mw_{name}{tf} as w_{name}")
+    sql = (f"with __splink__df_comparison_vectors as (select {cv} from {table}), "
+           f"__splink__df_match_weight_parts as ({parts['sql']}), "
+           f"__splink__df_predict as ({predict['sql']}) "
+           f"select {', '.join(sel)} from __splink__df_predict")
+    return sql, input_columns(settings)

@@ -402,6 +402,35 @@ def _prior_rules(project: Project, present: set[str]) -> list[str]:
     return rules
 
 
+def _label_pairs(records: pl.DataFrame, project: Project) -> pl.DataFrame | None:
+    """Matching pairs as rids (``rid_l``, ``rid_r``) from the project's
+    ``training.m_from_labels`` file or ``training.m_from_column`` truth column, if set."""
+    from idweave.linkage.sources import load_records, read_pair_labels
+
+    key = records.select("rid", "source", "record_id")
+    if project.training.get("m_from_labels"):
+        path = Path(project.training["m_from_labels"])
+        path = path if path.is_absolute() else project.base_dir / path
+        labels = read_pair_labels(path).filter(pl.col("score") >= 0.5)
+        pairs = (labels.join(key.rename({"rid": "unique_id_l", "source": "source_l", "record_id": "record_id_l"}),
+                             on=["source_l", "record_id_l"])
+                 .join(key.rename({"rid": "unique_id_r", "source": "source_r", "record_id": "record_id_r"}),
+                       on=["source_r", "record_id_r"]))
+    elif project.training.get("m_from_column"):
+        col = str(project.training["m_from_column"])
+        truth = load_records(project, extra_columns=[col]).select("source", "record_id", col).drop_nulls(col)
+        t = key.join(truth, on=["source", "record_id"])
+        pairs = t.join(t, on=col, suffix="_r").filter(pl.col("rid") < pl.col("rid_r")).select(
+            pl.col("rid").alias("unique_id_l"), pl.col("rid_r").alias("unique_id_r"))
+    else:
+        return None
+    if pairs.height == 0:
+        raise ModelError("the labels name no matching pair of records in the sources", key="training")
+    # Splink names label columns after the unique id column (here ``rid``).
+    return (pairs.select(pl.col("unique_id_l").alias("rid_l"), pl.col("unique_id_r").alias("rid_r"))
+            .unique().sort("rid_l", "rid_r").with_columns(pl.lit(1.0).alias("clerical_match_score")))
+
+
 def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=None) -> TrainedModel:
     """Train a model on records (which need ``rid`` and the compared attributes), no labels.
 
@@ -428,7 +457,13 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
             progress("u")
         max_pairs = float(project.training.get("u_max_pairs", min(5e6, max(total_pairs, 1))))
         linker.training.estimate_u_using_random_sampling(max_pairs=max_pairs, seed=seed)
-        for name, sql in _em_rules(project, present):
+        labelled = _label_pairs(records, project)
+        if labelled is not None:
+            # Labels stand in for EM: m is what the labelled matches show, level by level.
+            t = db.register(labelled.to_arrow(), table_name="idweave_labels")
+            linker.training.estimate_m_from_pairwise_labels(t)
+            log_lines.append(f"m estimated from {labelled.height:,} labelled matching pairs")
+        for name, sql in ([] if labelled is not None else _em_rules(project, present)):
             if progress:
                 progress(f"em: {name}")
             try:
@@ -453,6 +488,15 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
     return model
 
 
+# Levels that are not a step on the similarity ladder (a name found in the other field):
+# they only have to beat the ``else`` level.
+SIDE_LEVELS = ("found in the other name field",)
+
+
+def _lift(lv: dict[str, Any], floor: float) -> None:
+    lv["m_probability"] = min(lv["u_probability"] * 2 ** floor, 1.0)
+
+
 def regularise(settings: dict[str, Any]) -> list[str]:
     """Make each comparison ladder monotone and flag untrained or degenerate levels.
 
@@ -460,32 +504,43 @@ def regularise(settings: dict[str, Any]) -> list[str]:
     evidence than a level below it. EM sometimes says otherwise for a level it rarely saw
     (m near 0 gives tens of negative bits); such a level is lifted to the weight of the
     level below it. An untrained level (no m or u) gets the weight of the level below it
-    too. Changes ``settings`` in place; returns one message per change.
+    too. Side levels (:data:`SIDE_LEVELS`) only have to be no weaker than ``else``.
+    Changes ``settings`` in place; returns one message per change.
+
+    >>> s = {"comparisons": [{"output_column_name": "x", "comparison_levels": [
+    ...     {"label_for_charts": "exact", "m_probability": 0.9, "u_probability": 0.01},
+    ...     {"label_for_charts": "close", "m_probability": 1e-12, "u_probability": 0.01},
+    ...     {"label_for_charts": "else", "m_probability": 0.1, "u_probability": 0.98}]}]}
+    >>> regularise(s)
+    ["degenerate level x: close: -33.2 bits is below the next level's -3.3; lifted"]
     """
     notes = []
     for c in settings["comparisons"]:
         levels = [lv for lv in c["comparison_levels"] if not lv.get("is_null_level")]
         below: float | None = None
+        floor: float | None = None  # the else level's weight
         for lv in reversed(levels):
-            m, u = lv.get("m_probability"), lv.get("u_probability")
             name = f"{c['output_column_name']}: {lv.get('label_for_charts')}"
+            side = lv.get("label_for_charts") in SIDE_LEVELS
+            limit = floor if side else below
+            m, u = lv.get("m_probability"), lv.get("u_probability")
             if not m or not u:
-                if below is not None and u:
-                    lv["m_probability"] = min(u * 2 ** below, 1.0)
-                    notes.append(f"untrained level {name}: given the weight of the level below")
-                elif below is not None:
-                    lv["m_probability"], lv["u_probability"] = 2 ** below / (1 + 2 ** below), 1 / (1 + 2 ** below)
-                    notes.append(f"untrained level {name}: given the weight of the level below")
-                else:
-                    lv["m_probability"] = lv["u_probability"] = 0.5
-                    notes.append(f"untrained level {name}: neutral weight")
-                m, u = lv["m_probability"], lv["u_probability"]
-            w = math.log2(m / u)
-            if below is not None and w < below - 1e-9:
-                lv["m_probability"] = min(u * 2 ** below, 1.0)
-                notes.append(f"degenerate level {name}: {w:.1f} bits is below the next level's {below:.1f}; lifted")
-                w = math.log2(lv["m_probability"] / u)
-            below = w
+                if not u:
+                    lv["u_probability"] = 0.5
+                lv["m_probability"] = lv["u_probability"]
+                if limit is not None:
+                    _lift(lv, limit)
+                notes.append(f"untrained level {name}: given the weight of the level below"
+                             if limit is not None else f"untrained level {name}: neutral weight")
+            w = math.log2(lv["m_probability"] / lv["u_probability"])
+            if limit is not None and w < limit - 1e-9:
+                _lift(lv, limit)
+                notes.append(f"degenerate level {name}: {w:.1f} bits is below the next level's {limit:.1f}; lifted")
+                w = math.log2(lv["m_probability"] / lv["u_probability"])
+            if floor is None:
+                floor = w
+            if not side:
+                below = w
     return notes
 
 

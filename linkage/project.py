@@ -303,6 +303,7 @@ def project_from_dict(
     for key in ("training", "clustering"):
         if data.get(key) is not None and not isinstance(data.get(key), dict):
             problems.append(f"{key}: must be a mapping")
+    problems += _check_options(data.get("training"), data.get("clustering"), base)
 
     # Column checks read the file headers (cheap) of every source whose path is sound, even
     # when other parts of the file have problems, so that one run reports everything.
@@ -405,4 +406,34 @@ def _check_comparisons(comparisons: Any, attributes: dict[str, Attribute]) -> li
 
     if attributes and all(a in comparisons and off(comparisons[a]) for a in attributes):
         problems.append("comparisons: every attribute is switched off; at least one must be compared")
+    return problems
+
+
+_TRAINING_KEYS = {"u_max_pairs": "a number of pairs", "seed": "a whole number",
+                  "m_from_labels": "a pair-label file (Splink's clerical format)",
+                  "m_from_column": "a truth column present in the sources"}
+_CLUSTERING_KEYS = {"method": "components or average", "min_average": "a probability between 0 and 1"}
+
+
+def _check_options(training: Any, clustering: Any, base: Path) -> list[str]:
+    """Problems in the ``training`` and ``clustering`` sections."""
+    problems = []
+    if isinstance(training, dict):
+        for k, v in training.items():
+            if k not in _TRAINING_KEYS:
+                problems.append(f"training.{k}: unknown key; expected one of {', '.join(_TRAINING_KEYS)}")
+            elif k == "m_from_labels" and not (isinstance(v, str) and _resolve(base, v).exists()):
+                problems.append(f"training.m_from_labels: file not found: {_resolve(base, str(v))}")
+            elif k == "m_from_column" and not isinstance(v, str):
+                problems.append("training.m_from_column: must name a column")
+            elif k in ("u_max_pairs", "seed") and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+                problems.append(f"training.{k}: must be {_TRAINING_KEYS[k]} > 0, got {v!r}")
+    if isinstance(clustering, dict):
+        for k, v in clustering.items():
+            if k not in _CLUSTERING_KEYS:
+                problems.append(f"clustering.{k}: unknown key; expected one of {', '.join(_CLUSTERING_KEYS)}")
+            elif k == "method" and v not in ("components", "average"):
+                problems.append(f"clustering.method: must be components or average, got {v!r}")
+            elif k == "min_average" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1):
+                problems.append(f"clustering.min_average: must be between 0 and 1, got {v!r}")
     return problems

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any, Iterable
 
 import duckdb
@@ -27,7 +28,7 @@ from idweave.linkage.errors import SourceError
 from idweave.linkage.kinds import clean_expr
 from idweave.linkage.project import Project, Source
 
-__all__ = ["load_records", "source_columns", "read_source", "parse_dates", "LoadReport",
+__all__ = ["read_pair_labels", "load_records", "source_columns", "read_source", "parse_dates", "LoadReport",
            "records_from_frame", "DATE_FORMATS"]
 
 # Tried in this order when a source gives no date_format; the one that parses the most
@@ -327,3 +328,31 @@ def with_content_hash(records: pl.DataFrame, attributes: list[str]) -> pl.DataFr
     hashes = query_pl(con, f"select md5(concat_ws('\x1f', {parts})) as h from r order by _i")["h"]
     con.close()
     return records.with_columns(hashes.alias("content_hash"))
+
+
+def read_pair_labels(path: str | Path) -> pl.DataFrame:
+    """Read clerical pair labels (Splink's format, like fake_1000_labels.csv):
+    ``source_dataset_l, unique_id_l, source_dataset_r, unique_id_r, clerical_match_score``.
+
+    Returns ``source_l, record_id_l, source_r, record_id_r, score`` (strings and a float).
+
+    >>> read_pair_labels("fixtures/labels/tiny_labels.csv").columns
+    ['source_l', 'record_id_l', 'source_r', 'record_id_r', 'score']
+    """
+    path = Path(path)
+    try:
+        df = pl.read_csv(path, infer_schema=False)
+    except (OSError, pl.exceptions.ComputeError) as exc:
+        raise SourceError(f"cannot read the labels: {str(exc).splitlines()[0][:200]}", file=path.name) from None
+    need = ["source_dataset_l", "unique_id_l", "source_dataset_r", "unique_id_r", "clerical_match_score"]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise SourceError(f"labels lack column(s) {', '.join(missing)}; found: {', '.join(df.columns)}",
+                          file=path.name, column=missing[0])
+    score = df["clerical_match_score"].cast(pl.Float64, strict=False)
+    if score.is_null().any():
+        row = int(score.is_null().arg_true()[0]) + 1
+        raise SourceError(f"clerical_match_score is not a number at data row {row}", file=path.name,
+                          column="clerical_match_score")
+    return pl.DataFrame({"source_l": df["source_dataset_l"], "record_id_l": df["unique_id_l"],
+                         "source_r": df["source_dataset_r"], "record_id_r": df["unique_id_r"], "score": score})

@@ -139,6 +139,9 @@ def _ladder(c: str, kind: str, spec: dict[str, Any], others: dict[str, str]) -> 
             levels.append(_lvl(f"list_has_any({_l(f)}, {_r(f)})", "nickname or variant"))
         for t in th or [0.92, 0.8]:
             levels.append(_lvl(_jw(c, t), f"jaro-winkler >= {t}"))
+        # Multi-part and hyphenated names: "garcia lopez" and "garcia", "mary ann" and "ann".
+        levels.append(_lvl(f"len(list_intersect(string_split({_l(c)}, ' '), string_split({_r(c)}, ' '))) >= 1",
+                           "a word in common"))
         if kind == "given_name":
             # An initial stands for a name: "j" agrees with "john" more than "mary" does.
             levels.append(_lvl(f"(length({_l(c)}) = 1 OR length({_r(c)}) = 1) AND "

@@ -134,11 +134,14 @@ def test_the_debug_option_is_documented() -> None:
 
 # ------------------------------------------------------------------ project file and kinds
 def test_every_project_key_is_documented() -> None:
-    from idweave.linkage.project import _SOURCE_KEYS, _TOP_KEYS
+    from idweave.linkage import project
 
     text = section("The project file")
-    for key in sorted((_TOP_KEYS - {"base_dir"}) | _SOURCE_KEYS):
+    for key in sorted((project._TOP_KEYS - {"base_dir"}) | project._SOURCE_KEYS):
         assert f"| `{key}` |" in text, key
+    # The keys of the training and clustering sections, where the project module lists them.
+    for key in [*getattr(project, "_TRAINING_KEYS", ()), *getattr(project, "_CLUSTERING_KEYS", ())]:
+        assert f"`{key}`" in text, key
 
 
 def test_every_kind_is_documented() -> None:

@@ -166,7 +166,7 @@ def derive_rules(attributes: Mapping[str, str]) -> list[Rule]:
     skipped at pair generation (see ``pairs.DEFAULT_MAX_BLOCK``), which bounds the cost.
 
     >>> [r.name for r in derive_rules({"ssn": "national_id", "fn": "given_name", "ln": "family_name"})]
-    ['ssn', 'fn:nickname:metaphone & ln:metaphone', 'fn~ln:metaphone & ln~fn:metaphone', 'fn:prefix2 & ln:prefix3']
+    ['ssn', 'fn:nickname:metaphone & ln:metaphone', 'fn~ln:metaphone & ln~fn:metaphone', 'fn:prefix2 & ln:prefix3', 'fn:initial & ln:metaphone', 'fn+ln:tokens:nickname:metaphone (blocks <= 25)']
     """
     by_kind: dict[str, list[str]] = {}
     for a, k in attributes.items():

@@ -491,6 +491,11 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
     return model
 
 
+# No level may claim that fewer than 1 in 200 true matches reach it: recording errors hit
+# every attribute, and EM left alone drives a never-seen level's m to 0, which makes one
+# disagreement (a sex typo) veto any match with dozens of negative bits.
+MIN_M = 0.005
+
 # Levels that are not a step on the similarity ladder (a name found in the other field):
 # they only have to beat the ``else`` level.
 SIDE_LEVELS = ("found in the other name field",)
@@ -512,10 +517,11 @@ def regularise(settings: dict[str, Any]) -> list[str]:
 
     >>> s = {"comparisons": [{"output_column_name": "x", "comparison_levels": [
     ...     {"label_for_charts": "exact", "m_probability": 0.9, "u_probability": 0.01},
-    ...     {"label_for_charts": "close", "m_probability": 1e-12, "u_probability": 0.01},
-    ...     {"label_for_charts": "else", "m_probability": 0.1, "u_probability": 0.98}]}]}
-    >>> regularise(s)
-    ["degenerate level x: close: -33.2 bits is below the next level's -3.3; lifted"]
+    ...     {"label_for_charts": "close", "m_probability": 0.01, "u_probability": 0.9},
+    ...     {"label_for_charts": "else", "m_probability": 1e-12, "u_probability": 0.09}]}]}
+    >>> for note in regularise(s): print(note)
+    level x: else: m 1e-12 raised to 0.005
+    degenerate level x: close: -6.5 bits is below the next level's -4.2; lifted
     """
     notes = []
     for c in settings["comparisons"]:
@@ -535,6 +541,9 @@ def regularise(settings: dict[str, Any]) -> list[str]:
                     _lift(lv, limit)
                 notes.append(f"untrained level {name}: given the weight of the level below"
                              if limit is not None else f"untrained level {name}: neutral weight")
+            if lv["m_probability"] < MIN_M:
+                notes.append(f"level {name}: m {lv['m_probability']:.2g} raised to {MIN_M}")
+                lv["m_probability"] = MIN_M
             w = math.log2(lv["m_probability"] / lv["u_probability"])
             if limit is not None and w < limit - 1e-9:
                 _lift(lv, limit)
@@ -632,38 +641,62 @@ def load_model(path: Path, tf_tables: dict[str, pl.DataFrame] | None = None) -> 
     return TrainedModel(settings, dict(tf_tables or {}))
 
 
-def scoring_sql(settings: dict[str, Any], table: str) -> tuple[str, list[str]]:
-    """Splink's own scoring SQL for a model, as one query over a table of ready-made pairs.
 
-    ``table`` must hold ``rid_l``, ``rid_r``, ``match_key`` and, for every column ``c`` the
-    comparisons read (the second value returned), ``c_l`` and ``c_r``, plus ``tf_c_l`` and
-    ``tf_c_r`` for term-frequency columns. The query returns ``rid_l``, ``rid_r``,
-    ``match_weight``, ``match_probability`` and per comparison ``level_c`` and ``w_c``, exactly
-    as :func:`score_pairs` does, without building a Splink linker (which takes far longer
-    than scoring a few pairs: see :mod:`idweave.linkage.lookup`).
+@dataclass
+class ScoringParts:
+    """A model taken apart for scoring a few pairs fast (see :func:`scoring_parts`)."""
+
+    gamma_sql: list[str]          # select expressions: Splink's CASE giving each comparison's level
+    columns: list[str]            # record columns the comparisons read (``c`` -> ``c_l``, ``c_r``)
+    tf_columns: list[str]         # columns with term-frequency adjustment (``tf_c_l``, ``tf_c_r``)
+    comparisons: list[dict[str, Any]]  # name, weight per level, tf adjustment per level
+    prior: float
+
+    def weight(self, comparison: dict[str, Any], gamma: int, tf_l: float | None, tf_r: float | None) -> float:
+        """A comparison's weight in bits at level ``gamma``: Splink's match weight of the
+        level plus its term-frequency adjustment, computed as Splink's SQL computes them."""
+        mw = comparison["weights"].get(gamma, 0.0)
+        adj = comparison["tf"].get(gamma)
+        if adj is None:
+            return mw + 0.0
+        tf_weight, log2_u, min_u = adj
+        a = tf_l if tf_l is not None else tf_r
+        b = tf_r if tf_r is not None else tf_l
+        if a is None:
+            return mw + 0.0
+        return mw + tf_weight * (log2_u - math.log2(max(a, b, min_u)))
+
+
+def scoring_parts(settings: dict[str, Any]) -> ScoringParts:
+    """Splink's own level SQL for each comparison, and the numbers its scoring SQL embeds
+    (match weight per level; term-frequency weight, log2 of the exact level's u and minimum
+    u per adjusted level), so that a few pairs can be scored without building a linker.
+
+    Evaluating ``gamma_sql`` in DuckDB over pairs with ``c_l``/``c_r`` (and ``tf_c_l``/``tf_c_r``)
+    columns and :meth:`ScoringParts.weight` per comparison gives the ``level_c`` and ``w_c`` of
+    :func:`score_pairs` bit for bit (``tests/test_lookup.py`` checks it).
 
     >>> from idweave.linkage.project import load_project
-    >>> sql, cols = scoring_sql(build_settings(load_project("fixtures/tiny/project.yaml")), "cand")
-    >>> cols[:2], "from cand" in sql
-    (['first_name', 'first_name__formal'], True)
+    >>> parts = scoring_parts(build_settings(load_project("fixtures/tiny/project.yaml")))
+    >>> parts.columns[:2], parts.comparisons[0]["name"]
+    (['first_name', 'first_name__formal'], 'first_name')
     """
-    from splink.internals.predict import predict_from_comparison_vectors_sqls_using_settings
     from splink.internals.settings_creator import SettingsCreator
 
     s = SettingsCreator.from_path_or_dict(json.loads(json.dumps(settings, default=str))).get_settings("duckdb")
-    s._retain_matching_columns = True
-    s._retain_intermediate_calculation_columns = True
-    cv = ", ".join(s._columns_to_select_for_comparison_vector_values)
-    parts, predict = predict_from_comparison_vectors_sqls_using_settings(s)
-    tf_cols = set(_tf_columns(settings))
-    sel = ["rid_l", "rid_r", "match_weight", "match_probability"]
-    for c in settings["comparisons"]:
-        name = c["output_column_name"]
-        tf = f" + coalesce(mw_tf_adj_{name}, 0)" if name in tf_cols else ""
-        sel.append(f"cast(gamma_{name} as integer) as level_{name}")
-        sel.append(f"mw_{name}{tf} as w_{name}")
-    sql = (f"with __splink__df_comparison_vectors as (select {cv} from {table}), "
-           f"__splink__df_match_weight_parts as ({parts['sql']}), "
-           f"__splink__df_predict as ({predict['sql']}) "
-           f"select {', '.join(sel)} from __splink__df_predict")
-    return sql, input_columns(settings)
+    comps, gammas = [], []
+    for cc in s.comparisons:
+        gammas.append(cc._case_statement)
+        weights, tf = {}, {}
+        for lv in cc.comparison_levels:
+            g = lv.comparison_vector_value
+            weights[g] = 0.0 if lv.is_null_level else float(lv._match_weight)
+            if (g != -1 and lv._has_tf_adjustments and lv._tf_adjustment_weight != 0 and not lv._is_else_level):
+                u = lv._u_probability_corresponding_to_exact_match(cc.comparison_levels)
+                tf[g] = (float(lv._tf_adjustment_weight), math.log2(u), float(lv._tf_minimum_u_value),
+                         lv._tf_adjustment_input_column.input_name)
+        comps.append({"name": cc.output_column_name, "weights": weights,
+                      "tf": {g: v[:3] for g, v in tf.items()},
+                      "tf_column": next((v[3] for v in tf.values()), None)})
+    return ScoringParts(gamma_sql=gammas, columns=input_columns(settings), tf_columns=_tf_columns(settings),
+                        comparisons=comps, prior=float(settings["probability_two_random_records_match"]))

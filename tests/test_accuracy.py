@@ -131,9 +131,14 @@ def test_trained_ladders_are_monotone(demo):
     proj = load_project(demo)
     settings = __import__("json").loads(proj.model_file.read_text())
     for c in settings["comparisons"]:
-        ws = [math.log2(lv["m_probability"] / lv["u_probability"]) for lv in c["comparison_levels"]
-              if not lv.get("is_null_level") and lv["label_for_charts"] not in model_mod.SIDE_LEVELS]
-        assert ws == sorted(ws, reverse=True) or all(a >= b - 1e-9 for a, b in zip(ws, ws[1:])), c["output_column_name"]
+        lv = [x for x in c["comparison_levels"]
+              if not x.get("is_null_level") and x["label_for_charts"] not in model_mod.SIDE_LEVELS]
+        for upper, lower in zip(lv, lv[1:]):
+            w_up = math.log2(upper["m_probability"] / upper["u_probability"])
+            w_low = math.log2(lower["m_probability"] / lower["u_probability"])
+            # A lift stops at m = 1 (a probability); otherwise more similar is never weaker.
+            assert w_up >= w_low - 1e-9 or upper["m_probability"] == 1.0, c["output_column_name"]
+        assert all(x["m_probability"] >= model_mod.MIN_M for x in lv)
 
 
 def test_explain_weights_add_up_to_the_total(demo):
@@ -153,13 +158,14 @@ def test_regularise_lifts_a_degenerate_level_and_fills_an_untrained_one():
     s = {"comparisons": [{"output_column_name": "x", "comparison_levels": [
         {"sql_condition": "n", "label_for_charts": "null", "is_null_level": True},
         {"label_for_charts": "exact", "m_probability": 0.9, "u_probability": 0.01},
-        {"label_for_charts": "close", "m_probability": 1e-15, "u_probability": 0.001},
+        {"label_for_charts": "close", "m_probability": 1e-15, "u_probability": 0.5},
         {"label_for_charts": "far"},
         {"label_for_charts": "else", "m_probability": 0.1, "u_probability": 0.98}]}]}
     notes = regularise(s)
     lv = s["comparisons"][0]["comparison_levels"]
     w = [math.log2(x["m_probability"] / x["u_probability"]) for x in lv[1:]]
     assert w[1] >= w[3] - 1e-9 and w[2] >= w[3] - 1e-9
+    assert "level x: close: m 1e-15 raised to 0.005" in notes
     assert any(n.startswith("degenerate level x: close") for n in notes)
     assert any(n.startswith("untrained level x: far") for n in notes)
 

@@ -22,9 +22,10 @@ import json
 import logging
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import duckdb
 import polars as pl
@@ -321,6 +322,21 @@ class TrainedModel:
                                           "u": pl.Float64, "weight": pl.Float64})
 
 
+@contextmanager
+def _engine(what: str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A private in-memory DuckDB for Splink's work tables (never the store), closed after;
+    engine failures become a ModelError saying what failed."""
+    con = duckdb.connect()
+    try:
+        yield con
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{what} failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:300]}") from exc
+    finally:
+        con.close()
+
+
 def _db_api(con: duckdb.DuckDBPyConnection, engine: str):
     if engine != "duckdb":
         raise ModelError(f"engine {engine!r} is not available in this version of idweave; use duckdb",
@@ -444,9 +460,8 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
     settings = build_settings(project)
     recs = prepare(records, input_columns(settings))
     present = {c for c in comparison_columns(project) if recs[c].null_count() < recs.height}
-    con = duckdb.connect()
     log_lines: list[str] = []
-    try:
+    with _engine("training") as con:
         linker, db = _linker(recs, settings, con, project.engine)
         n = recs.height
         total_pairs = n * (n - 1) / 2
@@ -459,7 +474,8 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
         if progress:
             progress("u")
         max_pairs = float(project.training.get("u_max_pairs", min(5e6, max(total_pairs, 1))))
-        linker.training.estimate_u_using_random_sampling(max_pairs=max_pairs, seed=seed)
+        linker.training.estimate_u_using_random_sampling(max_pairs=max_pairs,
+                                                         seed=int(project.training.get("seed", seed)))
         labelled = _label_pairs(records, project)
         if labelled is not None:
             # Labels stand in for EM: m is what the labelled matches show, level by level.
@@ -481,12 +497,6 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
         for col in _tf_columns(trained):
             tf = linker.table_management.compute_tf_table(col).as_duckdbpyrelation().pl()
             tf_tables[col] = tf
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"training failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:300]}") from exc
-    finally:
-        con.close()
     model = TrainedModel(trained, tf_tables, log_lines)
     return model
 
@@ -607,8 +617,7 @@ def score_pairs(records: pl.DataFrame, pairs: pl.DataFrame, model: TrainedModel,
             schema[f"w_{c}"] = pl.Float64
         return pl.DataFrame(schema=schema)
     recs = prepare(records, input_columns(model.settings))
-    con = duckdb.connect()
-    try:
+    with _engine("scoring") as con:
         linker, db = _linker(recs, model.settings, con, engine, model.tf_tables)
         blocked = pairs.select(
             pl.col("rid_l").alias("join_key_l"), pl.col("rid_r").alias("join_key_r"),
@@ -623,12 +632,6 @@ def score_pairs(records: pl.DataFrame, pairs: pl.DataFrame, model: TrainedModel,
             sel.append(f"mw_{c}{tf} as w_{c}")
         con.register("pred_rel", pred)
         out = query_pl(con, f"select {', '.join(sel)} from pred_rel order by rid_l, rid_r")
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"scoring failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:300]}") from exc
-    finally:
-        con.close()
     return out.with_columns(pl.col("rid_l").cast(pl.Int64), pl.col("rid_r").cast(pl.Int64))
 
 

@@ -180,5 +180,6 @@ def evaluate_cmd(
     if chart is not None:
         from idweave.linkage.charts import sweep_chart_html
 
-        chart.write_text(sweep_chart_html(rep.sweep, title=f"threshold sweep against '{truth}'"))
+        chart.write_text(sweep_chart_html(rep.sweep, title=f"threshold sweep against '{truth}'",
+                                          current=rep.threshold))
         console.print(f"chart written to {chart}")

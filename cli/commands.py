@@ -64,6 +64,10 @@ def link_cmd(
     for k, v in s["timings"].items():
         times.add_row(k, f"{v:.2f}")
     console.print(times)
+    if s.get("retrained") and s.get("training_log"):
+        console.print("training notes:")
+        for line in s["training_log"]:
+            console.print(f"  - {line}", highlight=False)
 
 
 @app.command("export")

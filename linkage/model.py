@@ -562,7 +562,8 @@ def regularise(settings: dict[str, Any]) -> list[str]:
             w = math.log2(lv["m_probability"] / lv["u_probability"])
             if limit is not None and w < limit - 1e-9:
                 _lift(lv, limit)
-                notes.append(f"degenerate level {name}: {w:.1f} bits is below the next level's {limit:.1f}; lifted")
+                if w < limit - 0.1:  # lifts of a hair are not worth a person's attention
+                    notes.append(f"degenerate level {name}: {w:.1f} bits is below the next level's {limit:.1f}; lifted")
                 w = math.log2(lv["m_probability"] / lv["u_probability"])
             if floor is None:
                 floor = w

@@ -137,8 +137,11 @@ def cluster(
                 join(ra, rb)
 
     if links.height:
+        # Orient every edge (smaller rid first) so the tie order, and so the result, does
+        # not depend on how the caller wrote its pairs.
         edges = links.select(
-            pl.col("rid_l").cast(pl.Int64), pl.col("rid_r").cast(pl.Int64),
+            pl.min_horizontal(pl.col("rid_l").cast(pl.Int64), pl.col("rid_r").cast(pl.Int64)).alias("rid_l"),
+            pl.max_horizontal(pl.col("rid_l").cast(pl.Int64), pl.col("rid_r").cast(pl.Int64)).alias("rid_r"),
             pl.col("match_probability").cast(pl.Float64),
         ).filter(pl.col("rid_l").is_in(rid_list) & pl.col("rid_r").is_in(rid_list))
         if method == "average":

@@ -140,3 +140,106 @@ def evaluate(project: Project | str | Path | Mapping[str, Any], *, truth: str,
                             blocking_recall=blocking_recall, threshold=thr,
                             extra={"false_link_pairs_scored": n_false, "missed_pairs_scored": n_missed,
                                    "true_pairs_not_blocked": true_pairs - found})
+
+
+# --------------------------------------------------------------------------------------
+# labelled pairs (Splink's clerical format): human decisions as a yardstick
+# --------------------------------------------------------------------------------------
+@dataclass
+class LabelEvaluation:
+    """What :func:`evaluate_labels` measured: the stored entities against labelled pairs.
+
+    ``metrics``: labelled pairs, pairs whose two records are both in the store, and the
+    confusion counts, precision, recall, F1 and accuracy of "same entity" against the label
+    (``clerical_match_score`` >= 0.5 means a match). ``disagreements`` lists the pairs where
+    the store and the label differ, with the stored match probability where the pair was scored.
+    """
+
+    metrics: dict[str, float]
+    disagreements: pl.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+_LABEL_COLUMNS = ("unique_id_l", "source_dataset_l", "unique_id_r", "source_dataset_r", "clerical_match_score")
+
+
+def evaluate_labels(project: Project | str | Path | Mapping[str, Any], labels_path: str | Path, *,
+                    max_errors: int = 50) -> LabelEvaluation:
+    """Score the stored entities against a labels file in Splink's clerical format
+    (``unique_id_l, source_dataset_l, unique_id_r, source_dataset_r, clerical_match_score``),
+    such as ``idweave export-labels`` writes. Reads the store, never writes it.
+
+    When the project has one source and the labels name another dataset (Splink's own label
+    files name theirs), the labels are read as being about that one source.
+
+    >>> from idweave.linkage import link
+    >>> r = link("fixtures/tiny/project.yaml")
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "labels.csv")
+    >>> a, b = r.pairs.row(0)[:2], r.pairs.row(0)[2:4]
+    >>> _ = pl.DataFrame({"unique_id_l": [a[1]], "source_dataset_l": [a[0]], "unique_id_r": [b[1]],
+    ...                   "source_dataset_r": [b[0]], "clerical_match_score": [1.0]}).write_csv(path)
+    >>> evaluate_labels("fixtures/tiny/project.yaml", path).metrics["labelled_pairs"]
+    1
+    """
+    proj = resolve_project(project)
+    path = Path(labels_path)
+    if not path.exists():
+        raise IdweaveError("labels file not found", file=str(path))
+    try:
+        labels = pl.read_csv(path, infer_schema=False)
+    except Exception as exc:  # noqa: BLE001 - polars raises several kinds for a malformed CSV
+        raise IdweaveError(f"cannot read the labels file: {str(exc).splitlines()[0]}", file=str(path)) from None
+    missing = [c for c in _LABEL_COLUMNS if c not in labels.columns]
+    if missing:
+        raise IdweaveError(f"the labels file lacks the columns {', '.join(missing)}; found: "
+                           f"{', '.join(labels.columns)}", file=str(path))
+    score = labels["clerical_match_score"].cast(pl.Float64, strict=False)
+    bad = labels.filter(score.is_null())
+    if bad.height:
+        raise IdweaveError("clerical_match_score must be a number from 0 to 1", file=str(path),
+                           column="clerical_match_score", row=f"{bad['unique_id_l'][0]} / {bad['unique_id_r'][0]}")
+    labels = labels.with_columns(score.alias("clerical_match_score"))
+    notes = []
+    names = set(proj.sources)
+    if len(names) == 1:
+        only = next(iter(names))
+        used = set(labels["source_dataset_l"].to_list()) | set(labels["source_dataset_r"].to_list())
+        if not used & names:
+            labels = labels.with_columns(pl.lit(only).alias("source_dataset_l"), pl.lit(only).alias("source_dataset_r"))
+            notes.append(f"labels name {', '.join(sorted(str(u) for u in used))}; read as source '{only}'")
+    with Store.open(proj.store, read_only=True) as st:
+        if not st.has_table("records"):
+            raise IdweaveError("the store holds no records yet: run `idweave link` first", file=str(proj.store))
+        ents = query_pl(st.con, "select source, record_id, entity_id from records")
+        links = query_pl(st.con, "select source_l, record_id_l, source_r, record_id_r, match_probability from links")
+    lab = (labels.rename({"source_dataset_l": "source_l", "unique_id_l": "record_id_l",
+                          "source_dataset_r": "source_r", "unique_id_r": "record_id_r"})
+           .join(ents.rename({"source": "source_l", "record_id": "record_id_l", "entity_id": "e_l"}),
+                 on=["source_l", "record_id_l"], how="left")
+           .join(ents.rename({"source": "source_r", "record_id": "record_id_r", "entity_id": "e_r"}),
+                 on=["source_r", "record_id_r"], how="left"))
+    both = pl.concat([links, links.select(pl.col("source_r").alias("source_l"), pl.col("record_id_r").alias("record_id_l"),
+                                          pl.col("source_l").alias("source_r"), pl.col("record_id_l").alias("record_id_r"),
+                                          "match_probability")])
+    lab = lab.join(both, on=["source_l", "record_id_l", "source_r", "record_id_r"], how="left")
+    usable = lab.filter(pl.col("e_l").is_not_null() & pl.col("e_r").is_not_null()).with_columns(
+        (pl.col("clerical_match_score") >= 0.5).alias("label"), (pl.col("e_l") == pl.col("e_r")).alias("same_entity"))
+    tp = int(usable.filter(pl.col("label") & pl.col("same_entity")).height)
+    fp = int(usable.filter(~pl.col("label") & pl.col("same_entity")).height)
+    fn = int(usable.filter(pl.col("label") & ~pl.col("same_entity")).height)
+    tn = int(usable.filter(~pl.col("label") & ~pl.col("same_entity")).height)
+    prec = tp / (tp + fp) if tp + fp else 1.0
+    rec = tp / (tp + fn) if tp + fn else 1.0
+    metrics = {"labelled_pairs": labels.height, "pairs_in_store": usable.height,
+               "pairs_missing_records": labels.height - usable.height, "true_positives": tp,
+               "false_positives": fp, "false_negatives": fn, "true_negatives": tn, "precision": prec,
+               "recall": rec, "f1": _f1(prec, rec), "accuracy": (tp + tn) / usable.height if usable.height else 1.0}
+    disagreements = (usable.filter(pl.col("label") != pl.col("same_entity"))
+                     .select("source_l", "record_id_l", "source_r", "record_id_r", "clerical_match_score",
+                             "same_entity", "match_probability")
+                     .sort("source_l", "record_id_l", "source_r", "record_id_r").head(max_errors))
+    return LabelEvaluation(metrics=metrics, disagreements=disagreements, notes=notes)
+
+
+__all__ += ["evaluate_labels", "LabelEvaluation"]

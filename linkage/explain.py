@@ -128,3 +128,184 @@ def _rule_agrees(rule, both: pl.DataFrame, a: int, b: int) -> bool:
         if lv is None or lv != rv:
             return False
     return True
+
+
+# --------------------------------------------------------------------------------------
+# the entity form: why these records are one entity
+# --------------------------------------------------------------------------------------
+def _level_labels(settings: dict[str, Any]) -> dict[str, dict[int, str]]:
+    """comparison -> gamma -> label (Splink numbers levels from the bottom: else = 0, null = -1)."""
+    out: dict[str, dict[int, str]] = {}
+    for c in settings.get("comparisons", []):
+        levels = [lv for lv in c["comparison_levels"] if not lv.get("is_null_level")]
+        labels = {-1: "null"}
+        for g in range(len(levels)):
+            labels[g] = levels[len(levels) - 1 - g].get("label_for_charts", str(g))
+        out[c["output_column_name"]] = labels
+    return out
+
+
+def _evidence(row: Mapping[str, Any], labels: dict[str, dict[int, str]]) -> dict[str, Any]:
+    """A stored link row -> left, right, probability, weight and (attribute, level, weight) evidence."""
+    ev = []
+    for k in row:
+        if k.startswith("level_"):
+            attr = k[len("level_"):]
+            g = row[k]
+            lab = "null" if g is None else labels.get(attr, {}).get(int(g), str(g))
+            ev.append((attr, lab, float(row.get(f"w_{attr}") or 0.0)))
+    return {"left": (row["source_l"], row["record_id_l"]), "right": (row["source_r"], row["record_id_r"]),
+            "match_probability": float(row["match_probability"]),
+            "match_weight": float(row["match_weight"]) if row.get("match_weight") is not None else None,
+            "evidence": ev}
+
+
+@dataclass
+class EntityLink:
+    """One link of an entity's spanning tree: ``parent`` reaches ``child`` through it.
+
+    ``decision`` is the id of the human decision that pins the pair when the link is a
+    decision rather than a score (then ``match_probability`` is 1 and ``evidence`` empty).
+    """
+
+    parent: tuple[str, str]
+    child: tuple[str, str]
+    depth: int
+    match_probability: float
+    match_weight: float | None
+    evidence: list[tuple[str, str, float]]
+    decision: int | None = None
+
+
+@dataclass
+class EntityExplanation:
+    """What :func:`explain_entity` found: the strongest tree of links that joins the records.
+
+    ``tree`` lists every record but the root once, as the child of the link that reaches
+    it (breadth first from ``root``); among all trees that join the records it is the one
+    whose weakest link is strongest, so ``weakest`` is the link the entity hangs by.
+    ``unjoined`` are records no stored link or decision reaches (none in a consistent store).
+    """
+
+    entity_id: str
+    asked: str
+    records: list[tuple[str, str]]
+    root: tuple[str, str] | None
+    tree: list[EntityLink]
+    weakest: EntityLink | None
+    threshold: float | None
+    unjoined: list[tuple[str, str]] = field(default_factory=list)
+
+    def path(self, a: tuple[str, str], b: tuple[str, str]) -> list[EntityLink]:
+        """The links of the tree between records ``a`` and ``b``, in order from ``a``."""
+        up = {ln.child: ln for ln in self.tree}
+
+        def to_root(x: tuple[str, str]) -> list[EntityLink]:
+            out = []
+            while x in up:
+                out.append(up[x])
+                x = up[x].parent
+            return out
+
+        pa, pb = to_root(a), to_root(b)
+        common = {ln.child for ln in pa} & {ln.child for ln in pb}
+        pa = [ln for ln in pa if ln.child not in common]
+        pb = [ln for ln in pb if ln.child not in common]
+        return pa + list(reversed(pb))
+
+
+def explain_entity(project: Project | str | Path | Mapping[str, Any], entity_id: str) -> EntityExplanation:
+    """Why an entity's records are one entity: the tree of links (and human decisions) that
+    joins them, strongest first, and the weakest link it hangs by.
+
+    A merged-away id is followed to the entity it was merged into.
+
+    >>> from idweave.linkage import link
+    >>> r = link("fixtures/tiny/project.yaml")
+    >>> eid = r.entities.group_by("entity_id").len().sort("len", "entity_id", descending=True)["entity_id"][0]
+    >>> ex = explain_entity("fixtures/tiny/project.yaml", eid)
+    >>> len(ex.tree) == len(ex.records) - 1 - len(ex.unjoined)
+    True
+    """
+    from idweave.linkage.review import _decision_rows, _replay
+
+    proj = resolve_project(project)
+    with Store.open(proj.store, read_only=True) as st:
+        if not st.has_table("records"):
+            raise IdweaveError("the store holds no records yet: run `idweave link` first", file=str(proj.store))
+        eid = st.resolve(str(entity_id))
+        if eid is None:
+            raise IdweaveError(f"no entity {entity_id} in the store")
+        recs = [(s, r) for s, r in st.con.execute(
+            "select source, record_id from records where entity_id = ? order by source, record_id", [eid]).fetchall()]
+        run = st.con.execute("select threshold from runs order by run_id desc limit 1").fetchall()
+        thr = float(run[0][0]) if run else None
+        stored = st.latest_model()
+        links = pl.DataFrame()
+        if recs:
+            df = pl.DataFrame({"source": [r[0] for r in recs], "record_id": [r[1] for r in recs]})
+            st.con.register("_q_entity", df.to_arrow())
+            try:
+                links = query_pl(st.con, "select l.* from links l "
+                                         "semi join _q_entity a on l.source_l = a.source and l.record_id_l = a.record_id "
+                                         "semi join _q_entity b on l.source_r = b.source and l.record_id_r = b.record_id")
+            finally:
+                st.con.unregister("_q_entity")
+        rows = _decision_rows(st)
+    labels = _level_labels(stored[0]) if stored else {}
+    mine = set(recs)
+    # Candidate edges: decision pins first (certain), then stored links at or above the threshold.
+    edges: list[tuple[float, tuple[str, str], tuple[str, str], dict[str, Any] | None, int | None]] = []
+    cons = _replay(rows)
+    for g, members in cons.groups.items():
+        present = sorted(m for m in members if m in mine)
+        for m in present[1:]:
+            edges.append((2.0, present[0], m, None, cons.group_decisions[g][-1]))
+    for row in links.iter_rows(named=True) if links.height else []:
+        if thr is None or row["match_probability"] >= thr:
+            ev = _evidence(row, labels)
+            edges.append((ev["match_probability"], ev["left"], ev["right"], ev, None))
+    parent = {r: r for r in recs}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    adj: dict[tuple[str, str], list] = {r: [] for r in recs}
+    for e in sorted(edges, key=lambda e: (-e[0], e[1], e[2])):
+        a, b = find(e[1]), find(e[2])
+        if a != b:
+            parent[a] = b
+            adj[e[1]].append((e[2], e))
+            adj[e[2]].append((e[1], e))
+    root = recs[0] if recs else None
+    tree: list[EntityLink] = []
+    seen = set()
+    if root is not None:
+        # Root: the record with the most tree links, so paths are short.
+        root = min(recs, key=lambda r: (-len(adj[r]), r))
+        seen.add(root)
+        frontier = [(root, 0)]
+        while frontier:
+            nxt = []
+            for node, depth in frontier:
+                for other, e in sorted(adj[node], key=lambda x: x[0]):
+                    if other in seen:
+                        continue
+                    seen.add(other)
+                    p, _a, _b, ev, did = e
+                    tree.append(EntityLink(parent=node, child=other, depth=depth + 1,
+                                           match_probability=1.0 if did is not None else p,
+                                           match_weight=None if ev is None else ev["match_weight"],
+                                           evidence=[] if ev is None else ev["evidence"], decision=did))
+                    nxt.append((other, depth + 1))
+            frontier = nxt
+    scored = [ln for ln in tree if ln.decision is None]
+    weakest = min(scored, key=lambda ln: (ln.match_probability, ln.child)) if scored else None
+    return EntityExplanation(entity_id=eid, asked=str(entity_id), records=recs, root=root, tree=tree,
+                             weakest=weakest, threshold=thr, unjoined=[r for r in recs if r not in seen])
+
+
+__all__ += ["explain_entity", "EntityExplanation", "EntityLink"]

@@ -22,7 +22,7 @@ import polars as pl
 from idweave.blocking.keys import key_values
 from idweave.blocking.rules import Rule
 
-__all__ = ["generate_pairs", "count_pairs", "rule_pairs", "PairStats", "DEFAULT_MAX_BLOCK"]
+__all__ = ["generate_pairs", "count_pairs", "rule_pairs", "rule_keys", "PairStats", "DEFAULT_MAX_BLOCK"]
 
 # A key value shared by more records than this makes too many pairs to be informative
 # (a very common name, a placeholder date): its block is skipped for that rule and counted.
@@ -54,17 +54,31 @@ def _key_frame(records: pl.DataFrame, rule: Rule, side: str) -> pl.DataFrame:
     return frame.join(ids, on="row").select("rid", "source", "key")
 
 
+def rule_keys(records: pl.DataFrame, rule: Rule) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The key frames (``rid``, ``source``, ``key``) of a rule's left and right sides (the
+    same frame twice for a symmetric rule): what :func:`rule_pairs` joins.
+
+    >>> from idweave.blocking.rules import Key
+    >>> recs = pl.DataFrame({"rid": [0, 1], "source": ["a", "b"], "fn": ["ann", None]})
+    >>> rule_keys(recs, Rule((Key("fn", "fn"),)))[0].rows()
+    [(0, 'a', 'ann')]
+    """
+    left = _key_frame(records, rule, "l")
+    return left, (left if rule.symmetric else _key_frame(records, rule, "r"))
+
+
 def rule_pairs(records: pl.DataFrame, rule: Rule, *, max_block: int = DEFAULT_MAX_BLOCK,
                exclusive: Iterable[str] = (), restrict_to: pl.Series | None = None,
-               stats: PairStats | None = None) -> pl.DataFrame:
+               stats: PairStats | None = None,
+               keys: tuple[pl.DataFrame, pl.DataFrame] | None = None) -> pl.DataFrame:
     """All pairs one rule makes (``rid_l < rid_r``), skipping blocks above ``max_block``.
 
     ``restrict_to``: if given, only pairs with at least one side among these rids (the new
-    records of an incremental run).
+    records of an incremental run). ``keys``: the rule's key frames from :func:`rule_keys`,
+    when the caller already has them (block sizes count every record of those frames).
     """
     excl = list(exclusive)
-    left = _key_frame(records, rule, "l")
-    right = left if rule.symmetric else _key_frame(records, rule, "r")
+    left, right = keys if keys is not None else rule_keys(records, rule)
     # A block's size is the number of distinct records holding the key on either side.
     both = left.select("key", "rid") if rule.symmetric else pl.concat([left.select("key", "rid"),
                                                                       right.select("key", "rid")])
@@ -99,13 +113,19 @@ def rule_pairs(records: pl.DataFrame, rule: Rule, *, max_block: int = DEFAULT_MA
 
 def generate_pairs(records: pl.DataFrame, rules: Sequence[Rule], *, max_block: int = DEFAULT_MAX_BLOCK,
                    exclusive: Iterable[str] = (), restrict_to: pl.Series | None = None,
-                   stats: PairStats | None = None) -> pl.DataFrame:
-    """The union of the pairs of all rules: ``rid_l``, ``rid_r``, ``rule`` (first rule index)."""
+                   stats: PairStats | None = None,
+                   keys: Sequence[tuple[pl.DataFrame, pl.DataFrame]] | None = None) -> pl.DataFrame:
+    """The union of the pairs of all rules: ``rid_l``, ``rid_r``, ``rule`` (first rule index).
+
+    ``keys``, if given, holds each rule's key frames (:func:`rule_keys`), computed once by a
+    caller that needs them too (an incremental run).
+    """
     excl = list(exclusive)
     seen: pl.DataFrame | None = None
     parts = []
     for i, rule in enumerate(rules):
-        p = rule_pairs(records, rule, max_block=max_block, exclusive=excl, restrict_to=restrict_to, stats=stats)
+        p = rule_pairs(records, rule, max_block=max_block, exclusive=excl, restrict_to=restrict_to, stats=stats,
+                       keys=keys[i] if keys is not None else None)
         if seen is not None and seen.height:
             new = p.join(seen, on=["rid_l", "rid_r"], how="anti")
         else:

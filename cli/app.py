@@ -25,6 +25,7 @@ def _register() -> None:
     # Each module adds its commands to `app`; importing them is what registers them.
     from idweave.cli import commands  # noqa: F401
     from idweave.cli import review_commands  # noqa: F401
+    from idweave.cli import graph_commands  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -101,7 +101,8 @@ def evaluate(project: Project | str | Path | Mapping[str, Any], *, truth: str,
     thr = float(run["threshold"][0])
     method = str(run["clustering"][0])
 
-    key = df.with_row_index("rid").with_columns(pl.col("rid").cast(pl.Int64))
+    # Number records exactly as a run does, so the sweep breaks ties as the run did.
+    key = df.sort("source", "record_id").with_row_index("rid").with_columns(pl.col("rid").cast(pl.Int64))
     lk = (links.join(key.select(pl.col("rid").alias("rid_l"), pl.col("source").alias("source_l"),
                                 pl.col("record_id").alias("record_id_l"), pl.col(truth).alias("t_l")),
                      on=["source_l", "record_id_l"])

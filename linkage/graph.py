@@ -1,6 +1,6 @@
 """The identity store: a DuckDB file any DuckDB client can query with plain SQL.
 
-Tables (see the README's "Identity store" section for every column):
+Tables (the README's "Identity store" section describes every column):
 
 * ``records``   one row per (source, record_id): cleaned attributes, content hash, entity_id,
                 first and last seen run
@@ -10,14 +10,16 @@ Tables (see the README's "Identity store" section for every column):
                 ``split_from``, created and last changed run
 * ``runs``      one row per run: time, project hash, model version, counts
 * ``events``    append-only history: entity created / merged / split / retired, record added /
-                moved / removed; each names its run (or decision)
+                moved / changed / removed; each names its run (or decision)
 * ``decisions`` human decisions (see review.py)
 * ``models``    every model version used, as Splink JSON, and ``model_tf`` its tf tables
 
 Persistent ids: every cluster of a run inherits the id of the old entity it holds the largest
 part of; when a cluster holds the largest part of several old entities the oldest id survives
 and the others become ``merged`` into it; a cluster that holds no entity's largest part gets a
-new, opaque id (``split_from`` names the entity it came from, if any).
+new, opaque id (``split_from`` names the entity it came from, if any). An incremental run
+(see ``_incremental.py``) passes only the re-clustered records to :func:`assign_ids`: every
+old entity it touches lies wholly among them, so the ids are those a full run would give.
 
 >>> store = Store.open("out/doctest.duckdb")
 >>> store.last_run() >= 0
@@ -53,7 +55,8 @@ create table if not exists runs (
     run_id integer primary key, started_at timestamp, finished_at timestamp, mode varchar,
     project_hash varchar, model_version varchar, threshold double, clustering varchar,
     n_records integer, n_new integer, n_changed integer, n_removed integer,
-    n_pairs bigint, n_links bigint, n_entities integer, n_events integer, summary json);
+    n_pairs bigint, n_links bigint, n_entities integer, n_events integer, summary json,
+    signature varchar);
 create table if not exists entities (
     entity_id varchar primary key, status varchar not null, merged_into varchar, split_from varchar,
     created_run integer, changed_run integer, size integer);
@@ -68,6 +71,10 @@ create table if not exists models (
     settings json);
 create table if not exists model_tf (version varchar, "column" varchar, value varchar, tf double);
 """
+
+_MIGRATIONS = (
+    "alter table runs add column if not exists signature varchar",
+)
 
 
 def _now() -> datetime:
@@ -222,6 +229,9 @@ class Store:
     def _ensure_schema(self) -> None:
         self.con.execute("begin transaction")
         self.con.execute(_BASE_DDL)
+        # Additive changes to stores made by earlier builds of this schema version.
+        for ddl in _MIGRATIONS:
+            self.con.execute(ddl)
         self.con.execute("insert or ignore into meta values ('schema_version', ?)", [str(SCHEMA_VERSION)])
         self.con.execute("commit")
         self._check_schema()
@@ -250,6 +260,60 @@ class Store:
         if not self.has_table("links"):
             return pl.DataFrame()
         return query_pl(self.con, "select * from links")
+
+    def record_index(self) -> pl.DataFrame:
+        """Every stored record's key, content hash, entity and first/last seen run (no attributes).
+
+        This is what an incremental run compares the sources with.
+        """
+        schema = {"source": pl.Utf8, "record_id": pl.Utf8, "content_hash": pl.Utf8, "entity_id": pl.Utf8,
+                  "first_seen_run": pl.Int32, "last_seen_run": pl.Int32}
+        if not self.has_table("records"):
+            return pl.DataFrame(schema=schema)
+        df = query_pl(self.con, "select source, record_id, content_hash, entity_id, first_seen_run, last_seen_run "
+                                "from records")
+        return df.cast({k: v for k, v in schema.items()}) if df.height else pl.DataFrame(schema=schema)
+
+    def records_for(self, keys: pl.DataFrame, columns: Iterable[str] | None = None) -> pl.DataFrame:
+        """The stored rows (all columns, or ``columns``) of the records named by ``keys``
+        (a frame with ``source`` and ``record_id``)."""
+        cols = "r.*" if columns is None else ", ".join(f'r."{c}"' for c in columns)
+        self.con.register("_want", keys.select("source", "record_id").to_arrow())
+        try:
+            return query_pl(self.con, f"select {cols} from records r join _want w "
+                                      "on r.source = w.source and r.record_id = w.record_id")
+        finally:
+            self.con.unregister("_want")
+
+    def last_run_info(self) -> dict[str, Any] | None:
+        """The latest run's threshold, clustering, model version and signature (None before
+        the first run)."""
+        row = fetch_one(self.con, "select run_id, threshold, clustering, model_version, signature from runs "
+                                  "order by run_id desc limit 1")
+        if row is None:
+            return None
+        return dict(zip(("run_id", "threshold", "clustering", "model_version", "signature"), row))
+
+    def lineage(self, entity_id: str) -> list[str]:
+        """The ids that now stand for the same entity as ``entity_id``: its survivor first,
+        then every id merged into it (directly or through other merges), oldest first."""
+        survivor = self.resolve(entity_id)
+        if survivor is None:
+            return []
+        rows = self.con.execute("select entity_id, merged_into, coalesce(created_run, 0) from entities "
+                                "where status = 'merged' and merged_into is not null").fetchall()
+        into = {e: m for e, m, _ in rows}
+        age = {e: c for e, _, c in rows}
+
+        def final(e: str) -> str:
+            seen = set()
+            while e in into and e not in seen:
+                seen.add(e)
+                e = into[e]
+            return e
+
+        merged = sorted((e for e in into if final(e) == survivor), key=lambda e: (age[e], e))
+        return [survivor, *merged]
 
     def entity_ages(self) -> dict[str, tuple[int, str]]:
         rows = self.con.execute("select entity_id, created_run from entities").fetchall()

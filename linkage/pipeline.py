@@ -26,7 +26,7 @@ from idweave.blocking import derive_rules, generate_pairs, parse_rules
 from idweave.blocking.pairs import PairStats
 from idweave.blocking.rules import Rule
 from idweave.linkage import model as model_mod
-from idweave.linkage.cluster import choose_threshold, cluster
+from idweave.linkage.cluster import DEFAULT_CLUSTERING, choose_threshold, cluster, completion_pairs
 from idweave.linkage.errors import IdweaveError
 from idweave.linkage.graph import Store, _now, assign_ids
 from idweave.linkage.project import Project, load_project, project_from_dict
@@ -123,43 +123,144 @@ def link(
     of their paths. Returns the entities (``source``, ``record_id``, ``entity_id``), every
     scored pair, a summary and the time per stage.
 
+    By default a run is incremental: it compares each source with the store (record id and
+    content hash), scores only the pairs of new and changed records with the stored model,
+    drops records a ``snapshot`` source no longer holds (``mode: append`` sources keep them),
+    reuses every other stored link and re-clusters only the components that changed; the
+    entities equal those of a full run on the same data (see ``linkage/_incremental.py``).
+    ``full=True`` recomputes every pair and cluster (ids are still inherited). A store held by
+    another run raises :class:`~idweave.linkage.errors.StoreBusyError` after ``wait`` seconds.
+
     >>> r = link("fixtures/tiny/project.yaml")
     >>> r.summary["records"] == r.entities.height
     True
+    >>> link("fixtures/tiny/project.yaml").summary["events"]  # the same input again: nothing changes
+    0
     """
+    from idweave.blocking.pairs import DEFAULT_MAX_BLOCK
+    from idweave.linkage import _incremental as inc
+    from idweave.linkage.graph import _now
+
+    started = _now()
     proj = resolve_project(project, sources=sources)
     if store is not None:
         proj.store = Path(store)
     timer = _Timer(progress)
     report = LoadReport()
     with timer.stage("load"):
-        records = with_rids(load_records(proj, report=report))
-    rules = project_rules(proj, records)
+        loaded = load_records(proj, report=report)
     exclusive_sources = [s.name for s in proj.sources.values() if s.exclusive]
+    method = str(proj.clustering.get("method", DEFAULT_CLUSTERING))
+    min_average = float(proj.clustering.get("min_average", 0.5))
+    light_cols = ["rid_l", "rid_r", "rule", "match_probability"]
 
     with Store.open(proj.store, wait=wait) as st:
-        with timer.stage("block"):
-            stats = PairStats()
-            pairs = generate_pairs(records, rules, exclusive=exclusive_sources, stats=stats)
+        with timer.stage("compare"):
+            delta = inc.compare(st, proj, loaded)
+        records = delta.records
+        rules = project_rules(proj, records)
         with timer.stage("train"):
             trained, retrained = _model_for(proj, st, records, retrain)
+        sig = inc.signature(proj, rules, exclusive_sources, DEFAULT_MAX_BLOCK, trained.version,
+                            model_mod.splink_version(), method, min_average)
+        prev = st.last_run_info()
+        mode, why = _choose_mode(full, retrained, prev, sig)
+        incremental = mode == "incremental"
+        rule_names = {i: r.name for i, r in enumerate(rules)}
+        rule_names[COMPLETION_RULE] = "cluster completion"
+        stats = PairStats()
+        no_pairs = pl.DataFrame(schema={"rid_l": pl.Int64, "rid_r": pl.Int64})
+        with timer.stage("block"):
+            if incremental:
+                plan = inc.plan_pairs(records, delta, inc.old_versions(st, delta, records), rules,
+                                      max_block=DEFAULT_MAX_BLOCK, exclusive=exclusive_sources)
+                pairs, dirty, flip_pairs, flipped = plan.pairs, plan.dirty, plan.flip_pairs, plan.flipped_members
+            else:
+                pairs = generate_pairs(records, rules, exclusive=exclusive_sources, stats=stats)
+                dirty, flip_pairs, flipped = records["rid"], no_pairs, 0
         with timer.stage("score"):
-            links = model_mod.score_pairs(records, pairs, trained, engine=proj.engine)
+            scored = model_mod.score_pairs(inc.records_of(records, pairs), pairs, trained, engine=proj.engine)
+            if retrained:
+                # A new model's prior comes from its own candidate pairs (a retrain is always
+                # a full run, so every pair was scored).
+                trained, scored = model_mod.refine_prior(trained, scored, possible_pairs(records, exclusive_sources))
+                sig = inc.signature(proj, rules, exclusive_sources, DEFAULT_MAX_BLOCK, trained.version,
+                                    model_mod.splink_version(), method, min_average)
+            scored = inc.canonical_scores(scored, trained.prior)
+            blocking = scored.select(light_cols)
+            derived_stored = blocking.clear()
+            seeds = dirty
+            if incremental:
+                # Stored links stand unless they touch a new or changed record or lie in a
+                # block that crossed its cap; the ends of those that go are re-clustered.
+                stored = inc.stored_links(st, records, {n: i for i, n in rule_names.items()},
+                                          derived=COMPLETION_RULE)
+                touches = pl.col("rid_l").is_in(dirty.implode()) | pl.col("rid_r").is_in(dirty.implode())
+                hit = pl.concat([stored.filter(touches), stored.join(flip_pairs, on=["rid_l", "rid_r"], how="semi")])
+                kept = stored.filter(~touches).join(flip_pairs, on=["rid_l", "rid_r"], how="anti")
+                seeds = pl.concat([dirty, hit["rid_l"], hit["rid_r"], pairs["rid_l"], pairs["rid_r"],
+                                   inc.removed_neighbours(st, records, delta.removed)])
+                derived_stored = kept.filter(pl.col("rule") == COMPLETION_RULE)
+                blocking = pl.concat([kept.filter(pl.col("rule") != COMPLETION_RULE), blocking])
+            blocking = blocking.sort("rid_l", "rid_r")
         thr = threshold if threshold is not None else proj.threshold
         chosen = thr is None
         if thr is None:
-            thr = choose_threshold(links["match_probability"])
-        method = str(proj.clustering.get("method", "components"))
+            thr = choose_threshold(blocking["match_probability"])
+        must, cannot = _decision_constraints(st, records)
+        reclustered_all = not (incremental and prev is not None and prev["threshold"] == thr)
+        if reclustered_all:
+            affected = records["rid"]
+        else:
+            constrained = pl.Series("rid", [r for pair in [*must, *cannot] for r in pair], dtype=pl.Int64)
+            strong = pl.concat([blocking.filter(pl.col("match_probability") >= thr).select("rid_l", "rid_r"),
+                                pl.DataFrame(must, schema={"rid_l": pl.Int64, "rid_r": pl.Int64}, orient="row")])
+            affected = inc.closure(pl.concat([seeds.cast(pl.Int64), constrained]), strong)
+        aff = affected.implode()
+        in_affected = pl.col("rid_l").is_in(aff) & pl.col("rid_r").is_in(aff)
+        touches_affected = pl.col("rid_l").is_in(aff) | pl.col("rid_r").is_in(aff)
+        # Completion links are a function of each component: those of untouched components
+        # stand; inside the re-clustered part they are recomputed, scoring only pairs not
+        # already stored (a stored score is the score).
+        derived = scored.clear()
+        derived_kept = derived_stored.filter(~touches_affected)
+        derived_reused = derived_stored.clear()
+        derived_drop = no_pairs
+        if method == "average":
+            with timer.stage("complete"):
+                extra = completion_pairs(blocking.filter(in_affected), affected, threshold=thr)
+                old = derived_stored.filter(touches_affected)
+                derived_reused = old.join(extra, on=["rid_l", "rid_r"], how="semi")
+                derived_drop = old.join(extra, on=["rid_l", "rid_r"], how="anti").select("rid_l", "rid_r")
+                extra = extra.join(old, on=["rid_l", "rid_r"], how="anti")
+                if extra.height:
+                    derived = inc.canonical_scores(model_mod.score_pairs(
+                        inc.records_of(records, extra),
+                        extra.with_columns(pl.lit(COMPLETION_RULE, pl.Int32).alias("rule")), trained,
+                        engine=proj.engine), trained.prior).select(scored.columns)
+        elif derived_stored.height:
+            derived_drop = derived_stored.select("rid_l", "rid_r")
+        derived_light = pl.concat([derived_reused, derived.select(light_cols)])
         with timer.stage("cluster"):
-            must, cannot = _decision_constraints(st, records)
-            excl = {rid: s for rid, s in records.filter(pl.col("source").is_in(exclusive_sources))
+            cl_links = pl.concat([blocking.filter(in_affected), derived_light]).sort("rid_l", "rid_r")
+            excl = {rid: s for rid, s in records.filter(pl.col("source").is_in(exclusive_sources)
+                                                        & pl.col("rid").is_in(aff))
                     .select("rid", "source").iter_rows()}
-            clusters = cluster(links, records["rid"], threshold=thr, exclusive=excl, must_link=must,
-                               cannot_link=cannot, method=method,
-                               min_average=float(proj.clustering.get("min_average", 0.5)))
+            clusters = cluster(cl_links, affected, threshold=thr, exclusive=excl, must_link=must,
+                               cannot_link=cannot, method=method, min_average=min_average)
+        links = pl.concat([blocking, derived_kept, derived_light]).sort("rid_l", "rid_r")
+        n_strong = int((links["match_probability"] >= thr).sum()) if links.height else 0
         with timer.stage("store"):
-            entities, run_id, n_events = _write_run(
-                st, proj, records, rules, links, clusters, trained, thr, method, timer.timings, report)
+            write = inc.RunWrite(
+                mode=mode, records=records, seen=delta.seen, delta=delta,
+                new_links=pl.concat([scored, derived]), rule_names=rule_names, rescored=dirty,
+                drop_pairs=pl.concat([flip_pairs, derived_drop]), affected=affected, clusters=clusters,
+                n_links_total=links.height, n_strong_total=n_strong, started=started,
+                row={"project_hash": proj.config_hash(), "model_version": trained.version, "threshold": thr,
+                     "clustering": method, "signature": sig,
+                     "summary": json.dumps({"timings": timer.timings, "report": report.__dict__,
+                                            "mode_reason": why})})
+            entities, run_id, n_events = inc.write_run(st, proj, write, trained, model_mod.splink_version())
         if retrained or not proj.model_file.exists():
             trained.save(proj.model_file)
 
@@ -171,20 +272,28 @@ def link(
         .select("source_l", "record_id_l", "source_r", "record_id_r", "match_probability")
     )
     sizes = entities.group_by("entity_id").len()["len"]
+    per_rule = dict(blocking.group_by("rule").len().iter_rows())
     summary = {
         "run_id": run_id,
+        "mode": mode,
+        "mode_reason": why,
         "records": records.height,
         "records_per_source": report.rows,
+        **inc.summary_counts(delta),
         "unparsed_dates": report.unparsed_dates,
         "date_formats": report.date_formats,
         "rules": [r.name for r in rules],
-        "pairs_per_rule": stats.added,
-        "candidate_pairs": pairs.height,
-        "pairs_per_record": round(pairs.height / max(records.height, 1), 2),
+        "pairs_per_rule": [int(per_rule.get(i, 0)) for i in range(len(rules))],
+        "candidate_pairs": blocking.height,
+        "pairs_per_record": round(blocking.height / max(records.height, 1), 2),
+        "scored_pairs": scored.height + derived.height,
+        "rescored_records": int(dirty.len()),
+        "flipped_block_records": int(flipped),
+        "reclustered_records": int(affected.len()),
         "threshold": thr,
         "threshold_chosen": chosen,
         "clustering": method,
-        "links": int((links["match_probability"] >= thr).sum()) if links.height else 0,
+        "links": n_strong,
         "entities": entities["entity_id"].n_unique(),
         "entity_sizes": {str(k): v for k, v in sizes.value_counts().sort(sizes.name).iter_rows()},
         "model_version": trained.version,
@@ -194,6 +303,43 @@ def link(
         "timings": timer.timings,
     }
     return LinkResult(entities=entities, pairs=pair_view, summary=summary, timings=timer.timings, run_id=run_id)
+
+
+def _choose_mode(full: bool, retrained: bool, prev: dict[str, Any] | None, signature: str) -> tuple[str, str]:
+    """'incremental' or 'full', and why."""
+    if full:
+        return "full", "asked for (--full)"
+    if prev is None:
+        return "full", "first run"
+    if retrained:
+        return "full", "new model"
+    if prev.get("signature") != signature:
+        return "full", "rules, model, clustering or code changed since the last run"
+    return "incremental", "same rules, model and clustering as the last run"
+
+
+def possible_pairs(records: pl.DataFrame, exclusive: list[str]) -> int:
+    """How many pairs could be matches: all pairs but those inside an exclusive source."""
+    n = records.height
+    sizes = records.group_by("source").len()
+    inside = sum(k * (k - 1) // 2 for s, k in sizes.iter_rows() if s in exclusive)
+    return n * (n - 1) // 2 - inside
+
+
+# The rule index of pairs scored to complete candidate clusters (not found by blocking).
+COMPLETION_RULE = -1
+
+
+def complete_links(records: pl.DataFrame, links: pl.DataFrame, trained: model_mod.TrainedModel,
+                   threshold: float, *, engine: str = "duckdb") -> pl.DataFrame:
+    """Links plus the scored pairs inside candidate clusters that blocking missed
+    (see :func:`idweave.linkage.cluster.completion_pairs`)."""
+    extra = completion_pairs(links, records["rid"], threshold=threshold)
+    if extra.height == 0:
+        return links
+    scored = model_mod.score_pairs(records, extra.with_columns(pl.lit(COMPLETION_RULE, pl.Int32).alias("rule")),
+                                   trained, engine=engine)
+    return pl.concat([links, scored.select(links.columns)]).sort("rid_l", "rid_r")
 
 
 def _model_for(proj: Project, st: Store, records: pl.DataFrame, retrain: bool) -> tuple[model_mod.TrainedModel, bool]:
@@ -215,104 +361,3 @@ def _decision_constraints(st: Store, records: pl.DataFrame) -> tuple[list[tuple[
     except ImportError:
         return [], []
     return constraints(st, records)
-
-
-def _write_run(st: Store, proj: Project, records: pl.DataFrame, rules: list[Rule], links: pl.DataFrame,
-               clusters: pl.DataFrame, trained: model_mod.TrainedModel, thr: float, method: str,
-               timings: dict[str, float], report: LoadReport) -> tuple[pl.DataFrame, int, int]:
-    """Assign persistent ids and write the whole run in one transaction."""
-    old = st.records()
-    old_entity_of = {(s, r): e for s, r, e in old.select("source", "record_id", "entity_id").iter_rows()} \
-        if old.height else {}
-    old_hash = {(s, r): h for s, r, h in old.select("source", "record_id", "content_hash").iter_rows()} \
-        if old.height else {}
-    lab = clusters.join(records.select("rid", "source", "record_id"), on="rid")
-    cl = {(s, r): c for s, r, c in lab.select("source", "record_id", "cluster").iter_rows()}
-    assignment = assign_ids(cl, old_entity_of, st.entity_ages())
-    current = set(cl)
-    removed = sorted(set(old_entity_of) - current)
-    run_id = st.last_run() + 1
-    now = _now()
-    events = list(assignment.events)
-    for s, r in removed:
-        events.append({"type": "record_removed", "entity_id": old_entity_of[(s, r)], "source": s, "record_id": r})
-    # Entities that lost every record (and were not merged away) retire.
-    alive = set(assignment.entity_of.values())
-    merged_away = {m for m, _ in assignment.merged}
-    retired = sorted(set(old_entity_of.values()) - alive - merged_away)
-    for e in retired:
-        events.append({"type": "entity_retired", "entity_id": e})
-    new_hash = {(s, r): h for s, r, h in records.select("source", "record_id", "content_hash").iter_rows()}
-    changed = sum(1 for k in current if k in old_hash and old_hash[k] != new_hash[k])
-    new = sum(1 for k in current if k not in old_hash)
-
-    ent = pl.DataFrame({"source": [k[0] for k in assignment.entity_of],
-                        "record_id": [k[1] for k in assignment.entity_of],
-                        "entity_id": list(assignment.entity_of.values())})
-    attrs = list(proj.attributes)
-    prev_seen = old.select("source", "record_id", "first_seen_run") if old.height and "first_seen_run" in old.columns \
-        else pl.DataFrame(schema={"source": pl.Utf8, "record_id": pl.Utf8, "first_seen_run": pl.Int32})
-    rec_table = (
-        records.select("source", "record_id", *attrs, "content_hash")
-        .join(ent, on=["source", "record_id"])
-        .join(prev_seen, on=["source", "record_id"], how="left")
-        .with_columns(pl.col("first_seen_run").fill_null(run_id).cast(pl.Int32),
-                      pl.lit(run_id, pl.Int32).alias("last_seen_run"))
-        .sort("source", "record_id")
-    )
-    key = records.select("rid", "source", "record_id")
-    rule_names = pl.DataFrame({"rule": list(range(len(rules))), "rule_name": [r.name for r in rules]},
-                              schema={"rule": pl.Int32, "rule_name": pl.Utf8})
-    link_table = (
-        links.join(key.rename({"rid": "rid_l", "source": "source_l", "record_id": "record_id_l"}), on="rid_l")
-        .join(key.rename({"rid": "rid_r", "source": "source_r", "record_id": "record_id_r"}), on="rid_r")
-        .join(rule_names, on="rule", how="left")
-        .drop("rid_l", "rid_r", "rule")
-        .rename({"rule_name": "rule"})
-    )
-    link_table = link_table.select("source_l", "record_id_l", "source_r", "record_id_r", "rule",
-                                   "match_weight", "match_probability",
-                                   *[c for c in link_table.columns if c.startswith(("level_", "w_"))])
-    sizes = ent.group_by("entity_id").len().rename({"len": "size"})
-    try:
-        st.begin()
-        st.save_model(trained.version, trained.settings, trained.tf_tables, run_id, model_mod.splink_version())
-        st.replace_table("records", rec_table)
-        st.replace_table("links", link_table)
-        # entities: update the ones this run touched; insert new ones.
-        ent_old = query_pl(st.con, "select * from entities")
-        touched = assignment.touched | set(retired)
-        rows = {r["entity_id"]: r for r in ent_old.iter_rows(named=True)}
-        size_of = dict(sizes.iter_rows())
-        for eid, split_from in assignment.created:
-            rows[eid] = {"entity_id": eid, "status": "active", "merged_into": None, "split_from": split_from,
-                         "created_run": run_id, "changed_run": run_id, "size": size_of.get(eid, 0)}
-        for loser, survivor in assignment.merged:
-            rows[loser].update(status="merged", merged_into=survivor, changed_run=run_id, size=0)
-        for e in retired:
-            rows[e].update(status="retired", changed_run=run_id, size=0)
-        for eid, n in size_of.items():
-            r = rows[eid]
-            if r.get("size") != n or eid in touched:
-                r.update(size=n)
-                if eid in touched:
-                    r.update(changed_run=run_id)
-        schema = {"entity_id": pl.Utf8, "status": pl.Utf8, "merged_into": pl.Utf8, "split_from": pl.Utf8,
-                  "created_run": pl.Int32, "changed_run": pl.Int32, "size": pl.Int32}
-        st.con.execute("delete from entities")
-        if rows:
-            st.con.register("_ent", pl.DataFrame(list(rows.values()), schema=schema).to_arrow())
-            st.con.execute("insert into entities by name select * from _ent")
-            st.con.unregister("_ent")
-        n_events = st.append_events(events, run_id=run_id)
-        st.con.execute(
-            "insert into runs values (?, ?, ?, 'full', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [run_id, now, _now(), proj.config_hash(), trained.version, thr, method, records.height, new, changed,
-             len(removed), links.height, int((links["match_probability"] >= thr).sum()) if links.height else 0,
-             ent["entity_id"].n_unique(), n_events, json.dumps({"timings": timings, "report": report.__dict__})])
-        st.commit()
-    except BaseException:
-        st.rollback()
-        raise
-    return ent.sort("source", "record_id"), run_id, n_events
-

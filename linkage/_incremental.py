@@ -1,0 +1,544 @@
+"""The incremental path of :func:`idweave.linkage.link`: what changed since the store's last
+run, which pairs must be scored again, and which part of the graph must be re-clustered.
+
+Why the result equals a full run on the same data:
+
+* **Pairs.** A pair of two records that did not change is made by the same rules as before
+  unless one of its blocks crossed a block-size cap (``max_block``): a block's size counts
+  every record, so new or removed records can switch a block of unchanged records on or off.
+  Records in such a *flipped* block, and new and changed ones, are the *dirty* records: every
+  pair that touches one is made again with :func:`~idweave.blocking.generate_pairs`
+  (``restrict_to``), with block sizes computed on all records. Every other stored link is
+  reused as it is: same records, same stored model (same term frequencies), same score.
+* **Clusters.** Clustering (:func:`~idweave.linkage.cluster.cluster`) depends only on the links
+  inside each connected component of strong links (at or above the threshold) and must-links.
+  A component that holds no dirty record, no neighbour of a removed or re-scored record and no
+  record under a human decision has the same records and links as in the last run, so its
+  clusters (the stored entities) stand. Every other component is re-clustered whole.
+* **Ids.** Old entities lie inside old components, so the re-clustered part holds every record
+  of every old entity it touches, and :func:`~idweave.linkage.graph.assign_ids` on that part
+  gives the ids a full run would.
+
+A run is incremental only when the store's last run used the same rules, exclusive sources,
+block cap, model version, clustering method and code (the *signature*); otherwise it is full.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import polars as pl
+
+from idweave.blocking.rules import Rule
+from idweave.linkage.graph import Store
+from idweave.linkage.project import Project
+
+__all__: list[str] = []
+
+# Modules whose behaviour decides which pairs exist, how they score and how they cluster: a
+# change to any of them makes stored links and clusters stale, so the next run is full.
+_CODE_FILES = ("blocking/keys.py", "blocking/pairs.py", "blocking/rules.py", "linkage/cluster.py",
+               "linkage/model.py")
+
+
+@lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """A hash of the code that stored links and clusters depend on (read once per process:
+    the code that runs is the code that was imported)."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for rel in _CODE_FILES:
+        f = root / rel
+        h.update(rel.encode())
+        h.update(f.read_bytes() if f.exists() else b"")
+    return h.hexdigest()[:16]
+
+
+def signature(project: Project, rules: Sequence[Rule], exclusive: Sequence[str], max_block: int,
+              model_version: str, splink_version: str, method: str, min_average: float) -> str:
+    """What must not change between two runs for the second to be incremental."""
+    spec = {
+        "attributes": {a.name: a.kind for a in project.attributes.values()},
+        "rules": [r.to_dict() for r in rules],
+        "exclusive": sorted(exclusive),
+        "max_block": max_block,
+        "model": model_version,
+        "splink": splink_version,
+        "clustering": [method, min_average],
+        "code": code_fingerprint(),
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Delta:
+    """The records of this run compared with the store.
+
+    ``records`` holds every record of the run (the sources' records plus the stored records
+    that ``mode: append`` sources keep), ordered by (source, record_id) with ``rid`` = row
+    number. ``seen`` is True for records read from the sources this run.
+    """
+
+    records: pl.DataFrame
+    seen: pl.Series
+    stored: pl.DataFrame   # record_index() of the store before this run
+    new: pl.Series         # rids
+    changed: pl.Series     # rids
+    removed: pl.DataFrame  # source, record_id, entity_id of stored records that are gone
+
+    @property
+    def first_run(self) -> bool:
+        return self.stored.height == 0
+
+
+def compare(st: Store, project: Project, loaded: pl.DataFrame) -> Delta:
+    """Compare the sources' records with the store (by record id and content hash)."""
+    stored = st.record_index()
+    attrs = list(project.attributes)
+    records = loaded
+    append = [s.name for s in project.sources.values() if s.mode == "append"]
+    kept_keys = stored.filter(pl.col("source").is_in(append)).select("source", "record_id") \
+        .join(loaded.select("source", "record_id"), on=["source", "record_id"], how="anti")
+    if kept_keys.height:
+        have = set(st.con.execute("select column_name from information_schema.columns "
+                                  "where table_name = 'records'").fetchall())
+        have_cols = {c for (c,) in have}
+        cols = ["source", "record_id", *[a for a in attrs if a in have_cols], "content_hash"]
+        kept = st.records_for(kept_keys, cols)
+        for a in attrs:
+            if a not in kept.columns:
+                kept = kept.with_columns(pl.lit(None, dtype=loaded.schema[a]).alias(a))
+        kept = kept.select(loaded.columns).cast(dict(loaded.schema), strict=False)
+        records = pl.concat([loaded.with_columns(pl.lit(True).alias("_seen")),
+                             kept.with_columns(pl.lit(False).alias("_seen"))], how="vertical_relaxed")
+    else:
+        records = loaded.with_columns(pl.lit(True).alias("_seen"))
+    records = records.sort("source", "record_id").with_row_index("rid").with_columns(pl.col("rid").cast(pl.Int64))
+    seen = records["_seen"]
+    records = records.drop("_seen")
+    j = records.select("rid", "source", "record_id", "content_hash").join(
+        stored.select("source", "record_id", pl.col("content_hash").alias("_old")),
+        on=["source", "record_id"], how="left")
+    new = j.filter(pl.col("_old").is_null())["rid"]
+    changed = j.filter(pl.col("_old").is_not_null() & (pl.col("_old") != pl.col("content_hash")))["rid"]
+    removed = stored.join(records.select("source", "record_id"), on=["source", "record_id"], how="anti") \
+        .select("source", "record_id", "entity_id")
+    return Delta(records=records, seen=seen, stored=stored, new=new, changed=changed, removed=removed)
+
+
+def _holders(keys: tuple[pl.DataFrame, pl.DataFrame], symmetric: bool) -> pl.DataFrame:
+    """Distinct (rid, key): the records holding each key on either side of a rule (what
+    block sizes count, as in :func:`idweave.blocking.pairs.rule_pairs`)."""
+    left, right = keys
+    both = left.select("rid", "key") if symmetric else pl.concat([left.select("rid", "key"),
+                                                                  right.select("rid", "key")])
+    return both.unique()
+
+
+@dataclass
+class PairPlan:
+    """Which pairs an incremental run must make again (see the module docstring)."""
+
+    pairs: pl.DataFrame        # rid_l, rid_r, rule: to score
+    dirty: pl.Series           # new and changed records: every pair touching one is remade
+    flip_pairs: pl.DataFrame   # rid_l, rid_r: pairs inside a block that crossed its cap
+    flipped_members: int       # records holding such a block's key
+
+
+def plan_pairs(records: pl.DataFrame, delta: Delta, old: pl.DataFrame, rules: Sequence[Rule], *,
+               max_block: int, exclusive: Sequence[str]) -> PairPlan:
+    """The pairs of new and changed records, and of blocks that crossed their cap.
+
+    A block's size counts every record holding its key, so a record arriving or leaving can
+    switch a block of unchanged records on or off (``max_block``): only the pairs inside
+    such a block can change for unchanged records; their other pairs stand. ``old`` holds
+    the stored versions of changed and removed records (to size blocks as they were).
+    """
+    from idweave.blocking.pairs import generate_pairs, rule_keys
+
+    dirty = pl.concat([delta.new, delta.changed]).unique().sort()
+    cur = records.filter(pl.col("rid").is_in(dirty.implode()))
+    keys, members, flips = [], [], []
+    for rule in rules:
+        k = rule_keys(records, rule)
+        keys.append(k)
+        cap = rule.max_block if getattr(rule, "max_block", None) is not None else max_block
+        hold = _holders(k, rule.symmetric)
+        plus = hold.join(cur.select("rid"), on="rid", how="semi").group_by("key").len().rename({"len": "plus"})
+        minus = (_holders(rule_keys(old, rule), rule.symmetric).group_by("key").len().rename({"len": "minus"})
+                 if old.height else pl.DataFrame(schema={"key": pl.Utf8, "minus": pl.UInt32}))
+        touched = pl.concat([plus.select("key"), minus.select("key")]).unique()
+        if touched.height == 0:
+            continue
+        now = hold.join(touched, on="key", how="semi").group_by("key").len().rename({"len": "now"})
+        sizes = (touched.join(now, on="key", how="left").join(plus, on="key", how="left")
+                 .join(minus, on="key", how="left").fill_null(0)
+                 .with_columns((pl.col("now").cast(pl.Int64) - pl.col("plus") + pl.col("minus")).alias("before")))
+        flipped = sizes.filter((pl.col("now") > cap) != (pl.col("before") > cap)).select("key")
+        if flipped.height:
+            m = hold.join(flipped, on="key", how="semi")
+            members.append(m["rid"])
+            flips.append(m.join(m, on="key", suffix="_r").filter(pl.col("rid") < pl.col("rid_r"))
+                         .select(pl.col("rid").alias("rid_l"), "rid_r"))
+    flip_members = pl.concat(members).unique() if members else dirty.clear()
+    flip_pairs = (pl.concat(flips).unique() if flips
+                  else pl.DataFrame(schema={"rid_l": pl.Int64, "rid_r": pl.Int64}))
+    restrict = pl.concat([dirty, flip_members]).unique().sort()
+    if restrict.len() == 0:
+        pairs = pl.DataFrame(schema={"rid_l": pl.Int64, "rid_r": pl.Int64, "rule": pl.Int32})
+    else:
+        pairs = generate_pairs(records, rules, max_block=max_block, exclusive=exclusive, restrict_to=restrict,
+                               keys=keys)
+        touches = pl.col("rid_l").is_in(dirty.implode()) | pl.col("rid_r").is_in(dirty.implode())
+        in_flip = pairs.join(flip_pairs, on=["rid_l", "rid_r"], how="semi")
+        pairs = pl.concat([pairs.filter(touches), in_flip]).unique().sort("rid_l", "rid_r")
+    return PairPlan(pairs=pairs, dirty=dirty, flip_pairs=flip_pairs, flipped_members=int(flip_members.len()))
+
+
+def old_versions(st: Store, delta: Delta, records: pl.DataFrame) -> pl.DataFrame:
+    """The stored attributes of changed and removed records, with the rids -1 - i (never a
+    rid of this run), for computing the block sizes of the last run."""
+    changed_keys = records.filter(pl.col("rid").is_in(delta.changed.implode())).select("source", "record_id")
+    keys = pl.concat([changed_keys, delta.removed.select("source", "record_id")])
+    if keys.height == 0:
+        return records.clear()
+    old = st.records_for(keys)
+    cols = [c for c in records.columns if c != "rid"]
+    for c in cols:
+        if c not in old.columns:
+            old = old.with_columns(pl.lit(None, dtype=records.schema[c]).alias(c))
+    old = old.select(cols).cast({c: records.schema[c] for c in cols}, strict=False)
+    return old.with_row_index("rid").with_columns((-1 - pl.col("rid").cast(pl.Int64)).alias("rid")) \
+        .select(records.columns)
+
+
+def stored_links(st: Store, records: pl.DataFrame, rule_index: dict[str, int], *, derived: int) -> pl.DataFrame:
+    """The stored links between records of this run, light: ``rid_l``, ``rid_r`` (rid_l <
+    rid_r), ``rule`` (index; ``derived`` for links no blocking rule made) and
+    ``match_probability``."""
+    schema = {"rid_l": pl.Int64, "rid_r": pl.Int64, "rule": pl.Int32, "match_probability": pl.Float64}
+    if not st.has_table("links"):
+        return pl.DataFrame(schema=schema)
+    raw = _query(st, "select source_l, record_id_l, source_r, record_id_r, rule, match_probability from links")
+    if raw.height == 0:
+        return pl.DataFrame(schema=schema)
+    key = records.select("rid", "source", "record_id")
+    names = pl.DataFrame({"rule": list(rule_index), "_ri": list(rule_index.values())},
+                         schema={"rule": pl.Utf8, "_ri": pl.Int32})
+    out = (
+        raw.join(key.rename({"rid": "a", "source": "source_l", "record_id": "record_id_l"}),
+                 on=["source_l", "record_id_l"])
+        .join(key.rename({"rid": "b", "source": "source_r", "record_id": "record_id_r"}),
+              on=["source_r", "record_id_r"])
+        .join(names, on="rule", how="left")
+        .select(pl.min_horizontal("a", "b").alias("rid_l"), pl.max_horizontal("a", "b").alias("rid_r"),
+                pl.col("_ri").fill_null(derived).cast(pl.Int32).alias("rule"),
+                pl.col("match_probability").cast(pl.Float64))
+    )
+    return out
+
+
+def _query(st: Store, sql: str) -> pl.DataFrame:
+    from idweave.linkage._db import query_pl
+
+    return query_pl(st.con, sql)
+
+
+def closure(seeds: pl.Series, edges: pl.DataFrame) -> pl.Series:
+    """Every rid reachable from ``seeds`` along ``edges`` (``rid_l``, ``rid_r``), seeds included."""
+    both = pl.concat([edges.select(pl.col("rid_l").alias("a"), pl.col("rid_r").alias("b")),
+                      edges.select(pl.col("rid_r").alias("a"), pl.col("rid_l").alias("b"))])
+    reached = pl.DataFrame({"a": seeds.cast(pl.Int64)}).unique()
+    frontier = reached
+    while frontier.height:
+        nxt = both.join(frontier, on="a", how="semi").select(pl.col("b").alias("a")).unique()
+        frontier = nxt.join(reached, on="a", how="anti")
+        reached = pl.concat([reached, frontier])
+    return reached["a"].sort().alias("rid")
+
+
+def summary_counts(delta: Delta) -> dict[str, Any]:
+    return {"new_records": int(delta.new.len()), "changed_records": int(delta.changed.len()),
+            "removed_records": int(delta.removed.height)}
+
+
+def removed_neighbours(st: Store, records: pl.DataFrame, removed: pl.DataFrame) -> pl.Series:
+    """Rids of this run's records that had a stored link to a removed record."""
+    if removed.height == 0 or not st.has_table("links"):
+        return pl.Series("rid", [], dtype=pl.Int64)
+    from idweave.linkage._db import query_pl
+
+    st.con.register("_removed", removed.select("source", "record_id").to_arrow())
+    try:
+        other = query_pl(st.con, """
+            select l.source_r as source, l.record_id_r as record_id from links l
+              join _removed x on x.source = l.source_l and x.record_id = l.record_id_l
+            union
+            select l.source_l, l.record_id_l from links l
+              join _removed x on x.source = l.source_r and x.record_id = l.record_id_r""")
+    finally:
+        st.con.unregister("_removed")
+    if other.height == 0:
+        return pl.Series("rid", [], dtype=pl.Int64)
+    return records.select("rid", "source", "record_id").join(other, on=["source", "record_id"])["rid"]
+
+
+# --------------------------------------------------------------------------------------
+# writing a run
+# --------------------------------------------------------------------------------------
+_ENTITY_SCHEMA = {"entity_id": pl.Utf8, "status": pl.Utf8, "merged_into": pl.Utf8, "split_from": pl.Utf8,
+                  "created_run": pl.Int32, "changed_run": pl.Int32, "size": pl.Int32}
+
+
+@dataclass
+class RunWrite:
+    """Everything :func:`write_run` needs to know about a computed run."""
+
+    mode: str                      # "full" | "incremental"
+    records: pl.DataFrame          # all records of the run, with rid
+    seen: pl.Series                # read from the sources this run
+    delta: Delta
+    new_links: pl.DataFrame        # scored this run, with evidence: to insert
+    rule_names: dict[int, str]     # rule index -> stored rule name
+    rescored: pl.Series            # rids whose stored links are all replaced
+    drop_pairs: pl.DataFrame       # rid_l, rid_r of other stored links that go (or are replaced)
+    affected: pl.Series            # rids re-clustered
+    clusters: pl.DataFrame         # rid, cluster for the affected rids
+    n_links_total: int
+    n_strong_total: int
+    started: Any
+    row: dict[str, Any]            # the runs row's other columns
+
+
+def _keys(records: pl.DataFrame, rids: pl.Series) -> pl.DataFrame:
+    return records.filter(pl.col("rid").is_in(rids.implode())).select("source", "record_id")
+
+
+def _link_table(links: pl.DataFrame, records: pl.DataFrame, rule_names: dict[int, str]) -> pl.DataFrame:
+    key = records.select("rid", "source", "record_id")
+    names = pl.DataFrame({"rule": list(rule_names), "rule_name": list(rule_names.values())},
+                         schema={"rule": pl.Int32, "rule_name": pl.Utf8})
+    t = (links.join(key.rename({"rid": "rid_l", "source": "source_l", "record_id": "record_id_l"}), on="rid_l")
+         .join(key.rename({"rid": "rid_r", "source": "source_r", "record_id": "record_id_r"}), on="rid_r")
+         .with_columns(pl.col("rule").cast(pl.Int32))
+         .join(names, on="rule", how="left")
+         .drop("rid_l", "rid_r", "rule")
+         .rename({"rule_name": "rule"}))
+    return t.select("source_l", "record_id_l", "source_r", "record_id_r", "rule", "match_weight",
+                    "match_probability", *[c for c in t.columns if c.startswith(("level_", "w_"))])
+
+
+def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_version: str,
+              ) -> tuple[pl.DataFrame, int, int]:
+    """Assign persistent ids to the re-clustered records and write the run in one transaction.
+
+    Returns the entities of every record of the run (``source``, ``record_id``,
+    ``entity_id``), the run id and the number of events written.
+    """
+    from idweave.linkage._db import query_pl
+    from idweave.linkage.graph import _now, assign_ids
+
+    records, delta = w.records, w.delta
+    full = w.mode == "full"
+    run_id = st.last_run() + 1
+    key = records.select("rid", "source", "record_id")
+    stored = delta.stored
+    before = key.join(stored.select("source", "record_id", "entity_id", "first_seen_run", "last_seen_run"),
+                      on=["source", "record_id"], how="left")
+
+    # Persistent ids for the re-clustered part.
+    aff = before.filter(pl.col("rid").is_in(w.affected.implode()))
+    lab = w.clusters.join(aff.select("rid", "source", "record_id"), on="rid")
+    clusters = {(s, r): c for s, r, c in lab.select("source", "record_id", "cluster").iter_rows()}
+    old_entity_of = {(s, r): e for s, r, e in aff.select("source", "record_id", "entity_id").iter_rows()
+                     if e is not None}
+    assignment = assign_ids(clusters, old_entity_of, st.entity_ages())
+    moved_to = pl.DataFrame({"source": [k[0] for k in assignment.entity_of],
+                             "record_id": [k[1] for k in assignment.entity_of],
+                             "_new": list(assignment.entity_of.values())},
+                            schema={"source": pl.Utf8, "record_id": pl.Utf8, "_new": pl.Utf8})
+    final = (before.join(moved_to, on=["source", "record_id"], how="left")
+             .with_columns(pl.coalesce("_new", "entity_id").alias("entity_id")))
+    entities = final.select("source", "record_id", "entity_id").sort("source", "record_id")
+
+    events = list(assignment.events)
+    for s, r, e in delta.removed.sort("source", "record_id").iter_rows():
+        events.append({"type": "record_removed", "entity_id": e, "source": s, "record_id": r})
+    changed_keys = _keys(records, delta.changed).join(entities, on=["source", "record_id"])
+    for s, r, e in changed_keys.sort("source", "record_id").iter_rows():
+        events.append({"type": "record_changed", "entity_id": e, "source": s, "record_id": r})
+    # Entities left with no record (and not merged away) retire.
+    candidates = set(old_entity_of.values()) | set(delta.removed["entity_id"].drop_nulls().to_list())
+    alive = set(entities["entity_id"].filter(entities["entity_id"].is_in(list(candidates))).unique().to_list())
+    merged_away = {m for m, _ in assignment.merged}
+    retired = sorted(candidates - alive - merged_away)
+    for e in retired:
+        events.append({"type": "entity_retired", "entity_id": e})
+
+    attrs = list(project.attributes)
+    seen = records.select("rid").with_columns(w.seen.alias("_seen"))
+    rec_rows = (records.select("rid", "source", "record_id", *attrs, "content_hash")
+                .join(final.select("rid", "entity_id", "first_seen_run", "last_seen_run"), on="rid")
+                .join(seen, on="rid")
+                .with_columns(pl.col("first_seen_run").fill_null(run_id).cast(pl.Int32),
+                              pl.when(pl.col("_seen")).then(pl.lit(run_id)).otherwise(pl.col("last_seen_run"))
+                              .cast(pl.Int32).alias("last_seen_run")))
+    link_rows = _link_table(w.new_links, records, w.rule_names)
+
+    touched = assignment.touched | set(retired) | set(merged_away)
+    size_ids = touched | candidates | set(assignment.entity_of.values())
+    sizes = dict(entities.filter(pl.col("entity_id").is_in(list(size_ids))).group_by("entity_id").len().iter_rows())
+    try:
+        st.begin()
+        st.save_model(trained.version, trained.settings, trained.tf_tables, run_id, splink_version)
+        if full:
+            st.replace_table("records", rec_rows.drop("rid", "_seen").sort("source", "record_id"))
+            st.replace_table("links", link_rows)
+        else:
+            _write_records_delta(st, records, delta, rec_rows, final, run_id, all_seen=bool(w.seen.all()))
+            _write_links_delta(st, records, delta, w, link_rows)
+        # entities: rewrite the rows this run touched (all of them in a full run).
+        if full:
+            ent_old = query_pl(st.con, "select * from entities")
+        else:
+            st.con.register("_ids", pl.DataFrame({"entity_id": sorted(size_ids)}, schema={"entity_id": pl.Utf8})
+                            .to_arrow())
+            ent_old = query_pl(st.con, "select e.* from entities e join _ids using (entity_id)")
+            st.con.unregister("_ids")
+        rows = {r["entity_id"]: r for r in ent_old.iter_rows(named=True)}
+        out: dict[str, dict[str, Any]] = {}
+        for eid, split_from in assignment.created:
+            out[eid] = {"entity_id": eid, "status": "active", "merged_into": None, "split_from": split_from,
+                        "created_run": run_id, "changed_run": run_id, "size": sizes.get(eid, 0)}
+        for loser, survivor in assignment.merged:
+            out[loser] = dict(rows[loser], status="merged", merged_into=survivor, changed_run=run_id, size=0)
+        for e in retired:
+            out[e] = dict(rows[e], status="retired", changed_run=run_id, size=0)
+        for eid in size_ids:
+            if eid in out or eid not in rows:
+                continue
+            r = dict(rows[eid])
+            n = sizes.get(eid, 0)
+            if r.get("size") != n or eid in touched:
+                r["size"] = n
+                if eid in touched:
+                    r["changed_run"] = run_id
+                out[eid] = r
+        if out:
+            df = pl.DataFrame(list(out.values()), schema=_ENTITY_SCHEMA)
+            st.con.register("_ent", df.to_arrow())
+            st.con.execute("delete from entities where entity_id in (select entity_id from _ent)")
+            st.con.execute("insert into entities by name select * from _ent")
+            st.con.unregister("_ent")
+        n_events = st.append_events(events, run_id=run_id)
+        row = dict(w.row)
+        row.update(run_id=run_id, started_at=w.started, finished_at=_now(), mode=w.mode,
+                   n_records=records.height, n_new=int(delta.new.len()), n_changed=int(delta.changed.len()),
+                   n_removed=delta.removed.height, n_pairs=w.n_links_total, n_links=w.n_strong_total,
+                   n_entities=entities["entity_id"].n_unique(), n_events=n_events)
+        cols = list(row)
+        st.con.execute(f"insert into runs ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})",
+                       [row[c] for c in cols])
+        st.commit()
+    except BaseException:
+        st.rollback()
+        raise
+    return entities, run_id, n_events
+
+
+def _write_records_delta(st: Store, records: pl.DataFrame, delta: Delta, rec_rows: pl.DataFrame,
+                         final: pl.DataFrame, run_id: int, *, all_seen: bool) -> None:
+    """Records of an incremental run: drop removed and changed rows, insert new and changed
+    ones, move the others whose entity changed, mark what the sources held as seen."""
+    gone = pl.concat([delta.removed.select("source", "record_id"), _keys(records, delta.changed)])
+    if gone.height:
+        st.con.register("_gone", gone.to_arrow())
+        st.con.execute("delete from records where exists (select 1 from _gone g where g.source = records.source "
+                       "and g.record_id = records.record_id)")
+        st.con.unregister("_gone")
+    fresh = rec_rows.filter(pl.col("rid").is_in(pl.concat([delta.new, delta.changed]).implode()))
+    if fresh.height:
+        st.con.register("_fresh", fresh.drop("rid", "_seen").to_arrow())
+        st.con.execute("insert into records by name select * from _fresh")
+        st.con.unregister("_fresh")
+    moved = final.filter(pl.col("_new").is_not_null()).join(
+        delta.stored.select("source", "record_id", pl.col("entity_id").alias("_old")), on=["source", "record_id"]) \
+        .filter(pl.col("_new") != pl.col("_old")).select("source", "record_id", pl.col("_new").alias("entity_id"))
+    if moved.height:
+        st.con.register("_moves", moved.to_arrow())
+        st.con.execute("update records set entity_id = m.entity_id from _moves m "
+                       "where records.source = m.source and records.record_id = m.record_id")
+        st.con.unregister("_moves")
+    if all_seen:
+        st.con.execute("update records set last_seen_run = ? where last_seen_run is distinct from ?",
+                       [run_id, run_id])
+    else:
+        kept = rec_rows.filter(~pl.col("_seen")).select("source", "record_id")
+        st.con.register("_kept", kept.to_arrow())
+        st.con.execute("update records set last_seen_run = ? where last_seen_run is distinct from ? and not exists "
+                       "(select 1 from _kept k where k.source = records.source and k.record_id = records.record_id)",
+                       [run_id, run_id])
+        st.con.unregister("_kept")
+
+
+def _write_links_delta(st: Store, records: pl.DataFrame, delta: Delta, w: RunWrite, link_rows: pl.DataFrame) -> None:
+    """Links of an incremental run: drop every stored link of a re-scored or removed record
+    (and the derived links of re-clustered records), insert the links scored this run."""
+    drop = pl.concat([delta.removed.select("source", "record_id"), _keys(records, w.rescored)]).unique()
+    if drop.height:
+        st.con.register("_drop", drop.to_arrow())
+        for side in ("l", "r"):
+            st.con.execute(f"delete from links where exists (select 1 from _drop d where d.source = links.source_{side} "
+                           f"and d.record_id = links.record_id_{side})")
+        st.con.unregister("_drop")
+    if w.drop_pairs.height:
+        key = records.select("rid", "source", "record_id")
+        pairs = (w.drop_pairs.unique()
+                 .join(key.rename({"rid": "rid_l", "source": "source_l", "record_id": "record_id_l"}), on="rid_l")
+                 .join(key.rename({"rid": "rid_r", "source": "source_r", "record_id": "record_id_r"}), on="rid_r")
+                 .select("source_l", "record_id_l", "source_r", "record_id_r"))
+        st.con.register("_pairs", pairs.to_arrow())
+        st.con.execute("delete from links where exists (select 1 from _pairs p where p.source_l = links.source_l "
+                       "and p.record_id_l = links.record_id_l and p.source_r = links.source_r "
+                       "and p.record_id_r = links.record_id_r)")
+        st.con.unregister("_pairs")
+    if link_rows.height:
+        st.con.register("_new_links", link_rows.to_arrow())
+        st.con.execute("insert into links by name select * from _new_links")
+        st.con.unregister("_new_links")
+
+
+def canonical_scores(scored: pl.DataFrame, prior: float) -> pl.DataFrame:
+    """Recompute ``match_weight`` and ``match_probability`` from the per-comparison weights
+    (``w_*``) in a fixed order.
+
+    DuckDB may add up Splink's match-weight terms in a different order from one query to the
+    next (its optimiser folds what column statistics show to be constant), so the same pair
+    can score one unit in the last place apart in two runs. Ties in match probability decide
+    the order in which clustering takes edges, so an incremental run and a full run must see
+    bit-identical scores: these do not depend on the batch a pair was scored in.
+    """
+    import math
+    from functools import reduce
+
+    ws = [c for c in scored.columns if c.startswith("w_")]
+    mw = reduce(lambda acc, c: acc + pl.col(c).fill_null(0.0), ws, pl.lit(math.log2(prior / (1 - prior))))
+    two = pl.lit(2.0)
+    prob = (pl.when(pl.col("match_weight") >= 0)
+            .then(1.0 / (1.0 + two.pow(-pl.col("match_weight"))))
+            .otherwise(two.pow(pl.col("match_weight")) / (1.0 + two.pow(pl.col("match_weight")))))
+    return scored.with_columns(mw.alias("match_weight")).with_columns(prob.alias("match_probability"))
+
+
+def records_of(records: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
+    """The records a set of pairs names (all of them when the pairs touch most records):
+    scoring reads every record it is given, so a few pairs should not pay for a million."""
+    if pairs.height == 0 or pairs.height > records.height:
+        return records
+    ids = pl.concat([pairs["rid_l"], pairs["rid_r"]]).unique()
+    return records.filter(pl.col("rid").is_in(ids.implode())) if ids.len() < records.height // 2 else records

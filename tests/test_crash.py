@@ -1,0 +1,175 @@
+"""Crash safety and concurrent runs.
+
+A run changes the store in one transaction: ``idweave link`` killed with SIGKILL at any
+moment leaves the store exactly as it was (or, killed after the commit, holds the whole
+run), and the next run completes. A second run started while one holds the store fails with
+a clear message, or waits with ``--wait``.
+
+The kills are real: ``idweave link`` runs in a subprocess on fixtures/demo and is killed at
+times spread over its run, some of them timed on the stage lines it prints (without a
+terminal each finished stage is one line on stderr), so that kills land inside the final
+write as well as before it. No test hook exists in the code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from conftest import run_cli
+from identity_helpers import dump, project_copy, raw_frames, read_table, same_state
+from idweave.linkage import link
+
+CLI = [sys.executable, "-c", "from idweave.cli.app import main; main()"]
+
+
+def start(*args: object) -> subprocess.Popen:
+    env = {**os.environ, "COLUMNS": "200"}
+    env.pop("IDWEAVE_PROGRESS", None)
+    return subprocess.Popen([*CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+
+
+def kill_after(proc: subprocess.Popen, stage: str | None, delay: float) -> list[str]:
+    """SIGKILL ``proc`` ``delay`` seconds after it reports ``stage`` done (or after it
+    starts, for None); returns the stages it reported done."""
+    done: list[str] = []
+    if stage is not None:
+        while True:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            done.append(line.split(":")[0].strip())
+            if done[-1] == stage:
+                break
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    rest = proc.communicate()[1]
+    done += [line.split(":")[0].strip() for line in rest.splitlines() if line.startswith("  ")]
+    return done
+
+
+def check_complete(store: Path, run_id: int) -> None:
+    """A run that committed is whole: its events, records and links all there."""
+    runs = read_table(store, "runs")
+    row = runs.filter(pl.col("run_id") == run_id).row(0, named=True)
+    assert read_table(store, "events").filter(pl.col("run_id") == run_id).height == row["n_events"]
+    assert read_table(store, "records").height == row["n_records"]
+    assert read_table(store, "links").height == row["n_pairs"]
+
+
+@pytest.fixture
+def prepared(tmp_path: Path):
+    """fixtures/demo linked once on four records in five; its files hold them all, so the
+    next run adds 176 records (and writes a good deal)."""
+    project = project_copy("demo", tmp_path / "demo")
+    frames = raw_frames(project)
+    link(project, sources={n: df.with_row_index("_i").filter(pl.col("_i") % 5 != 0).drop("_i")
+                           for n, df in frames.items()})
+    store = tmp_path / "demo" / "out" / "demo.duckdb"
+    assert not Path(str(store) + ".wal").exists()
+    return project, store
+
+
+def test_a_killed_run_leaves_the_store_as_it_was(prepared, tmp_path: Path) -> None:
+    project, store = prepared
+    pristine = tmp_path / "pristine.duckdb"
+    shutil.copy(store, pristine)
+    before = dump(store)
+    rng = random.Random(4)
+    # On the stage lines: inside the final write (after "cluster"), and before it; then blind.
+    plan = [("cluster", d) for d in (0.0, 0.01, 0.02, 0.035, 0.05, 0.065, 0.08, 0.1, 0.13)]
+    plan += [("score", 0.0), ("block", 0.05), ("load", 0.0)]
+    plan += [(None, rng.uniform(0.5, 4.0)) for _ in range(4)]
+    outcomes = []
+    for stage, delay in plan:
+        proc = start("link", project)
+        done = kill_after(proc, stage, delay)
+        after = dump(store)
+        if after["runs"].height == before["runs"].height:
+            assert same_state(after, before), (stage, delay, done)
+            outcomes.append(("intact", stage, tuple(done)))
+        else:  # killed after the commit: the whole run is there
+            check_complete(store, 2)
+            outcomes.append(("committed", stage, tuple(done)))
+            shutil.copy(pristine, store)
+            wal = Path(str(store) + ".wal")
+            if wal.exists():
+                wal.unlink()
+    intact_in_write = [o for o in outcomes if o[0] == "intact" and "cluster" in o[2]]
+    assert len(intact_in_write) >= 2, outcomes  # killed during the final write, store unchanged
+    assert sum(o[0] == "intact" for o in outcomes) >= 8, outcomes
+    # And the next run completes.
+    final = run_cli("link", project)
+    assert final.code == 0, final.err
+    check_complete(store, 2)
+    assert read_table(store, "runs")["run_id"].to_list() == [1, 2]
+
+
+def test_a_killed_first_run_leaves_no_run_behind(tmp_path: Path) -> None:
+    project = project_copy("tiny", tmp_path / "tiny")
+    store = tmp_path / "tiny" / "out" / "tiny.duckdb"
+    proc = start("link", project)
+    kill_after(proc, "score", 0.0)  # the model is trained, nothing written yet
+    if store.exists():
+        assert read_table(store, "runs").height == 0 and not (tmp_path / "tiny" / "out" / "tiny.model.json").exists()
+    r = run_cli("link", project)
+    assert r.code == 0, r.err
+    check_complete(store, 1)
+
+
+def holder(store: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding the store open for writing."""
+    code = ("import sys, time\nfrom idweave.linkage.graph import Store\n"
+            "s = Store.open(sys.argv[1])\nprint('ready', flush=True)\ntime.sleep(float(sys.argv[2]))\ns.close()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(store), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_a_second_run_is_refused_while_one_holds_the_store(prepared) -> None:
+    project, store = prepared
+    before = dump(store)
+    proc = holder(store, 20)
+    try:
+        r = run_cli("link", project)
+        assert r.code == 2
+        assert r.error == (f"Error: {store.relative_to(Path.cwd()) if store.is_relative_to(Path.cwd()) else store}: "
+                           "the store is in use by another idweave run; wait for it to finish (or pass --wait SECONDS)")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert same_state(dump(store), before)
+
+
+def test_a_run_with_wait_runs_when_the_store_is_free(prepared) -> None:
+    project, store = prepared
+    proc = holder(store, 3)
+    t0 = time.monotonic()
+    r = run_cli("link", project, "--wait", "60")
+    waited = time.monotonic() - t0
+    proc.wait()
+    assert r.code == 0, r.err
+    assert waited >= 2.0
+    check_complete(store, 2)
+
+
+def test_two_runs_at_once_are_serialised(prepared) -> None:
+    project, store = prepared
+    a, b = start("link", project, "--wait", "120", "--json"), start("link", project, "--wait", "120", "--json")
+    outs = [p.communicate() for p in (a, b)]
+    assert [a.returncode, b.returncode] == [0, 0], [o[1][-500:] for o in outs]
+    runs = read_table(store, "runs").sort("run_id")
+    assert runs["run_id"].to_list() == [1, 2, 3]
+    # The second to get the store saw the first one's result: the same input changes nothing.
+    assert runs["n_events"][2] == 0 and runs["n_new"][1] == 176
+    check_complete(store, 3)

@@ -27,7 +27,7 @@ from idweave.blocking.pairs import PairStats
 from idweave.blocking.rules import Rule
 from idweave.linkage import model as model_mod
 from idweave.linkage.cluster import DEFAULT_CLUSTERING, choose_threshold, cluster, completion_pairs
-from idweave.linkage.errors import IdweaveError
+from idweave.linkage.errors import IdweaveError, StoreBusyError
 from idweave.linkage.graph import Store, _now, assign_ids
 from idweave.linkage.project import Project, load_project, project_from_dict
 from idweave.linkage.sources import LoadReport, load_records
@@ -137,6 +137,33 @@ def link(
     >>> link("fixtures/tiny/project.yaml").summary["events"]  # the same input again: nothing changes
     0
     """
+    proj = resolve_project(project, sources=sources)
+    if store is not None:
+        proj.store = Path(store)
+    fresh = not proj.store.exists()
+    try:
+        return _link(proj, threshold=threshold, retrain=retrain, full=full, progress=progress, wait=wait)
+    except StoreBusyError:
+        raise
+    except BaseException:
+        # A first run that fails (after the checks, e.g. in training) leaves no empty store.
+        if fresh:
+            for f in (proj.store, proj.store.with_name(proj.store.name + ".wal")):
+                f.unlink(missing_ok=True)
+        raise
+
+
+def _link(
+    project: Project | str | Path | Mapping[str, Any],
+    *,
+    sources: Mapping[str, Any] | None = None,
+    store: str | Path | None = None,
+    threshold: float | None = None,
+    retrain: bool = False,
+    full: bool = False,
+    progress: Progress | None = None,
+    wait: float = 0.0,
+) -> LinkResult:
     from idweave.blocking.pairs import DEFAULT_MAX_BLOCK
     from idweave.linkage import _incremental as inc
     from idweave.linkage.graph import _now

@@ -153,25 +153,14 @@ def link(
         raise
 
 
-def _link(
-    project: Project | str | Path | Mapping[str, Any],
-    *,
-    sources: Mapping[str, Any] | None = None,
-    store: str | Path | None = None,
-    threshold: float | None = None,
-    retrain: bool = False,
-    full: bool = False,
-    progress: Progress | None = None,
-    wait: float = 0.0,
-) -> LinkResult:
+def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, progress: Progress | None,
+          wait: float) -> LinkResult:
+    """The body of :func:`link`, on a resolved project."""
     from idweave.blocking.pairs import DEFAULT_MAX_BLOCK
     from idweave.linkage import _incremental as inc
     from idweave.linkage.graph import _now
 
     started = _now()
-    proj = resolve_project(project, sources=sources)
-    if store is not None:
-        proj.store = Path(store)
     timer = _Timer(progress)
     report = LoadReport()
     with timer.stage("load"):

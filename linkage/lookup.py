@@ -194,13 +194,14 @@ class Matcher:
         self._build_scorer(records)
 
     def _build_index(self, records: pl.DataFrame) -> None:
-        from idweave.blocking.pairs import _key_frame  # the exact keys batch blocking makes
+        from idweave.blocking.pairs import rule_keys  # the exact keys batch blocking makes
 
         self._index: list[_RuleIndex] = []
         self._memo: dict[tuple[str, tuple[str, ...]], _KeyMemo] = {}
         for rule in self.rules:
-            left = _key_frame(records, rule, "l").select("rid", "key")
-            right = left if rule.symmetric else _key_frame(records, rule, "r").select("rid", "key")
+            lk, rk = rule_keys(records, rule)
+            left = lk.select("rid", "key")
+            right = left if rule.symmetric else rk.select("rid", "key")
             holders = left if rule.symmetric else pl.concat([left, right])
             sizes = holders.unique().group_by("key").len().select(
                 pl.col("key").hash(seed=_SEED).alias("h"), pl.col("len")).sort("h")

@@ -27,6 +27,16 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
 
 
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of every row of every rich table in ``text``."""
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("│") and line.endswith("│"):
+            rows.append([c.strip() for c in line.strip("│").split("│")])
+    return rows
+
+
 def copy_fixture(name: str, dest: Path) -> Path:
     """Copy ``fixtures/<name>`` to ``dest`` with its store moved to ``dest/out``.
 

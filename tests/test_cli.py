@@ -16,19 +16,10 @@ import polars as pl
 import pytest
 
 from conftest import Linked, run_cli, store_files
+from conftest import table_rows
 
 RECORDS = {"census": 27, "tax": 18, "benefits": 19}
 ATTRIBUTES = ["first_name", "last_name", "full_name", "birth_date", "sex", "postcode", "ssn", "phone", "email"]
-
-
-def table_rows(text: str) -> list[list[str]]:
-    """The cells of every row of every rich table in ``text``."""
-    rows = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("│") and line.endswith("│"):
-            rows.append([c.strip() for c in line.strip("│").split("│")])
-    return rows
 
 
 def two_column(text: str) -> dict[str, str]:

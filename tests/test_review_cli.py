@@ -19,15 +19,7 @@ from conftest import Linked, run_cli, snapshot
 from idweave.linkage import review
 from idweave.linkage.explain import explain_entity
 from test_review import largest, leaf, members, near_miss, sql, state, two_entities
-
-
-def table_rows(text: str) -> list[list[str]]:
-    rows = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("│") and line.endswith("│"):
-            rows.append([c.strip() for c in line.strip("│").split("│")])
-    return rows
+from conftest import table_rows
 
 
 def interactive(project: Path, keys: str, *extra: str):

@@ -8,8 +8,10 @@ Why the result equals a full run on the same data:
   every record, so new or removed records can switch a block of unchanged records on or off.
   Records in such a *flipped* block, and new and changed ones, are the *dirty* records: every
   pair that touches one is made again with :func:`~idweave.blocking.generate_pairs`
-  (``restrict_to``), with block sizes computed on all records. Every other stored link is
-  reused as it is: same records, same stored model (same term frequencies), same score.
+  (``restrict_to``), with block sizes computed on all records. The keys of unchanged records
+  are not recomputed: they are read from the store (``_blockkeys.py``), and only for the keys
+  the run touches. Every other stored link is reused as it is: same records, same stored
+  model (same term frequencies), same score.
 * **Clusters.** Clustering (:func:`~idweave.linkage.cluster.cluster`) depends only on the links
   inside each connected component of strong links (at or above the threshold) and must-links.
   A component that holds no dirty record, no neighbour of a removed or re-scored record and no
@@ -43,7 +45,7 @@ __all__: list[str] = []
 # Modules whose behaviour decides which pairs exist, how they score and how they cluster: a
 # change to any of them makes stored links and clusters stale, so the next run is full.
 _CODE_FILES = ("blocking/keys.py", "blocking/pairs.py", "blocking/rules.py", "linkage/cluster.py",
-               "linkage/model.py")
+               "linkage/model.py", "linkage/_blockkeys.py")
 
 
 @lru_cache(maxsize=1)
@@ -71,6 +73,7 @@ def signature(project: Project, rules: Sequence[Rule], exclusive: Sequence[str],
         "splink": splink_version,
         "clustering": [method, min_average],
         "code": code_fingerprint(),
+        "polars": pl.__version__,  # stored block keys are polars hashes
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -122,8 +125,16 @@ def compare(st: Store, project: Project, loaded: pl.DataFrame) -> Delta:
     seen = records["_seen"]
     records = records.drop("_seen")
     j = records.select("rid", "source", "record_id", "content_hash").join(
-        stored.select("source", "record_id", pl.col("content_hash").alias("_old")),
+        stored.select("source", "record_id", pl.col("content_hash").alias("_old"), "rk"),
         on=["source", "record_id"], how="left")
+    # rk: the record's persistent integer key (block_keys refer to it); new records get the
+    # next ones, in rid order.
+    top = stored["rk"].max() if stored.height else None
+    start = (int(top) + 1) if top is not None else 0
+    j = j.with_columns(pl.when(pl.col("rk").is_null())
+                       .then(pl.col("rk").is_null().cum_sum().cast(pl.Int64) - 1 + start)
+                       .otherwise(pl.col("rk")).alias("rk"))
+    records = records.with_columns(j["rk"])
     new = j.filter(pl.col("_old").is_null())["rid"]
     changed = j.filter(pl.col("_old").is_not_null() & (pl.col("_old") != pl.col("content_hash")))["rid"]
     removed = stored.join(records.select("source", "record_id"), on=["source", "record_id"], how="anti") \
@@ -131,90 +142,11 @@ def compare(st: Store, project: Project, loaded: pl.DataFrame) -> Delta:
     return Delta(records=records, seen=seen, stored=stored, new=new, changed=changed, removed=removed)
 
 
-def _holders(keys: tuple[pl.DataFrame, pl.DataFrame], symmetric: bool) -> pl.DataFrame:
-    """Distinct (rid, key): the records holding each key on either side of a rule (what
-    block sizes count, as in :func:`idweave.blocking.pairs.rule_pairs`)."""
-    left, right = keys
-    both = left.select("rid", "key") if symmetric else pl.concat([left.select("rid", "key"),
-                                                                  right.select("rid", "key")])
-    return both.unique()
-
-
-@dataclass
-class PairPlan:
-    """Which pairs an incremental run must make again (see the module docstring)."""
-
-    pairs: pl.DataFrame        # rid_l, rid_r, rule: to score
-    dirty: pl.Series           # new and changed records: every pair touching one is remade
-    flip_pairs: pl.DataFrame   # rid_l, rid_r: pairs inside a block that crossed its cap
-    flipped_members: int       # records holding such a block's key
-
-
-def plan_pairs(records: pl.DataFrame, delta: Delta, old: pl.DataFrame, rules: Sequence[Rule], *,
-               max_block: int, exclusive: Sequence[str]) -> PairPlan:
-    """The pairs of new and changed records, and of blocks that crossed their cap.
-
-    A block's size counts every record holding its key, so a record arriving or leaving can
-    switch a block of unchanged records on or off (``max_block``): only the pairs inside
-    such a block can change for unchanged records; their other pairs stand. ``old`` holds
-    the stored versions of changed and removed records (to size blocks as they were).
-    """
-    from idweave.blocking.pairs import generate_pairs, rule_keys
-
-    dirty = pl.concat([delta.new, delta.changed]).unique().sort()
-    cur = records.filter(pl.col("rid").is_in(dirty.implode()))
-    keys, members, flips = [], [], []
-    for rule in rules:
-        k = rule_keys(records, rule)
-        keys.append(k)
-        cap = rule.max_block if getattr(rule, "max_block", None) is not None else max_block
-        hold = _holders(k, rule.symmetric)
-        plus = hold.join(cur.select("rid"), on="rid", how="semi").group_by("key").len().rename({"len": "plus"})
-        minus = (_holders(rule_keys(old, rule), rule.symmetric).group_by("key").len().rename({"len": "minus"})
-                 if old.height else pl.DataFrame(schema={"key": pl.Utf8, "minus": pl.UInt32}))
-        touched = pl.concat([plus.select("key"), minus.select("key")]).unique()
-        if touched.height == 0:
-            continue
-        now = hold.join(touched, on="key", how="semi").group_by("key").len().rename({"len": "now"})
-        sizes = (touched.join(now, on="key", how="left").join(plus, on="key", how="left")
-                 .join(minus, on="key", how="left").fill_null(0)
-                 .with_columns((pl.col("now").cast(pl.Int64) - pl.col("plus") + pl.col("minus")).alias("before")))
-        flipped = sizes.filter((pl.col("now") > cap) != (pl.col("before") > cap)).select("key")
-        if flipped.height:
-            m = hold.join(flipped, on="key", how="semi")
-            members.append(m["rid"])
-            flips.append(m.join(m, on="key", suffix="_r").filter(pl.col("rid") < pl.col("rid_r"))
-                         .select(pl.col("rid").alias("rid_l"), "rid_r"))
-    flip_members = pl.concat(members).unique() if members else dirty.clear()
-    flip_pairs = (pl.concat(flips).unique() if flips
-                  else pl.DataFrame(schema={"rid_l": pl.Int64, "rid_r": pl.Int64}))
-    restrict = pl.concat([dirty, flip_members]).unique().sort()
-    if restrict.len() == 0:
-        pairs = pl.DataFrame(schema={"rid_l": pl.Int64, "rid_r": pl.Int64, "rule": pl.Int32})
-    else:
-        pairs = generate_pairs(records, rules, max_block=max_block, exclusive=exclusive, restrict_to=restrict,
-                               keys=keys)
-        touches = pl.col("rid_l").is_in(dirty.implode()) | pl.col("rid_r").is_in(dirty.implode())
-        in_flip = pairs.join(flip_pairs, on=["rid_l", "rid_r"], how="semi")
-        pairs = pl.concat([pairs.filter(touches), in_flip]).unique().sort("rid_l", "rid_r")
-    return PairPlan(pairs=pairs, dirty=dirty, flip_pairs=flip_pairs, flipped_members=int(flip_members.len()))
-
-
-def old_versions(st: Store, delta: Delta, records: pl.DataFrame) -> pl.DataFrame:
-    """The stored attributes of changed and removed records, with the rids -1 - i (never a
-    rid of this run), for computing the block sizes of the last run."""
-    changed_keys = records.filter(pl.col("rid").is_in(delta.changed.implode())).select("source", "record_id")
-    keys = pl.concat([changed_keys, delta.removed.select("source", "record_id")])
-    if keys.height == 0:
-        return records.clear()
-    old = st.records_for(keys)
-    cols = [c for c in records.columns if c != "rid"]
-    for c in cols:
-        if c not in old.columns:
-            old = old.with_columns(pl.lit(None, dtype=records.schema[c]).alias(c))
-    old = old.select(cols).cast({c: records.schema[c] for c in cols}, strict=False)
-    return old.with_row_index("rid").with_columns((-1 - pl.col("rid").cast(pl.Int64)).alias("rid")) \
-        .select(records.columns)
+def gone_rks(delta: Delta, records: pl.DataFrame) -> pl.Series:
+    """The rks of stored records whose stored blocking keys are stale: changed and removed."""
+    changed = records.filter(pl.col("rid").is_in(delta.changed.implode()))["rk"]
+    removed = delta.removed.join(delta.stored.select("source", "record_id", "rk"), on=["source", "record_id"])["rk"]
+    return pl.concat([changed.cast(pl.Int64), removed.cast(pl.Int64)]).drop_nulls()
 
 
 def stored_links(st: Store, records: pl.DataFrame, rule_index: dict[str, int], *, derived: int) -> pl.DataFrame:
@@ -313,6 +245,7 @@ class RunWrite:
     n_strong_total: int
     started: Any
     row: dict[str, Any]            # the runs row's other columns
+    key_write: tuple[Any, pl.DataFrame] | None = None  # (rks whose keys go, or None: all; block_keys rows)
 
 
 def _keys(records: pl.DataFrame, rids: pl.Series) -> pl.DataFrame:
@@ -340,6 +273,7 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
     Returns the entities of every record of the run (``source``, ``record_id``,
     ``entity_id``), the run id and the number of events written.
     """
+    from idweave.linkage import _blockkeys as bk
     from idweave.linkage._db import query_pl
     from idweave.linkage.graph import _now, assign_ids
 
@@ -382,7 +316,7 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
 
     attrs = list(project.attributes)
     seen = records.select("rid").with_columns(w.seen.alias("_seen"))
-    rec_rows = (records.select("rid", "source", "record_id", *attrs, "content_hash")
+    rec_rows = (records.select("rid", "source", "record_id", *attrs, "content_hash", "rk")
                 .join(final.select("rid", "entity_id", "first_seen_run", "last_seen_run"), on="rid")
                 .join(seen, on="rid")
                 .with_columns(pl.col("first_seen_run").fill_null(run_id).cast(pl.Int32),
@@ -402,6 +336,12 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
         else:
             _write_records_delta(st, records, delta, rec_rows, final, run_id, all_seen=bool(w.seen.all()))
             _write_links_delta(st, records, delta, w, link_rows)
+        if w.key_write is not None:
+            gone, rows = w.key_write
+            if gone is None:
+                bk.write_all(st, rows)
+            else:
+                bk.write_delta(st, gone, rows)
         # entities: rewrite the rows this run touched (all of them in a full run).
         if full:
             ent_old = query_pl(st.con, "select * from entities")

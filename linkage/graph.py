@@ -267,11 +267,14 @@ class Store:
         This is what an incremental run compares the sources with.
         """
         schema = {"source": pl.Utf8, "record_id": pl.Utf8, "content_hash": pl.Utf8, "entity_id": pl.Utf8,
-                  "first_seen_run": pl.Int32, "last_seen_run": pl.Int32}
+                  "first_seen_run": pl.Int32, "last_seen_run": pl.Int32, "rk": pl.Int64}
         if not self.has_table("records"):
             return pl.DataFrame(schema=schema)
-        df = query_pl(self.con, "select source, record_id, content_hash, entity_id, first_seen_run, last_seen_run "
-                                "from records")
+        cols = {c for (c,) in self.con.execute("select column_name from information_schema.columns "
+                                               "where table_name = 'records'").fetchall()}
+        rk = "rk" if "rk" in cols else "null::bigint as rk"  # stores written before rk existed
+        df = query_pl(self.con, "select source, record_id, content_hash, entity_id, first_seen_run, last_seen_run, "
+                                f"{rk} from records")
         return df.cast({k: v for k, v in schema.items()}) if df.height else pl.DataFrame(schema=schema)
 
     def records_for(self, keys: pl.DataFrame, columns: Iterable[str] | None = None) -> pl.DataFrame:

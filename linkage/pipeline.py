@@ -157,6 +157,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
           wait: float) -> LinkResult:
     """The body of :func:`link`, on a resolved project."""
     from idweave.blocking.pairs import DEFAULT_MAX_BLOCK
+    from idweave.linkage import _blockkeys as bk
     from idweave.linkage import _incremental as inc
     from idweave.linkage.graph import _now
 
@@ -180,7 +181,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
         sig = inc.signature(proj, rules, exclusive_sources, DEFAULT_MAX_BLOCK, trained.version,
                             model_mod.splink_version(), method, min_average)
         prev = st.last_run_info()
-        mode, why = _choose_mode(full, retrained, prev, sig)
+        mode, why = _choose_mode(full, retrained, prev, sig, st.has_table("block_keys"))
         incremental = mode == "incremental"
         rule_names = {i: r.name for i, r in enumerate(rules)}
         rule_names[COMPLETION_RULE] = "cluster completion"
@@ -188,12 +189,16 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
         no_pairs = pl.DataFrame(schema={"rid_l": pl.Int64, "rid_r": pl.Int64})
         with timer.stage("block"):
             if incremental:
-                plan = inc.plan_pairs(records, delta, inc.old_versions(st, delta, records), rules,
-                                      max_block=DEFAULT_MAX_BLOCK, exclusive=exclusive_sources)
+                plan = bk.plan_pairs(st, records, pl.concat([delta.new, delta.changed]), inc.gone_rks(delta, records),
+                                     rules, max_block=DEFAULT_MAX_BLOCK, exclusive=exclusive_sources)
                 pairs, dirty, flip_pairs, flipped = plan.pairs, plan.dirty, plan.flip_pairs, plan.flipped_members
+                key_write = (plan.gone_rks, plan.new_keys)
             else:
-                pairs = generate_pairs(records, rules, exclusive=exclusive_sources, stats=stats)
+                keys = [bk.hashed_keys(records, rule) for rule in rules]
+                pairs = generate_pairs(records, rules, exclusive=exclusive_sources, stats=stats, keys=keys)
                 dirty, flip_pairs, flipped = records["rid"], no_pairs, 0
+                key_write = (None, bk.key_rows(keys, rules, records))
+                del keys
         with timer.stage("score"):
             scored = model_mod.score_pairs(inc.records_of(records, pairs), pairs, trained, engine=proj.engine)
             if retrained:
@@ -271,6 +276,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                 mode=mode, records=records, seen=delta.seen, delta=delta,
                 new_links=pl.concat([scored, derived]), rule_names=rule_names, rescored=dirty,
                 drop_pairs=pl.concat([flip_pairs, derived_drop]), affected=affected, clusters=clusters,
+                key_write=key_write,
                 n_links_total=links.height, n_strong_total=n_strong, started=started,
                 row={"project_hash": proj.config_hash(), "model_version": trained.version, "threshold": thr,
                      "clustering": method, "signature": sig,
@@ -321,12 +327,15 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
     return LinkResult(entities=entities, pairs=pair_view, summary=summary, timings=timer.timings, run_id=run_id)
 
 
-def _choose_mode(full: bool, retrained: bool, prev: dict[str, Any] | None, signature: str) -> tuple[str, str]:
+def _choose_mode(full: bool, retrained: bool, prev: dict[str, Any] | None, signature: str,
+                 has_keys: bool = True) -> tuple[str, str]:
     """'incremental' or 'full', and why."""
     if full:
         return "full", "asked for (--full)"
     if prev is None:
         return "full", "first run"
+    if not has_keys:
+        return "full", "the store holds no blocking keys yet"
     if retrained:
         return "full", "new model"
     if prev.get("signature") != signature:

@@ -23,11 +23,12 @@ the affected components and still equal a full run.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+import math
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import polars as pl
 
-__all__ = ["cluster", "components", "choose_threshold", "completion_pairs", "MAX_COMPLETION_SIZE",
+__all__ = ["cluster", "Clustering", "components", "choose_threshold", "completion_pairs", "MAX_COMPLETION_SIZE",
            "DEFAULT_CLUSTERING"]
 
 
@@ -36,27 +37,24 @@ __all__ = ["cluster", "components", "choose_threshold", "completion_pairs", "MAX
 DEFAULT_CLUSTERING = "average"
 
 
-class _UF:
-    def __init__(self, items: Iterable[int]):
-        self.parent = {i: i for i in items}
-        self.members: dict[int, list[int]] = {i: [i] for i in self.parent}
+class Clustering(NamedTuple):
+    """What :func:`cluster` returns with ``with_trace=True``: the ``clusters`` frame and the
+    trace ``joined`` (``rid_l``, ``rid_r``, ``rid_l < rid_r``, ``match_probability``: the
+    strong links whose processing joined two clusters, in processing order; must-link joins
+    are not in it)."""
 
-    def find(self, x: int) -> int:
-        p = self.parent
-        root = x
-        while p[root] != root:
-            root = p[root]
-        while p[x] != root:
-            p[x], x = root, p[x]
-        return root
+    clusters: pl.DataFrame
+    joined: pl.DataFrame
 
-    def union(self, a: int, b: int) -> int:
-        # Keep the larger set's root to bound the work; the label is recomputed at the end.
-        if len(self.members[a]) < len(self.members[b]):
-            a, b = b, a
-        self.parent[b] = a
-        self.members[a].extend(self.members.pop(b))
-        return a
+
+_PAIR_SCHEMA = {"rid_l": pl.Int64, "rid_r": pl.Int64}
+
+
+def _oriented(frame: pl.DataFrame, *extra: pl.Expr) -> pl.DataFrame:
+    """``rid_l``, ``rid_r`` as Int64 with the smaller rid first (the caller's order of a pair
+    must not change the edge order, and so the result), plus ``extra`` columns."""
+    l, r = pl.col("rid_l").cast(pl.Int64), pl.col("rid_r").cast(pl.Int64)
+    return frame.select(pl.min_horizontal(l, r).alias("rid_l"), pl.max_horizontal(l, r).alias("rid_r"), *extra)
 
 
 def cluster(
@@ -69,108 +67,279 @@ def cluster(
     cannot_link: Iterable[tuple[int, int]] = (),
     method: str = "components",
     min_average: float = 0.5,
-) -> pl.DataFrame:
+    with_trace: bool = False,
+    previous_joined: pl.DataFrame | None = None,
+    dirty: Iterable[int] | pl.Series | None = None,
+) -> Any:
     """Cluster records; returns ``rid`` and ``cluster`` (the smallest rid in the cluster).
 
     ``links`` holds ``rid_l``, ``rid_r``, ``match_probability`` (all scored pairs may be
     given: only those at or above ``threshold`` can join clusters; with
     ``method="average"`` the others still count in the averages). ``exclusive`` maps the
     rids of records from exclusive sources to their source name.
+
+    The average of two clusters is ``math.fsum`` of the probabilities of the links between
+    them (those above 0), divided by the number of cross pairs: an exactly rounded sum, so a
+    decision depends only on the two clusters' members, never on the order they were built in.
+
+    ``with_trace=True`` returns a :class:`Clustering` (``clusters``, ``joined``): the trace
+    is the strong links that joined two clusters, which is what a later replay needs.
+
+    **Replay** (``previous_joined``, ``dirty``): gives exactly the clusters and the trace a
+    run from scratch gives, walking the strong links once with a union-find and computing
+    averages only where a *dirty* cluster is involved. THE CALLER IS RESPONSIBLE FOR THE DIRTY
+    SET: nothing here can tell a wrong one, and a wrong one gives wrong clusters. With ``K``
+    the given rids that are not dirty, the result is exact if:
+
+    * ``previous_joined`` is the whole trace (``joined``) of the previous run, made with the
+      same ``threshold``, ``method`` and ``min_average`` (it may name records that are dirty
+      or gone now);
+    * every rid in ``K`` was a record of the previous run, with the same exclusive source
+      (or none): new records are dirty;
+    * the links among records of ``K`` are the same as in the previous run (same pairs, same
+      probabilities): a record with a link added, dropped or re-scored *to another record of
+      K* is dirty. Links between ``K`` and dirty or removed records may change freely;
+    * the must-links and cannot-links touching ``K`` are the same as in the previous run:
+      records under added or withdrawn human decisions (also a decision on a removed record) are dirty.
+
+    A previous join that is not a strong link of this run (with the same probability, when
+    ``previous_joined`` has ``match_probability``) makes its ends dirty here; without that
+    column a strong link between ``K`` and a dirty record must also keep its probability.
+
+    Why it is exact. Walk the strong links of both runs in one order (probability desc,
+    then rids). A cluster is *clean* while no dirty record is in it and nothing below made
+    it dirty. Invariant: the partition is the from-scratch one, and every clean cluster is
+    also a cluster of the previous run at the same point of its walk. It holds after the
+    must-links (those touching ``K`` are the same). At a strong link between the clusters
+    ``A`` and ``B`` of its ends:
+
+    * ``A`` is ``B``: skipped, as from scratch. If it is clean it was one cluster in the
+      previous run too, which skipped as well; if it is dirty, whatever the previous run
+      merged here holds an end of the link, which no clean cluster holds.
+    * both clean: they are previous-run clusters of records of ``K``, so the link is the
+      previous run's at the same place, and both runs judge the same members with the same
+      exclusive sources, cannot-links and links, and the exact sum makes the average the
+      same float. So the previous decision stands: join iff the link is in
+      ``previous_joined`` (no average is computed); the union is clean.
+    * ``A`` or ``B`` dirty: decided from scratch (exclusivity, cannot-links, average); a
+      union is dirty. With no union, if the previous run joined this link, its clusters
+      ``A'``, ``B'`` merged here: a clean ``A`` (or ``B``), which equalled ``A'``, no longer
+      equals a previous-run cluster, so it becomes dirty. Other clean clusters hold neither
+      end of the link, in either run.
+    * a link of only one run, or moved (re-scored): it has an end outside ``K``. Where this
+      run has it, it is judged from scratch as above and the previous run did nothing there
+      (had it joined there, the link would be in the trace with that probability). Where
+      only the previous run had it, the previous run did not join there (else its ends start
+      dirty), so no previous-run cluster changed.
+
+    So every decision equals the from-scratch one, and so do the clusters and the trace.
+    Must-link joins are not in the trace; a cluster is no less exact for being marked dirty,
+    which only costs averages.
+
+    >>> links = pl.DataFrame({"rid_l": [0, 1, 2], "rid_r": [1, 2, 3],
+    ...                       "match_probability": [0.99, 0.95, 0.97]})
+    >>> full = cluster(links, [0, 1, 2, 3, 4], threshold=0.9, method="average", with_trace=True)
+    >>> full.clusters["cluster"].to_list(), full.joined.rows()
+    ([0, 0, 2, 2, 4], [(0, 1, 0.99), (2, 3, 0.97)])
+    >>> # A new record 4 links to 3: 4 is dirty, the rest replays the previous trace, except
+    >>> # that {3, 4} now refuses 2, which the last run joined to 3.
+    >>> more = pl.concat([links, pl.DataFrame({"rid_l": [3], "rid_r": [4], "match_probability": [0.98]})])
+    >>> again = cluster(more, [0, 1, 2, 3, 4], threshold=0.9, method="average", with_trace=True,
+    ...                 previous_joined=full.joined, dirty=[4])
+    >>> again.clusters["cluster"].to_list(), again.joined.rows()
+    ([0, 0, 2, 3, 3], [(0, 1, 0.99), (3, 4, 0.98)])
+    >>> scratch = cluster(more, [0, 1, 2, 3, 4], threshold=0.9, method="average", with_trace=True)
+    >>> scratch.clusters.equals(again.clusters) and scratch.joined.equals(again.joined)
+    True
     """
     if method not in ("components", "average"):
         raise ValueError(f"unknown clustering method {method!r}; expected components or average")
+    if dirty is not None and previous_joined is None:
+        raise ValueError("dirty is only meaningful with previous_joined (a replay)")
     rid_list = [int(r) for r in (rids.to_list() if isinstance(rids, pl.Series) else rids)]
-    uf = _UF(rid_list)
-    excl = dict(exclusive or {})
-    # Per root: exclusive sources present, and the rids it must never join.
-    ex_sources: dict[int, set[str]] = {r: {excl[r]} for r in rid_list if r in excl}
-    cannot: dict[int, set[int]] = {}
-    for a, b in cannot_link:
-        a, b = int(a), int(b)
-        if a in uf.parent and b in uf.parent:
-            cannot.setdefault(a, set()).add(b)
-            cannot.setdefault(b, set()).add(a)
-    # Keep the constraint sets keyed by root.
-    cannot_root = {r: set(s) for r, s in cannot.items()}
+    # Dense indices: record i is uniq[i].
+    pos: dict[int, int] = {}
+    for r in rid_list:
+        pos.setdefault(r, len(pos))
+    uniq = list(pos)
+    n = len(uniq)
+    index = pl.DataFrame({"rid": uniq, "i": range(n)}, schema={"rid": pl.Int64, "i": pl.Int64})
+    edges = (_oriented(links, pl.col("match_probability").cast(pl.Float64).alias("p"))
+             .join(index.rename({"rid": "rid_l", "i": "a"}), on="rid_l")
+             .join(index.rename({"rid": "rid_r", "i": "b"}), on="rid_r"))
+    strong = edges.filter(pl.col("p") >= threshold)
+    replay = previous_joined is not None
+    seeds: list[int] = []
+    if replay:
+        # A previous join that is not a strong link of this run (its record is gone, or the
+        # link was re-scored) happened somewhere in the previous walk: its ends start dirty.
+        key = ["rid_l", "rid_r", "p"] if "match_probability" in previous_joined.columns else ["rid_l", "rid_r"]
+        prev = _oriented(previous_joined, *([pl.col("match_probability").cast(pl.Float64).alias("p")]
+                                            if len(key) == 3 else [])).unique()
+        gone = prev.join(strong, on=key, how="anti")
+        seeds = gone["rid_l"].to_list() + gone["rid_r"].to_list()
+        strong = strong.join(prev.with_columns(pl.lit(True).alias("was")), on=key, how="left", nulls_equal=False)
+        strong = strong.with_columns(pl.col("was").fill_null(False))
+    else:
+        strong = strong.with_columns(pl.lit(False).alias("was"))
+    strong = strong.sort(["p", "rid_l", "rid_r"], descending=[True, False, False])
+    walk = _Walk(n, method == "average", min_average)
+    walk.constraints(exclusive or {}, cannot_link, pos)
+    if walk.average:
+        walk.adjacency(edges.filter((pl.col("p") > 0) & (pl.col("a") != pl.col("b"))))
+    for a, b in must_link:
+        ia, ib = pos.get(int(a)), pos.get(int(b))
+        if ia is not None and ib is not None and walk.root[ia] != walk.root[ib]:
+            walk.union(walk.root[ia], walk.root[ib])
+    if replay:
+        for r in [*(dirty.to_list() if isinstance(dirty, pl.Series) else (dirty or ())), *seeds]:
+            i = pos.get(int(r))
+            if i is not None:
+                walk.dirty[walk.root[i]] = 1
+    else:
+        walk.dirty = bytearray(b"\x01") * n
+    joined = walk.run(strong["a"].to_list(), strong["b"].to_list(), strong["was"].to_list())
 
-    def allowed(ra: int, rb: int) -> bool:
-        if ex_sources.get(ra) and ex_sources.get(rb) and ex_sources[ra] & ex_sources[rb]:
+    label = [0] * n
+    for members in walk.members:
+        if members:
+            m = min(uniq[i] for i in members)
+            for i in members:
+                label[i] = m
+    out = pl.DataFrame({"rid": rid_list, "cluster": [label[pos[r]] for r in rid_list]},
+                       schema={"rid": pl.Int64, "cluster": pl.Int64})
+    if not with_trace:
+        return out
+    trace = (strong.select("rid_l", "rid_r", pl.col("p").alias("match_probability"))[joined]
+             if joined else pl.DataFrame(schema={**_PAIR_SCHEMA, "match_probability": pl.Float64}))
+    return Clustering(out, trace)
+
+
+class _Walk:
+    """Union-find over dense indices 0..n-1 with the bookkeeping of :func:`cluster`.
+
+    ``root[i]`` is kept exact (the smaller side is relabelled on a union), ``members[r]``
+    lists a root's records, ``dirty[r]`` flags a root whose membership may differ from the
+    previous run's at the same point of the walk.
+    """
+
+    def __init__(self, n: int, average: bool, min_average: float):
+        self.root = list(range(n))
+        self.members: list[list[int] | None] = [[i] for i in range(n)]
+        self.dirty = bytearray(n)
+        self.average = average
+        self.min_average = min_average
+        self.ex: dict[int, set[str]] = {}
+        self.cannot: dict[int, set[int]] = {}
+        self.adj_off: list[int] = [0] * (n + 1)
+        self.adj_to: list[int] = []
+        self.adj_p: list[float] = []
+        # Rejections by (root, root) -> the two sizes then: a root's size changes whenever its
+        # membership does, so an unchanged pair of (root, size) is the same decision.
+        self.rejected: dict[tuple[int, int], tuple[int, int]] = {}
+
+    def constraints(self, exclusive: Mapping[int, str], cannot_link: Iterable[tuple[int, int]],
+                    pos: Mapping[int, int]) -> None:
+        for rid, source in exclusive.items():
+            i = pos.get(int(rid))
+            if i is not None:
+                self.ex[i] = {source}
+        for a, b in cannot_link:
+            ia, ib = pos.get(int(a)), pos.get(int(b))
+            if ia is not None and ib is not None:
+                self.cannot.setdefault(ia, set()).add(ib)
+                self.cannot.setdefault(ib, set()).add(ia)
+
+    def adjacency(self, edges: pl.DataFrame) -> None:
+        """Both directions of every positive link, grouped by record (CSR)."""
+        both = pl.concat([edges.select(pl.col("a").alias("s"), pl.col("b").alias("t"), "p"),
+                          edges.select(pl.col("b").alias("s"), pl.col("a").alias("t"), "p")]).sort("s")
+        counts = both.group_by("s").len()
+        deg = [0] * len(self.root)
+        for s, c in counts.iter_rows():
+            deg[s] = c
+        off = self.adj_off
+        for i, d in enumerate(deg):
+            off[i + 1] = off[i] + d
+        self.adj_to = both["t"].to_list()
+        self.adj_p = both["p"].to_list()
+
+    def cross_sum(self, ra: int, rb: int) -> float:
+        """The exact sum of the link probabilities between two clusters (from the smaller one)."""
+        members = self.members
+        if len(members[ra]) > len(members[rb]):  # type: ignore[arg-type]
+            ra, rb = rb, ra
+        root, off, to, p = self.root, self.adj_off, self.adj_to, self.adj_p
+        vals: list[float] = []
+        for m in members[ra]:  # type: ignore[union-attr]
+            s, e = off[m], off[m + 1]
+            vals += [w for t, w in zip(to[s:e], p[s:e]) if root[t] == rb]
+        return math.fsum(vals)
+
+    def allowed(self, ra: int, rb: int) -> bool:
+        ea, eb = self.ex.get(ra), self.ex.get(rb)
+        if ea and eb and not ea.isdisjoint(eb):
             return False
-        ca, cb = cannot_root.get(ra), cannot_root.get(rb)
-        if ca and any(uf.find(x) == rb for x in ca):
+        root = self.root
+        ca, cb = self.cannot.get(ra), self.cannot.get(rb)
+        if ca and any(root[x] == rb for x in ca):
             return False
-        if cb and any(uf.find(x) == ra for x in cb):
+        if cb and any(root[x] == ra for x in cb):
             return False
         return True
 
-    # Average linkage bookkeeping: per root, the sum of probabilities to each neighbour root.
-    nbr: dict[int, dict[int, float]] = {}
+    def joins(self, ra: int, rb: int) -> bool:
+        """The from-scratch decision for two clusters (a function of their members only)."""
+        key = (ra, rb) if ra < rb else (rb, ra)
+        sizes = (len(self.members[key[0]]), len(self.members[key[1]]))  # type: ignore[arg-type]
+        if self.rejected.get(key) == sizes:
+            return False
+        ok = self.allowed(ra, rb) and (
+            not self.average or self.cross_sum(ra, rb) / (sizes[0] * sizes[1]) >= self.min_average)
+        if not ok:
+            self.rejected[key] = sizes
+        return ok
 
-    def join(ra: int, rb: int) -> None:
-        root = uf.union(ra, rb)
-        other = rb if root == ra else ra
-        if other in ex_sources:
-            ex_sources.setdefault(root, set()).update(ex_sources.pop(other))
-        if other in cannot_root:
-            cannot_root.setdefault(root, set()).update(cannot_root.pop(other))
-        if method == "average":
-            a_n, b_n = nbr.pop(root, {}), nbr.pop(other, {})
-            merged = dict(a_n)
-            for k, v in b_n.items():
-                merged[k] = merged.get(k, 0.0) + v
-            merged.pop(root, None)
-            merged.pop(other, None)
-            nbr[root] = merged
-            for k in merged:
-                d = nbr[k]
-                s = d.pop(root, 0.0) + d.pop(other, 0.0)
-                d[root] = s
+    def union(self, ra: int, rb: int) -> int:
+        """Join two roots (the larger keeps its root); the result is dirty if either was."""
+        members, root = self.members, self.root
+        if len(members[ra]) < len(members[rb]):  # type: ignore[arg-type]
+            ra, rb = rb, ra
+        small = members[rb]
+        for m in small:  # type: ignore[union-attr]
+            root[m] = ra
+        members[ra].extend(small)  # type: ignore[union-attr, arg-type]
+        members[rb] = None
+        for bag in (self.ex, self.cannot):
+            if rb in bag:
+                mine = bag.get(ra)
+                if mine is None:
+                    bag[ra] = bag.pop(rb)
+                else:
+                    mine |= bag.pop(rb)  # type: ignore[operator]
+        self.dirty[ra] |= self.dirty[rb]
+        return ra
 
-    for a, b in must_link:
-        a, b = int(a), int(b)
-        if a in uf.parent and b in uf.parent:
-            ra, rb = uf.find(a), uf.find(b)
-            if ra != rb:
-                if method == "average":
-                    nbr.setdefault(ra, {})
-                    nbr.setdefault(rb, {})
-                join(ra, rb)
-
-    if links.height:
-        # Orient every edge (smaller rid first) so the tie order, and so the result, does
-        # not depend on how the caller wrote its pairs.
-        edges = links.select(
-            pl.min_horizontal(pl.col("rid_l").cast(pl.Int64), pl.col("rid_r").cast(pl.Int64)).alias("rid_l"),
-            pl.max_horizontal(pl.col("rid_l").cast(pl.Int64), pl.col("rid_r").cast(pl.Int64)).alias("rid_r"),
-            pl.col("match_probability").cast(pl.Float64),
-        ).filter(pl.col("rid_l").is_in(rid_list) & pl.col("rid_r").is_in(rid_list))
-        if method == "average":
-            for a, b, p in edges.filter(pl.col("match_probability") > 0).iter_rows():
-                ra, rb = uf.find(a), uf.find(b)
-                if ra == rb:
-                    continue
-                da, db = nbr.setdefault(ra, {}), nbr.setdefault(rb, {})
-                da[rb] = da.get(rb, 0.0) + p
-                db[ra] = db.get(ra, 0.0) + p
-        strong = edges.filter(pl.col("match_probability") >= threshold).sort(
-            ["match_probability", "rid_l", "rid_r"], descending=[True, False, False])
-        for a, b, _p in strong.iter_rows():
-            ra, rb = uf.find(a), uf.find(b)
-            if ra == rb or not allowed(ra, rb):
+    def run(self, a_list: list[int], b_list: list[int], was_list: list[bool]) -> list[int]:
+        """Walk the strong links in order; returns the positions of those that joined."""
+        root, dirty, joins, union = self.root, self.dirty, self.joins, self.union
+        joined = []
+        for k, (a, b, was) in enumerate(zip(a_list, b_list, was_list)):
+            ra, rb = root[a], root[b]
+            if ra == rb:
                 continue
-            if method == "average":
-                total = nbr.get(ra, {}).get(rb, 0.0)
-                if total / (len(uf.members[ra]) * len(uf.members[rb])) < min_average:
-                    continue
-            join(ra, rb)
-
-    label = {}
-    for root, members in uf.members.items():
-        m = min(members)
-        for r in members:
-            label[r] = m
-    return pl.DataFrame({"rid": rid_list, "cluster": [label[r] for r in rid_list]},
-                        schema={"rid": pl.Int64, "cluster": pl.Int64})
+            if not (dirty[ra] or dirty[rb]):
+                # Two clean clusters: the previous run's decision stands.
+                if was:
+                    union(ra, rb)
+                    joined.append(k)
+            elif joins(ra, rb):
+                dirty[union(ra, rb)] = 1
+                joined.append(k)
+            elif was:
+                # The previous run merged these clusters here; this one does not.
+                dirty[ra] = dirty[rb] = 1
+        return joined
 
 
 def components(links: pl.DataFrame, rids: Sequence[int], threshold: float = 0.0) -> pl.DataFrame:

@@ -6,8 +6,10 @@ import random
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from idweave.linkage.cluster import choose_threshold, cluster, components
+from idweave.linkage.cluster import Clustering, choose_threshold, cluster, components
 
 
 def links(*edges: tuple[int, int, float]) -> pl.DataFrame:
@@ -131,3 +133,177 @@ def test_choose_threshold() -> None:
     assert choose_threshold(pl.Series([0.999, 0.998, 0.6, 0.01])) == 0.5
     assert choose_threshold(pl.Series([], dtype=pl.Float64)) == 0.9
     assert choose_threshold(pl.Series([0.95, 0.7]), grid=[0.8, 0.9]) == 0.8
+
+
+# --- The trace and the replay -------------------------------------------------------------
+
+AVG = {"threshold": 0.9, "method": "average", "with_trace": True}
+
+
+def test_the_trace_is_the_strong_links_that_joined_in_processing_order() -> None:
+    edges = links((2, 1, 0.95), (0, 1, 0.99), (2, 3, 0.97), (4, 5, 0.2))
+    out = cluster(edges, range(7), must_link=[(5, 6)], **AVG)
+    assert isinstance(out, Clustering)
+    assert out.clusters.rows() == cluster(edges, range(7), must_link=[(5, 6)], threshold=0.9,
+                                          method="average").rows()
+    # (1, 2) is refused ({0, 1} and {2, 3} average 0.95 / 4); the must-link 5-6 is not traced.
+    assert out.joined.rows() == [(0, 1, 0.99), (2, 3, 0.97)]
+    assert out.joined.schema == {"rid_l": pl.Int64, "rid_r": pl.Int64, "match_probability": pl.Float64}
+    assert cluster(links(), [0], **AVG).joined.height == 0
+
+
+def test_a_replay_with_nothing_dirty_repeats_the_previous_run() -> None:
+    edges = links((0, 1, 0.99), (1, 2, 0.95), (2, 3, 0.97), (0, 2, 0.6))
+    full = cluster(edges, range(4), **AVG)
+    again = cluster(edges, range(4), previous_joined=full.joined, dirty=[], **AVG)
+    assert again.clusters.equals(full.clusters) and again.joined.equals(full.joined)
+
+
+def test_a_clean_cluster_the_previous_run_joined_here_becomes_dirty() -> None:
+    before = links((0, 1, 0.99), (1, 2, 0.95), (2, 3, 0.97))
+    full = cluster(before, range(5), **AVG)
+    assert full.joined.rows() == [(0, 1, 0.99), (2, 3, 0.97)]
+    # New record 4 takes 3 first; {3, 4} refuses 2, so 2 is dirty from then on, and the
+    # later link (1, 2) is judged afresh (refused: 0.95 / 2).
+    after = pl.concat([before, links((3, 4, 0.98))])
+    replay = cluster(after, range(5), previous_joined=full.joined, dirty=[4], **AVG)
+    scratch = cluster(after, range(5), **AVG)
+    assert replay.clusters["cluster"].to_list() == scratch.clusters["cluster"].to_list() == [0, 0, 2, 3, 3]
+    assert replay.joined.equals(scratch.joined)
+    # With a weak (0, 2) the fresh judgement joins {0, 1} and 2 ((0.95 + 0.4) / 2), which the
+    # previous run refused ({2, 3}: 1.35 / 4): replaying its "no" would be wrong.
+    weak = links((0, 2, 0.4))
+    full = cluster(pl.concat([before, weak]), range(5), **AVG)
+    after = pl.concat([before, weak, links((3, 4, 0.98))])
+    replay = cluster(after, range(5), previous_joined=full.joined, dirty=[4], **AVG)
+    assert replay.clusters["cluster"].to_list() == [0, 0, 0, 3, 3]
+    assert replay.joined.rows() == cluster(after, range(5), **AVG).joined.rows()
+
+
+def test_the_caller_owns_the_dirty_set() -> None:
+    # Not marking a new record dirty replays the previous run's "no" for its links: wrong.
+    full = cluster(links((0, 1, 0.99)), range(3), **AVG)
+    after = links((0, 1, 0.99), (1, 2, 0.98), (0, 2, 0.97))
+    assert cluster(after, range(3), **AVG).clusters["cluster"].to_list() == [0, 0, 0]
+    wrong = cluster(after, range(3), previous_joined=full.joined, dirty=[], **AVG)
+    assert wrong.clusters["cluster"].to_list() == [0, 0, 2]
+    right = cluster(after, range(3), previous_joined=full.joined, dirty=[2], **AVG)
+    assert right.clusters["cluster"].to_list() == [0, 0, 0]
+
+
+def test_previous_joins_that_are_gone_or_rescored_make_their_ends_dirty() -> None:
+    before = links((0, 1, 0.99), (1, 2, 0.98), (0, 2, 0.97), (3, 4, 0.95))
+    full = cluster(before, range(5), **AVG)
+    # Record 2 is removed and 3-4 re-scored by a dirty 4: 0, 1, 3 are not marked, yet exact.
+    after = links((0, 1, 0.99), (3, 4, 0.2))
+    replay = cluster(after, [0, 1, 3, 4], previous_joined=full.joined, dirty=[4], **AVG)
+    assert replay.clusters["cluster"].to_list() == [0, 0, 3, 4]
+    # Without match_probability a re-scored strong link must have its ends marked.
+    still = links((0, 1, 0.99), (3, 4, 0.93))
+    rows = cluster(still, [0, 1, 3, 4], previous_joined=full.joined.drop("match_probability"),
+                   dirty=[3, 4], **AVG)
+    assert rows.joined.rows() == cluster(still, [0, 1, 3, 4], **AVG).joined.rows()
+
+
+def test_dirty_needs_previous_joined() -> None:
+    with pytest.raises(ValueError, match="dirty is only meaningful with previous_joined"):
+        cluster(links(), [0], threshold=0.9, dirty=[0])
+
+
+def test_the_average_is_an_exact_sum() -> None:
+    # 0.1 + 0.2 + 0.3 is 0.6000000000000001 added left to right, 0.6 exactly rounded: the
+    # average of {0, 1, 2} and 3 is 0.6 / 3 < 0.2 however {0, 1, 2} was built.
+    edges = links((0, 3, 0.1), (1, 3, 0.2), (2, 3, 0.3), (0, 1, 0.99), (1, 2, 0.99), (0, 2, 0.99))
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0]):
+        out = cluster(edges.sample(fraction=1.0, shuffle=True, seed=order[0]), order,
+                      threshold=0.05, method="average", min_average=0.2)
+        assert dict(out.rows()) == {0: 0, 1: 0, 2: 0, 3: 3}
+
+
+PROBS = [0.5, 0.5, 0.6, 0.75, 0.9, 0.9, 0.95, 0.99, 0.3, 0.1, 0.2, 0.0]
+
+
+@st.composite
+def two_runs(draw: st.DrawFn) -> dict:
+    """A previous run, and a current one on changed data with a dirty set that meets the
+    replay's conditions (and no more than it needs: links to dirty records change unmarked)."""
+    rid = st.integers(0, 20)
+    prob = st.one_of(st.sampled_from(PROBS), st.floats(0.0, 1.0))
+    before = sorted(draw(st.sets(rid, min_size=1, max_size=14)))
+    pair = st.tuples(st.sampled_from(before), st.sampled_from(before)).filter(lambda t: t[0] != t[1])
+    old_links = {tuple(sorted(p)): draw(prob) for p in draw(st.lists(pair, max_size=60))}
+    sources = st.sampled_from([None, None, "tax", "passports"])
+    excl = {r: s for r in before if (s := draw(sources))}
+    must = draw(st.lists(pair, max_size=2))
+    cannot = draw(st.lists(pair, max_size=3))
+
+    gone = set(draw(st.sets(st.sampled_from(before), max_size=4)))
+    new = sorted(draw(st.sets(rid, max_size=6)) - set(before))
+    after = [r for r in before if r not in gone] + new
+    dirty = set(new) | set(draw(st.sets(st.sampled_from(before), max_size=3)))
+    links_now = {p: v for p, v in old_links.items() if not set(p) & gone}
+    # Records whose exclusive source or human decisions change are dirty (a decision on a
+    # removed record is withdrawn).
+    old_excl = dict(excl)
+    dirty |= {r for p in must + cannot if set(p) & gone for r in p}
+    for r in draw(st.sets(st.sampled_from(before), max_size=2)):
+        excl[r] = draw(sources)
+        dirty.add(r)
+    must_now, cannot_now = list(must), list(cannot)
+    if after and draw(st.booleans()):
+        extra = (draw(st.sampled_from(after)), draw(st.sampled_from(after)))
+        (must_now if draw(st.booleans()) else cannot_now).append(extra)
+        dirty |= set(extra)
+    if must and draw(st.booleans()):
+        dirty |= set(must_now.pop(0))
+    # Links change: added, dropped or re-scored; one end of a change between clean records
+    # is marked (a change that touches a dirty record needs nothing).
+    with_p = draw(st.booleans())
+    for _ in range(draw(st.integers(0, 8))):
+        if len(after) < 2:
+            break
+        a, b = draw(st.sampled_from(after)), draw(st.sampled_from(after))
+        if a == b:
+            continue
+        key = (min(a, b), max(a, b))
+        if draw(st.booleans()):
+            links_now[key] = draw(prob)
+        else:
+            links_now.pop(key, None)
+        if not with_p:  # then a strong link touching a clean record must keep its probability
+            dirty |= {a, b}
+        elif not {a, b} & dirty:
+            dirty.add(draw(st.sampled_from([a, b])))
+    for r in new:
+        for other in draw(st.lists(st.sampled_from(after), max_size=4)):
+            if other != r:
+                links_now[(min(r, other), max(r, other))] = draw(prob)
+
+    def frame(d: dict) -> pl.DataFrame:
+        rows = [(b, a, p) if draw(st.booleans()) else (a, b, p) for (a, b), p in d.items()]
+        return links(*rows)
+
+    return {"before": before, "after": after, "old_links": frame(old_links), "links": frame(links_now),
+            "old": {"exclusive": {r: s for r, s in old_excl.items() if s}, "must_link": must,
+                    "cannot_link": cannot},
+            "now": {"exclusive": {r: s for r, s in excl.items() if s}, "must_link": must_now,
+                    "cannot_link": cannot_now},
+            "dirty": sorted(dirty & set(after)), "with_p": with_p}
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(runs=two_runs(), method=st.sampled_from(["average", "average", "components"]),
+       min_average=st.sampled_from([0.5, 0.3, 0.75]))
+def test_a_replay_equals_a_run_from_scratch(runs: dict, method: str, min_average: float) -> None:
+    kw = {"threshold": 0.5, "method": method, "min_average": min_average, "with_trace": True}
+    prev = cluster(runs["old_links"], runs["before"], **runs["old"], **kw)
+    joined = prev.joined if runs["with_p"] else prev.joined.drop("match_probability")
+    scratch = cluster(runs["links"], runs["after"], **runs["now"], **kw)
+    replay = cluster(runs["links"], runs["after"], **runs["now"], **kw, previous_joined=joined,
+                     dirty=runs["dirty"])
+    assert replay.clusters.rows() == scratch.clusters.rows()
+    assert replay.joined.rows() == scratch.joined.rows()
+    # Marking everything dirty is a run from scratch.
+    everything = cluster(runs["links"], runs["after"], **runs["now"], **kw, previous_joined=joined,
+                         dirty=runs["after"])
+    assert everything.clusters.rows() == scratch.clusters.rows()

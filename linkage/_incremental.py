@@ -246,6 +246,8 @@ class RunWrite:
     started: Any
     row: dict[str, Any]            # the runs row's other columns
     key_write: tuple[Any, pl.DataFrame] | None = None  # (rks whose keys go, or None: all; block_keys rows)
+    joined: pl.DataFrame | None = None  # the clustering's trace for the affected rids (rid_l, rid_r, p)
+    reclustered_all: bool = True
 
 
 def _keys(records: pl.DataFrame, rids: pl.Series) -> pl.DataFrame:
@@ -336,6 +338,15 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
         else:
             _write_records_delta(st, records, delta, rec_rows, final, run_id, all_seen=bool(w.seen.all()))
             _write_links_delta(st, records, delta, w, link_rows)
+        if w.joined is not None:
+            rk = records.select("rid", "rk")
+            rows = (w.joined.join(rk.rename({"rid": "rid_l", "rk": "rk_l"}), on="rid_l")
+                    .join(rk.rename({"rid": "rid_r", "rk": "rk_r"}), on="rid_r")
+                    .select("rk_l", "rk_r", pl.col("match_probability").cast(pl.Float64)))
+            if w.reclustered_all:
+                st.replace_table("joins", rows)
+            else:
+                _write_joins_delta(st, records, w.affected, gone_rks(delta, records), rows)
         if w.key_write is not None:
             gone, rows = w.key_write
             if gone is None:
@@ -424,6 +435,40 @@ def _write_records_delta(st: Store, records: pl.DataFrame, delta: Delta, rec_row
                        "(select 1 from _kept k where k.source = records.source and k.record_id = records.record_id)",
                        [run_id, run_id])
         st.con.unregister("_kept")
+
+
+def _write_joins_delta(st: Store, records: pl.DataFrame, affected: pl.Series, gone: pl.Series,
+                       rows: pl.DataFrame) -> None:
+    """The trace of the re-clustered part replaces its stored joins (and those of gone records)."""
+    rks = pl.concat([records.filter(pl.col("rid").is_in(affected.implode()))["rk"].cast(pl.Int64),
+                     gone.cast(pl.Int64)]).unique()
+    st.con.register("_rks", pl.DataFrame({"rk": rks}).to_arrow())
+    st.con.execute("delete from joins where rk_l in (select rk from _rks) or rk_r in (select rk from _rks)")
+    st.con.unregister("_rks")
+    if rows.height:
+        st.con.register("_joins", rows.to_arrow())
+        st.con.execute("insert into joins by name select * from _joins")
+        st.con.unregister("_joins")
+
+
+def stored_joins(st: Store, records: pl.DataFrame, rids: pl.Series) -> pl.DataFrame:
+    """The last clustering's joins among ``rids`` (``rid_l``, ``rid_r``, ``match_probability``)."""
+    from idweave.linkage._db import query_pl
+
+    rk = records.filter(pl.col("rid").is_in(rids.implode())).select("rid", "rk")
+    st.con.register("_rks", rk.select("rk").to_arrow())
+    try:
+        raw = query_pl(st.con, "select rk_l, rk_r, match_probability from joins "
+                               "where rk_l in (select rk from _rks) and rk_r in (select rk from _rks)")
+    finally:
+        st.con.unregister("_rks")
+    schema = {"rid_l": pl.Int64, "rid_r": pl.Int64, "match_probability": pl.Float64}
+    if raw.height == 0:
+        return pl.DataFrame(schema=schema)
+    return (raw.join(rk.rename({"rid": "rid_l", "rk": "rk_l"}), on="rk_l")
+            .join(rk.rename({"rid": "rid_r", "rk": "rk_r"}), on="rk_r")
+            .select(pl.min_horizontal("rid_l", "rid_r").alias("rid_l"), pl.max_horizontal("rid_l", "rid_r").alias("rid_r"),
+                    pl.col("match_probability").cast(pl.Float64)))
 
 
 def _write_links_delta(st: Store, records: pl.DataFrame, delta: Delta, w: RunWrite, link_rows: pl.DataFrame) -> None:

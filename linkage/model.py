@@ -350,13 +350,15 @@ def _db_api(con: duckdb.DuckDBPyConnection, engine: str):
 
 
 def _linker(records: pl.DataFrame, settings: dict[str, Any], con: duckdb.DuckDBPyConnection, engine: str,
-            tf_tables: dict[str, pl.DataFrame] | None = None):
+            tf_tables: dict[str, pl.DataFrame] | None = None, *, validate: bool = True):
     from splink import Linker
 
     db = _db_api(con, engine)
     sdf = db.register(records.to_arrow(), table_name="idweave_records")
     # Splink's own messages are for notebooks; idweave reports what matters in its summary.
-    linker = Linker(sdf, settings, log_level=logging.ERROR)
+    # ``validate=False`` skips Splink's check of the settings against the input columns, for a
+    # model Splink already trained (it checked them then): half the linker's set-up time.
+    linker = Linker(sdf, settings, log_level=logging.ERROR, validate_settings=validate)
     logging.getLogger("splink").setLevel(logging.ERROR)
     for col, tf in (tf_tables or {}).items():
         t = db.register(tf.to_arrow(), table_name=f"idweave_tf_{col}")
@@ -624,7 +626,7 @@ def score_pairs(records: pl.DataFrame, pairs: pl.DataFrame, model: TrainedModel,
         return pl.DataFrame(schema=schema)
     recs = prepare(records, input_columns(model.settings))
     with _engine("scoring") as con:
-        linker, db = _linker(recs, model.settings, con, engine, model.tf_tables)
+        linker, db = _linker(recs, model.settings, con, engine, model.tf_tables, validate=False)
         blocked = pairs.select(
             pl.col("rid_l").alias("join_key_l"), pl.col("rid_r").alias("join_key_r"),
             pl.col("rule").cast(pl.Utf8).alias("match_key"))

@@ -181,7 +181,8 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
         sig = inc.signature(proj, rules, exclusive_sources, DEFAULT_MAX_BLOCK, trained.version,
                             model_mod.splink_version(), method, min_average)
         prev = st.last_run_info()
-        mode, why = _choose_mode(full, retrained, prev, sig, st.has_table("block_keys"))
+        mode, why = _choose_mode(full, retrained, prev, sig,
+                                 st.has_table("block_keys") and st.has_table("joins"))
         incremental = mode == "incremental"
         rule_names = {i: r.name for i, r in enumerate(rules)}
         rule_names[COMPLETION_RULE] = "cluster completion"
@@ -211,6 +212,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
             blocking = scored.select(light_cols)
             derived_stored = blocking.clear()
             seeds = dirty
+            gone_neighbours = dirty.clear()
             if incremental:
                 # Stored links stand unless they touch a new or changed record or lie in a
                 # block that crossed its cap; the ends of those that go are re-clustered.
@@ -219,8 +221,8 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                 touches = pl.col("rid_l").is_in(dirty.implode()) | pl.col("rid_r").is_in(dirty.implode())
                 hit = pl.concat([stored.filter(touches), stored.join(flip_pairs, on=["rid_l", "rid_r"], how="semi")])
                 kept = stored.filter(~touches).join(flip_pairs, on=["rid_l", "rid_r"], how="anti")
-                seeds = pl.concat([dirty, hit["rid_l"], hit["rid_r"], pairs["rid_l"], pairs["rid_r"],
-                                   inc.removed_neighbours(st, records, delta.removed)])
+                gone_neighbours = inc.removed_neighbours(st, records, delta.removed)
+                seeds = pl.concat([dirty, hit["rid_l"], hit["rid_r"], pairs["rid_l"], pairs["rid_r"], gone_neighbours])
                 derived_stored = kept.filter(pl.col("rule") == COMPLETION_RULE)
                 blocking = pl.concat([kept.filter(pl.col("rule") != COMPLETION_RULE), blocking])
             blocking = blocking.sort("rid_l", "rid_r")
@@ -230,10 +232,10 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
             thr = choose_threshold(blocking["match_probability"])
         must, cannot = _decision_constraints(st, records)
         reclustered_all = not (incremental and prev is not None and prev["threshold"] == thr)
+        constrained = pl.Series("rid", [r for pair in [*must, *cannot] for r in pair], dtype=pl.Int64)
         if reclustered_all:
             affected = records["rid"]
         else:
-            constrained = pl.Series("rid", [r for pair in [*must, *cannot] for r in pair], dtype=pl.Int64)
             strong = pl.concat([blocking.filter(pl.col("match_probability") >= thr).select("rid_l", "rid_r"),
                                 pl.DataFrame(must, schema={"rid_l": pl.Int64, "rid_r": pl.Int64}, orient="row")])
             affected = inc.closure(pl.concat([seeds.cast(pl.Int64), constrained]), strong)
@@ -267,8 +269,18 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
             excl = {rid: s for rid, s in records.filter(pl.col("source").is_in(exclusive_sources)
                                                         & pl.col("rid").is_in(aff))
                     .select("rid", "source").iter_rows()}
-            clusters = cluster(cl_links, affected, threshold=thr, exclusive=excl, must_link=must,
-                               cannot_link=cannot, method=method, min_average=min_average)
+            replay = {}
+            if not reclustered_all:
+                # Replay the last run's joins: only decisions touching a record whose links
+                # may differ from the last run's are made again (see cluster()); every other
+                # record's links among the re-clustered ones are as they were.
+                changed_links = pl.concat([flip_pairs, derived_drop, derived.select("rid_l", "rid_r")])
+                replay = {"previous_joined": inc.stored_joins(st, records, affected),
+                          "dirty": pl.concat([dirty, changed_links["rid_l"], changed_links["rid_r"],
+                                              gone_neighbours, constrained]).unique()}
+            clusters, joined = cluster(cl_links, affected, threshold=thr, exclusive=excl, must_link=must,
+                                       cannot_link=cannot, method=method, min_average=min_average,
+                                       with_trace=True, **replay)
         links = pl.concat([blocking, derived_kept, derived_light]).sort("rid_l", "rid_r")
         n_strong = int((links["match_probability"] >= thr).sum()) if links.height else 0
         with timer.stage("store"):
@@ -276,7 +288,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                 mode=mode, records=records, seen=delta.seen, delta=delta,
                 new_links=pl.concat([scored, derived]), rule_names=rule_names, rescored=dirty,
                 drop_pairs=pl.concat([flip_pairs, derived_drop]), affected=affected, clusters=clusters,
-                key_write=key_write,
+                key_write=key_write, joined=joined, reclustered_all=reclustered_all,
                 n_links_total=links.height, n_strong_total=n_strong, started=started,
                 row={"project_hash": proj.config_hash(), "model_version": trained.version, "threshold": thr,
                      "clustering": method, "signature": sig,
@@ -335,7 +347,7 @@ def _choose_mode(full: bool, retrained: bool, prev: dict[str, Any] | None, signa
     if prev is None:
         return "full", "first run"
     if not has_keys:
-        return "full", "the store holds no blocking keys yet"
+        return "full", "the store holds no blocking keys or clustering trace yet"
     if retrained:
         return "full", "new model"
     if prev.get("signature") != signature:

@@ -261,7 +261,7 @@ def latency(project: dict, store: Path, held: dict[str, pl.DataFrame], n_queries
     m, build_s = timed(Matcher, proj)
     for q in qs[:20]:  # warm
         m.lookup(q)
-    total, core, cands = [], [], []
+    total, core, cands, whole = [], [], [], []
     for q in qs:
         t0 = time.perf_counter()
         c = m.clean(q)
@@ -270,11 +270,25 @@ def latency(project: dict, store: Path, held: dict[str, pl.DataFrame], n_queries
         if found:
             m.score(c, [(0, rid, rule) for rid, rule in found.items()])
         t2 = time.perf_counter()
+        m.lookup(q)
+        whole.append(time.perf_counter() - t2)
         total.append(t2 - t0)
         core.append(t2 - t1)
         cands.append(len(found))
+    # The levels the lookup computed in Python against Splink's level SQL run by DuckDB, on
+    # every candidate pair of every query (untimed).
+    same = pairs = 0
+    for q in qs:
+        rec = m.clean(q).row(0, named=True)
+        found = sorted(m.candidates(rec))
+        if found:
+            left = {0: m._prepare_left(rec)}
+            py, sql = m._gammas_py(left, [0] * len(found), found), m._gammas_sql(left, [0] * len(found), found)
+            pairs += len(found)
+            same += sum(all(py[i][j] == sql[i][j] for i in range(len(sql))) for j in range(len(found))) if py else 0
     out = {"store_records": m.records.height, "queries": len(qs), "matcher_build_s": round(build_s, 1),
-           "idweave_ms": pct(total), "idweave_without_cleaning_ms": pct(core),
+           "idweave_ms": pct(total), "idweave_without_cleaning_ms": pct(core), "idweave_lookup_call_ms": pct(whole),
+           "levels_equal_to_splink_sql": f"{same}/{pairs} pairs",
            "candidates_per_query": {"p50": float(np.percentile(cands, 50)), "p99": float(np.percentile(cands, 99))}}
     try:
         out.update(splink_latency(m, qs[:n_splink]))

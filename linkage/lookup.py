@@ -301,6 +301,13 @@ def _duckdb_fuses() -> bool:
 def _no_null(fn):
     def run(*args):
         return None if any(a is None for a in args) else fn(*args)
+
+    def run1(a):
+        return None if a is None else fn(a)
+
+    def run2(a, b):
+        return None if a is None or b is None else fn(a, b)
+    run.one, run.two = run1, run2
     return run
 
 
@@ -339,8 +346,16 @@ def _string_split(s: str, sep: str) -> list[str]:
     return _text(s).split(sep)
 
 
-def _as_date(s: Any) -> date | None:
-    if not isinstance(s, str) or not _ISO.fullmatch(s) or s < "1000":
+def _as_date(v: Any) -> date | None:
+    """``try_cast(v AS DATE)`` for the ISO dates cleaning makes."""
+    if type(v) is not str:
+        raise _Slow
+    return _iso_date(v)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _iso_date(s: str) -> date | None:
+    if not _ISO.fullmatch(s) or s < "1000":
         raise _Slow  # DuckDB reads more shapes than this; let it
     try:
         return date.fromisoformat(s)
@@ -463,7 +478,7 @@ class _Compiler:
             if self.peek(op):
                 self.i += 1
                 b = self.arith()
-                fast = self._jaro_winkler_at(start, op, b)
+                fast = self._jaro_winkler_at(start, op, b) or self._columns_equal(start, op)
                 if fast is not None:
                     return fast
                 test = _CMP[op]
@@ -472,7 +487,9 @@ class _Compiler:
                     x, y = a(L, R), b(L, R)
                     if x is None or y is None:
                         return None
-                    _same_kind(x, y)
+                    t = type(x)
+                    if t is not type(y) or (t is not str and t is not int):
+                        _same_kind(x, y)
                     return test(x, y)
                 return f_cmp
         return a
@@ -497,6 +514,22 @@ class _Compiler:
                 s = _jaro_winkler(a, c)
             return s > t if strict else s >= t
         return f_jw
+
+    def _columns_equal(self, start: int, op: str):
+        """``"a_l" = "b_r"``, the commonest level, without the generic machinery."""
+        toks = self.toks[start:self.i]
+        if op != "=" or len(toks) != 3 or toks[0][0] != "col" or toks[2][0] != "col":
+            return None
+        x, y = self._col(toks[0][1]), self._col(toks[2][1])
+
+        def f_eq(L, R):
+            a, b = x(L, R), y(L, R)
+            if a is None or b is None:
+                return None
+            if type(a) is not str or type(b) is not str:
+                _same_kind(a, b)
+            return a == b
+        return f_eq
 
     def arith(self):
         a = self.term()
@@ -602,18 +635,20 @@ class _Compiler:
         if fn is None:
             raise _Unsupported(name)
         if len(args) == 1:
-            a = args[0]
-            return lambda L, R: fn(a(L, R))
+            a, f1 = args[0], getattr(fn, "one", fn)
+            return lambda L, R: f1(a(L, R))
         if len(args) == 2:
             a, b = args
-            return lambda L, R: fn(a(L, R), b(L, R))
+            f2 = getattr(fn, "two", fn)
+            return lambda L, R: f2(a(L, R), b(L, R))
         return lambda L, R: fn(*[x(L, R) for x in args])
 
 
-def _compile_comparison(comparison: Mapping[str, Any]) -> tuple[list, tuple[str, ...]] | None:
+def _compile_comparison(comparison: Mapping[str, Any]) -> tuple[list, tuple[str, ...], tuple[int, ...]] | None:
     """A comparison's levels as (gamma, predicate) in Splink's CASE order (the null level
-    -1, then the others from n-1 down to 0; ELSE has no predicate) and the stored-record
-    columns they read; None when some level's SQL is unknown to :class:`_Compiler`."""
+    -1, then the others from n-1 down to 0; ELSE has no predicate), the stored-record
+    columns they read and which of those determine the level (with the query's record);
+    None when some level's SQL is unknown to :class:`_Compiler`."""
     levels = comparison["comparison_levels"]
     gamma = sum(1 for lv in levels if not lv.get("is_null_level")) - 1
     out, rcols = [], set()
@@ -630,7 +665,13 @@ def _compile_comparison(comparison: Mapping[str, Any]) -> tuple[list, tuple[str,
             rcols |= {base for side, base in comp.columns if side == "_r"}
     except _Unsupported:
         return None
-    return out, tuple(sorted(rcols))
+    cols = tuple(sorted(rcols))
+    suffix = model_mod.FORMAL_SUFFIX
+    # a formal-names column follows from its base column: the base alone keys the memo
+    key = tuple(i for i, c in enumerate(cols) if not (c.endswith(suffix) and c[: -len(suffix)] in rcols))
+    if any(cols[i].endswith(suffix) for i in key):  # a list would not be hashable: no memo then
+        key = None
+    return out, cols, key
 
 
 def _gamma(levels: list, left: Mapping[str, Any], right: Mapping[str, Any]) -> int:
@@ -888,6 +929,7 @@ class Matcher:
             levels = [lv.get("label_for_charts", "") for lv in c["comparison_levels"] if not lv.get("is_null_level")]
             self._levels[c["output_column_name"]] = levels
         self._py_levels = [_compile_comparison(c) for c in self.model.settings["comparisons"]]
+        _duckdb_fuses()  # asked once, now, rather than during a query
         self._log_prior = math.log2(self._parts.prior / (1 - self._parts.prior))
         self._cleaner = _RecordCleaner(self.kinds)
 
@@ -1041,17 +1083,20 @@ class Matcher:
         sub = self._right[rids]
         right = {c: sub[c].to_list() for c in self._cols}
         out = []
-        for comp in self._py_levels:
-            levels, rcols = comp
-            memo: dict[tuple, int] = {}
+        one = len(left) == 1
+        for levels, rcols, keyed in self._py_levels:
+            memo: dict[Any, int] = {}
             got = []
             vals = [right[c] for c in rcols]
+            kvals = [vals[i] for i in keyed] if keyed is not None else [range(len(q_idx))]
+            lq = left[q_idx[0]] if one else None
             for j, q in enumerate(q_idx):
-                rv = tuple(v[j] for v in vals)
-                key = (q, tuple(tuple(x) if isinstance(x, list) else x for x in rv))
+                key = kvals[0][j] if len(kvals) == 1 else tuple(v[j] for v in kvals)
+                if not one:
+                    key = (q, key)
                 g = memo.get(key)
                 if g is None:
-                    g = memo[key] = _gamma(levels, left[q], dict(zip(rcols, rv)))
+                    g = memo[key] = _gamma(levels, lq if one else left[q], {c: v[j] for c, v in zip(rcols, vals)})
                 got.append(g)
             out.append(got)
         return out

@@ -64,23 +64,16 @@ def write_all(st: Store, rows: pl.DataFrame) -> None:
 def write_delta(st: Store, gone_rks: pl.Series, rows: pl.DataFrame) -> None:
     """Drop the keys of removed and changed records, add those of new and changed ones."""
     if gone_rks.len():
-        st.con.register("_gone_rk", pl.DataFrame({"rk": gone_rks.cast(pl.Int64)}).to_arrow())
-        st.con.execute("delete from block_keys where rk in (select rk from _gone_rk)")
-        st.con.unregister("_gone_rk")
-    if rows.height:
-        st.con.register("_new_keys", rows.to_arrow())
-        st.con.execute("insert into block_keys by name select * from _new_keys")
-        st.con.unregister("_new_keys")
+        with st.registered("_gone_rk", pl.DataFrame({"rk": gone_rks.cast(pl.Int64)})):
+            st.con.execute("delete from block_keys where rk in (select rk from _gone_rk)")
+    st.append("block_keys", rows)
 
 
 def _stored(st: Store, sql: str, frame: pl.DataFrame) -> pl.DataFrame:
     from idweave.linkage._db import query_pl
 
-    st.con.register("_want", frame.to_arrow())
-    try:
+    with st.registered("_want", frame):
         out = query_pl(st.con, sql)
-    finally:
-        st.con.unregister("_want")
     schema = {"rule": pl.Int16, "side": pl.UInt8, "h": pl.UInt64, "rk": pl.Int64}
     return out.cast(schema) if out.height else pl.DataFrame(schema=schema)
 

@@ -413,10 +413,7 @@ def _write_records_delta(st: Store, records: pl.DataFrame, delta: Delta, rec_row
                        "and g.record_id = records.record_id)")
         st.con.unregister("_gone")
     fresh = rec_rows.filter(pl.col("rid").is_in(pl.concat([delta.new, delta.changed]).implode()))
-    if fresh.height:
-        st.con.register("_fresh", fresh.drop("rid", "_seen").to_arrow())
-        st.con.execute("insert into records by name select * from _fresh")
-        st.con.unregister("_fresh")
+    st.append("records", fresh.drop("rid", "_seen"))
     moved = final.filter(pl.col("_new").is_not_null()).join(
         delta.stored.select("source", "record_id", pl.col("entity_id").alias("_old")), on=["source", "record_id"]) \
         .filter(pl.col("_new") != pl.col("_old")).select("source", "record_id", pl.col("_new").alias("entity_id"))
@@ -442,13 +439,9 @@ def _write_joins_delta(st: Store, records: pl.DataFrame, affected: pl.Series, go
     """The trace of the re-clustered part replaces its stored joins (and those of gone records)."""
     rks = pl.concat([records.filter(pl.col("rid").is_in(affected.implode()))["rk"].cast(pl.Int64),
                      gone.cast(pl.Int64)]).unique()
-    st.con.register("_rks", pl.DataFrame({"rk": rks}).to_arrow())
-    st.con.execute("delete from joins where rk_l in (select rk from _rks) or rk_r in (select rk from _rks)")
-    st.con.unregister("_rks")
-    if rows.height:
-        st.con.register("_joins", rows.to_arrow())
-        st.con.execute("insert into joins by name select * from _joins")
-        st.con.unregister("_joins")
+    with st.registered("_rks", pl.DataFrame({"rk": rks})):
+        st.con.execute("delete from joins where rk_l in (select rk from _rks) or rk_r in (select rk from _rks)")
+    st.append("joins", rows)
 
 
 def stored_joins(st: Store, records: pl.DataFrame, rids: pl.Series) -> pl.DataFrame:
@@ -456,12 +449,9 @@ def stored_joins(st: Store, records: pl.DataFrame, rids: pl.Series) -> pl.DataFr
     from idweave.linkage._db import query_pl
 
     rk = records.filter(pl.col("rid").is_in(rids.implode())).select("rid", "rk")
-    st.con.register("_rks", rk.select("rk").to_arrow())
-    try:
+    with st.registered("_rks", rk.select("rk")):
         raw = query_pl(st.con, "select rk_l, rk_r, match_probability from joins "
                                "where rk_l in (select rk from _rks) and rk_r in (select rk from _rks)")
-    finally:
-        st.con.unregister("_rks")
     schema = {"rid_l": pl.Int64, "rid_r": pl.Int64, "match_probability": pl.Float64}
     if raw.height == 0:
         return pl.DataFrame(schema=schema)
@@ -492,10 +482,7 @@ def _write_links_delta(st: Store, records: pl.DataFrame, delta: Delta, w: RunWri
                        "and p.record_id_l = links.record_id_l and p.source_r = links.source_r "
                        "and p.record_id_r = links.record_id_r)")
         st.con.unregister("_pairs")
-    if link_rows.height:
-        st.con.register("_new_links", link_rows.to_arrow())
-        st.con.execute("insert into links by name select * from _new_links")
-        st.con.unregister("_new_links")
+    st.append("links", link_rows)
 
 
 def canonical_scores(scored: pl.DataFrame, prior: float) -> pl.DataFrame:

@@ -33,10 +33,11 @@ import json
 import os
 import secrets
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import duckdb
 import polars as pl
@@ -388,6 +389,22 @@ class Store:
         self.con.execute("insert into events by name select * from _ev")
         self.con.unregister("_ev")
         return len(rows)
+
+    @contextmanager
+    def registered(self, name: str, df: pl.DataFrame) -> Iterator[None]:
+        """``df`` visible to SQL as ``name`` for the block's statements."""
+        self.con.register(name, df.to_arrow())
+        try:
+            yield
+        finally:
+            self.con.unregister(name)
+
+    def append(self, table: str, df: pl.DataFrame) -> None:
+        """Insert ``df``'s rows into ``table``, matching columns by name (inside the caller's
+        transaction)."""
+        if df.height:
+            with self.registered("_append", df):
+                self.con.execute(f'insert into "{table}" by name select * from _append')
 
     def replace_table(self, name: str, df: pl.DataFrame) -> None:
         """Replace a whole table's content with ``df`` (inside the caller's transaction)."""

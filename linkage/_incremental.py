@@ -111,7 +111,8 @@ def compare(st: Store, project: Project, loaded: pl.DataFrame) -> Delta:
         have = set(st.con.execute("select column_name from information_schema.columns "
                                   "where table_name = 'records'").fetchall())
         have_cols = {c for (c,) in have}
-        cols = ["source", "record_id", *[a for a in attrs if a in have_cols], "content_hash"]
+        cols = ["source", "record_id", *[a for a in attrs if a in have_cols], "content_hash",
+                *(["raw_hash"] if "raw_hash" in have_cols and "raw_hash" in loaded.columns else [])]
         kept = st.records_for(kept_keys, cols)
         for a in attrs:
             if a not in kept.columns:
@@ -318,7 +319,8 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
 
     attrs = list(project.attributes)
     seen = records.select("rid").with_columns(w.seen.alias("_seen"))
-    rec_rows = (records.select("rid", "source", "record_id", *attrs, "content_hash", "rk")
+    extra = [c for c in ("raw_hash",) if c in records.columns]
+    rec_rows = (records.select("rid", "source", "record_id", *attrs, "content_hash", *extra, "rk")
                 .join(final.select("rid", "entity_id", "first_seen_run", "last_seen_run"), on="rid")
                 .join(seen, on="rid")
                 .with_columns(pl.col("first_seen_run").fill_null(run_id).cast(pl.Int32),

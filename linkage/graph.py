@@ -278,6 +278,20 @@ class Store:
                                 f"{rk} from records")
         return df.cast({k: v for k, v in schema.items()}) if df.height else pl.DataFrame(schema=schema)
 
+    def cleaned_records(self, attributes: Iterable[str]) -> pl.DataFrame:
+        """``source``, ``record_id``, ``raw_hash``, the cleaned ``attributes`` and
+        ``content_hash`` of every stored record: what loading may reuse (empty when the store
+        lacks any of these columns)."""
+        attrs = list(attributes)
+        cols = [c for (c,) in self.con.execute("select column_name from information_schema.columns "
+                                               "where table_name = 'records'").fetchall()]
+        want = ["source", "record_id", "raw_hash", *attrs, "content_hash"]
+        if any(c not in cols for c in want):
+            return pl.DataFrame(schema={"source": pl.Utf8, "record_id": pl.Utf8, "raw_hash": pl.UInt64,
+                                        "content_hash": pl.Utf8})
+        return query_pl(self.con, f"select {', '.join(chr(34) + c + chr(34) for c in want)} from records "
+                                  "where raw_hash is not null")
+
     def records_for(self, keys: pl.DataFrame, columns: Iterable[str] | None = None) -> pl.DataFrame:
         """The stored rows (all columns, or ``columns``) of the records named by ``keys``
         (a frame with ``source`` and ``record_id``)."""

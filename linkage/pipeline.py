@@ -165,7 +165,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
     timer = _Timer(progress)
     report = LoadReport()
     with timer.stage("load"):
-        loaded = load_records(proj, report=report)
+        loaded = load_records(proj, report=report, stored=_stored_cleaning(proj, reuse=not full))
     exclusive_sources = [s.name for s in proj.sources.values() if s.exclusive]
     method = str(proj.clustering.get("method", DEFAULT_CLUSTERING))
     min_average = float(proj.clustering.get("min_average", 0.5))
@@ -337,6 +337,23 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
         "timings": timer.timings,
     }
     return LinkResult(entities=entities, pairs=pair_view, summary=summary, timings=timer.timings, run_id=run_id)
+
+
+def _stored_cleaning(proj: Project, *, reuse: bool) -> Callable[[str], pl.DataFrame]:
+    """Source name -> its cleaned records in the store, for loading to reuse the rows whose
+    raw input did not change (read once, before the run takes the store); nothing to reuse
+    with ``reuse=False`` (a full run cleans everything again)."""
+    by_source: dict[str, pl.DataFrame] = {}
+    if reuse and proj.store.exists():
+        try:
+            with Store.open(proj.store, read_only=True) as st:
+                if st.has_table("records"):
+                    rows = st.cleaned_records(proj.attributes)
+                    by_source = {s: f.drop("source") for (s,), f in rows.partition_by("source", as_dict=True).items()}
+        except IdweaveError:
+            by_source = {}  # busy or not a store: the run itself says so
+    empty = pl.DataFrame(schema={"record_id": pl.Utf8, "raw_hash": pl.UInt64, "content_hash": pl.Utf8})
+    return lambda name: by_source.get(name, empty)
 
 
 def _choose_mode(full: bool, retrained: bool, prev: dict[str, Any] | None, signature: str,

@@ -15,9 +15,10 @@ attribute (cleaned per kind; dates as ISO ``YYYY-MM-DD`` strings), and ``content
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import date
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import duckdb
 import polars as pl
@@ -177,11 +178,16 @@ def _strptime(s: pl.Series, fmt: str) -> pl.Series:
 
 
 def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
-                       report: LoadReport | None = None) -> pl.DataFrame:
+                       report: LoadReport | None = None, *, stored: pl.DataFrame | None = None) -> pl.DataFrame:
     """Map and clean one source's raw frame into records (checks ids and dates).
 
     Every problem of the source is reported at once (empty or duplicate ids, unreadable
     date columns), each naming the file, the column and a record id or data row.
+
+    ``stored`` (``record_id``, ``raw_hash`` and the cleaned attributes of this source's
+    records in the store): a row whose :func:`raw_hashes` equals its stored one is not
+    cleaned again; its stored cleaned values are taken (the result is the same, and cleaning
+    is most of the time of reading a large source). The result then has ``raw_hash`` too.
 
     >>> from idweave.linkage.project import load_project
     >>> src = load_project("fixtures/tiny/project.yaml").sources["census"]
@@ -209,7 +215,10 @@ def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
                                     f"id{'s' if n_ids > 1 else ''}); record ids must be unique within a source",
                                     file=label, column=src.id, row=first))
     out = {"source": pl.Series("source", [src.name] * df.height, dtype=pl.Utf8), "record_id": ids}
-    for attr, kind in kinds.items():
+    todo, reuse, known = df, None, None
+    # Dates first: their format is chosen on the whole column, and the parsed value is part
+    # of what decides whether a stored row can be reused.
+    for attr, kind in sorted(kinds.items(), key=lambda ak: ak[1] != "date"):
         col = src.columns.get(attr)
         if col is None:
             out[attr] = pl.Series(attr, [None] * df.height,
@@ -235,13 +244,69 @@ def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
                 report.unparsed_dates[f"{src.name}.{col}"] = n_bad
             report.date_formats[f"{src.name}.{col}"] = used
             out[attr] = parsed.alias(attr)
-        else:
-            out[attr] = raw.to_frame("v").select(clean_expr(kind, pl.col("v"))).to_series().alias(attr)
+            continue
+        if stored is not None and "raw_hash" not in out and not problems:
+            out["raw_hash"] = raw_hashes(df, src, kinds, ids, out)
+            known = pl.DataFrame({"record_id": ids, "raw_hash": out["raw_hash"]}).with_row_index("_row") \
+                .join(stored, on=["record_id", "raw_hash"], how="left", maintain_order="left")
+            reuse = known["content_hash"].is_not_null()
+            todo = df.filter(~reuse)
+        out[attr] = todo[col].to_frame("v").select(clean_expr(kind, pl.col("v"))).to_series().alias(attr)
     if problems:
         raise _combined(problems)
-    recs = pl.DataFrame(out)
-    report.rows[src.name] = recs.height
-    return recs
+    report.rows[src.name] = df.height
+    if stored is None:
+        return pl.DataFrame({k: out[k] for k in ("source", "record_id", *kinds)})
+    if "raw_hash" not in out:  # no attribute to clean: nothing to reuse either
+        out["raw_hash"] = raw_hashes(df, src, kinds, ids, out)
+        reuse = pl.Series([False] * df.height)
+    # Rows cleaned now and rows taken from the store, back in the source's order.
+    full_length = [a for a in kinds if kinds[a] == "date" or src.columns.get(a) is None]
+    fresh = pl.DataFrame({a: (out[a].filter(~reuse) if a in full_length else out[a]) for a in kinds}) \
+        .with_columns(pl.Series("_row", range(df.height), dtype=pl.UInt32).filter(~reuse))
+    cleaned = _finish(fresh, kinds)
+    if reuse.any():
+        old = known.filter(reuse).select("_row", *kinds, "content_hash")
+        cleaned = pl.concat([cleaned.select(old.columns), old.cast(dict(cleaned.select(old.columns).schema))])
+    return pl.DataFrame({k: out[k] for k in ("source", "record_id", "raw_hash")}).with_row_index("_row") \
+        .join(cleaned, on="_row").sort("_row").select("source", "record_id", *kinds, "content_hash", "raw_hash")
+
+
+def raw_hashes(df: pl.DataFrame, src: Source, kinds: dict[str, str], ids: pl.Series,
+               parsed: dict[str, pl.Series]) -> pl.Series:
+    """A 64-bit hash per row of what cleaning reads: the id, the raw mapped columns, the
+    parsed dates, salted with the cleaning code, the polars version and the mapping (so a
+    change to any of them makes every row look new, and it is cleaned again)."""
+    parts = [ids.fill_null("\x00")]
+    for attr, kind in kinds.items():
+        col = src.columns.get(attr)
+        if col is None:
+            continue
+        v = parsed[attr] if kind == "date" else df[col].cast(pl.Utf8)
+        parts.append(v.fill_null("\x00"))
+    key = pl.DataFrame(parts, schema=[f"c{i}" for i in range(len(parts))]) \
+        .select(pl.concat_str(pl.all(), separator="\x1f")).to_series()
+    return key.hash(seed=_cleaning_salt(src, kinds)).alias("raw_hash")
+
+
+def _cleaning_salt(src: Source, kinds: dict[str, str]) -> int:
+    import hashlib
+
+    h = hashlib.sha256(_cleaning_code())
+    h.update(f"{pl.__version__}|{src.name}|{sorted(kinds.items())}|{sorted(src.columns.items())}|"
+             f"{src.date_format}".encode())
+    return int.from_bytes(h.digest()[:8], "little")
+
+
+@lru_cache(maxsize=1)
+def _cleaning_code() -> bytes:
+    here = Path(__file__).resolve().parent
+    return b"".join((here / f).read_bytes() for f in ("kinds.py", "sources.py"))
+
+
+def _finish(records: pl.DataFrame, kinds: dict[str, str]) -> pl.DataFrame:
+    """Cleaned attributes -> records: names derived, content hash added."""
+    return with_content_hash(derive_names(records, kinds), list(kinds))
 
 
 def _combined(problems: list[SourceError]) -> SourceError:
@@ -255,11 +320,15 @@ def _combined(problems: list[SourceError]) -> SourceError:
 
 
 def load_records(project: Project, *, report: LoadReport | None = None,
-                 extra_columns: Iterable[str] = ()) -> pl.DataFrame:
+                 extra_columns: Iterable[str] = (),
+                 stored: Callable[[str], pl.DataFrame] | None = None) -> pl.DataFrame:
     """Read every source of a project into one records frame (see module docstring).
 
     ``extra_columns`` are carried through raw where a source has them (for example a truth
     column for :func:`idweave.linkage.evaluate.evaluate`), null where it has not.
+    ``stored``: source name -> its records in the store (see :func:`records_from_frame`):
+    rows whose raw input did not change are taken from there instead of being cleaned
+    again, and the records get a ``raw_hash`` column.
 
     >>> from idweave.linkage.project import load_project
     >>> recs = load_records(load_project("fixtures/tiny/project.yaml"), extra_columns=["true_person"])
@@ -274,7 +343,8 @@ def load_records(project: Project, *, report: LoadReport | None = None,
         have = set(source_columns(src))
         raw = read_source(src, [src.id, *src.columns.values(), *[c for c in extra if c in have]])
         try:
-            recs = records_from_frame(raw, src, kinds, report)
+            recs = records_from_frame(raw, src, kinds, report,
+                                      stored=stored(src.name) if stored is not None else None)
         except SourceError as exc:  # keep going: report every source's problems at once
             problems += getattr(exc, "errors", [exc])
             continue
@@ -284,8 +354,7 @@ def load_records(project: Project, *, report: LoadReport | None = None,
     if problems:
         raise _combined(problems)
     records = pl.concat(frames, how="vertical_relaxed")
-    records = derive_names(records, kinds)
-    return with_content_hash(records, list(kinds))
+    return records if stored is not None else _finish(records, kinds)
 
 
 def derive_names(records: pl.DataFrame, kinds: dict[str, str]) -> pl.DataFrame:

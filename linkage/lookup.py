@@ -6,10 +6,15 @@ scored with the stored model, so a lookup finds the pairs a batch run would make
 record added and gives them the same scores (the same Splink comparison SQL, the same
 term-frequency tables, the same block-size caps).
 
-It is fast because nothing per query builds a Splink linker or scans the store: a
-:class:`Matcher` loads the stored records once, keeps each blocking rule's keys as sorted
-64-bit hashes (a query key is found by binary search) and scores the candidates with one
-DuckDB query that holds Splink's own scoring SQL (:func:`~idweave.linkage.model.scoring_sql`).
+It is fast because nothing per query builds a Splink linker, a frame or a DuckDB query, or
+scans the store: a :class:`Matcher` loads the stored records once and keeps each blocking
+rule's keys as sorted 64-bit hashes (a query key is found by binary search). A query dict is
+cleaned in plain Python (:class:`_RecordCleaner`: the kinds' cleaning for printable-ASCII
+values, the polars expressions themselves one value at a time otherwise), and each
+comparison's level is Splink's level SQL compiled to Python with DuckDB's semantics
+(:class:`_Compiler`; jaro-winkler rounded as DuckDB rounds it). DuckDB runs that SQL itself
+only for what the compiler does not know, and lists or frames of queries are cleaned through
+polars; ``tests/test_lookup_fast.py`` checks that both paths agree.
 The matcher is a snapshot: it holds no lock on the store, so runs go on while it serves, and
 :meth:`Matcher.refresh` (or :func:`lookup`, which rebuilds when the store file changes) picks
 up a new run.

@@ -182,17 +182,14 @@ def _query(st: Store, sql: str) -> pl.DataFrame:
     return query_pl(st.con, sql)
 
 
-def closure(seeds: pl.Series, edges: pl.DataFrame) -> pl.Series:
-    """Every rid reachable from ``seeds`` along ``edges`` (``rid_l``, ``rid_r``), seeds included."""
-    both = pl.concat([edges.select(pl.col("rid_l").alias("a"), pl.col("rid_r").alias("b")),
-                      edges.select(pl.col("rid_r").alias("a"), pl.col("rid_l").alias("b"))])
-    reached = pl.DataFrame({"a": seeds.cast(pl.Int64)}).unique()
-    frontier = reached
-    while frontier.height:
-        nxt = both.join(frontier, on="a", how="semi").select(pl.col("b").alias("a")).unique()
-        frontier = nxt.join(reached, on="a", how="anti")
-        reached = pl.concat([reached, frontier])
-    return reached["a"].sort().alias("rid")
+def closure(seeds: pl.Series, edges: pl.DataFrame, rids: pl.Series) -> pl.Series:
+    """Every rid (of ``rids``) connected to one of ``seeds`` along ``edges`` (``rid_l``,
+    ``rid_r``), seeds included."""
+    from idweave.linkage.cluster import components
+
+    cc = components(edges.select("rid_l", "rid_r"), rids)
+    hit = cc.join(pl.DataFrame({"rid": seeds.cast(pl.Int64)}).unique(), on="rid", how="semi")["cluster"].unique()
+    return cc.filter(pl.col("cluster").is_in(hit.implode()))["rid"].sort().alias("rid")
 
 
 def summary_counts(delta: Delta) -> dict[str, Any]:

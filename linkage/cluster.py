@@ -342,9 +342,44 @@ class _Walk:
         return joined
 
 
-def components(links: pl.DataFrame, rids: Sequence[int], threshold: float = 0.0) -> pl.DataFrame:
-    """Plain connected components of links at or above ``threshold`` (no constraints)."""
-    return cluster(links, rids, threshold=threshold)
+def components(links: pl.DataFrame, rids: Sequence[int] | pl.Series, threshold: float = 0.0) -> pl.DataFrame:
+    """Plain connected components of links at or above ``threshold`` (no constraints):
+    ``rid`` (in the order given) and ``cluster`` (the smallest rid of its component), as
+    ``cluster(links, rids, threshold=threshold)`` gives them, in vectorised numpy (links
+    without a probability column all count).
+
+    >>> links = pl.DataFrame({"rid_l": [5, 7], "rid_r": [7, 9], "match_probability": [0.99, 0.2]})
+    >>> components(links, [9, 7, 5, 3], threshold=0.5)["cluster"].to_list()
+    [9, 5, 5, 3]
+    """
+    import numpy as np
+
+    rid = (rids if isinstance(rids, pl.Series) else pl.Series(list(rids), dtype=pl.Int64)).cast(pl.Int64)
+    order = np.sort(rid.to_numpy())
+    edges = links if "match_probability" not in links.columns else \
+        links.filter(pl.col("match_probability") >= threshold)
+    l = edges["rid_l"].cast(pl.Int64).to_numpy()
+    r = edges["rid_r"].cast(pl.Int64).to_numpy()
+    # Dense indices in rid order, so the smallest index of a component is its smallest rid.
+    il, ir = np.searchsorted(order, l), np.searchsorted(order, r)
+    n = len(order)
+    ok = (il < n) & (ir < n)
+    ok[ok] &= (order[il[ok]] == l[ok]) & (order[ir[ok]] == r[ok])
+    u, v = il[ok], ir[ok]
+    parent = np.arange(n)
+    while True:  # hook each root onto the smallest root it links to, then flatten
+        pu, pv = parent[u], parent[v]
+        cross = pu != pv
+        if not cross.any():
+            break
+        np.minimum.at(parent, np.maximum(pu, pv)[cross], np.minimum(pu, pv)[cross])
+        while True:
+            up = parent[parent]
+            if np.array_equal(up, parent):
+                break
+            parent = up
+    label = order[parent[np.searchsorted(order, rid.to_numpy())]]
+    return pl.DataFrame({"rid": rid, "cluster": label}, schema={"rid": pl.Int64, "cluster": pl.Int64})
 
 
 def choose_threshold(probabilities: pl.Series, *, grid: Sequence[float] | None = None) -> float:

@@ -238,7 +238,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
         else:
             strong = pl.concat([blocking.filter(pl.col("match_probability") >= thr).select("rid_l", "rid_r"),
                                 pl.DataFrame(must, schema={"rid_l": pl.Int64, "rid_r": pl.Int64}, orient="row")])
-            affected = inc.closure(pl.concat([seeds.cast(pl.Int64), constrained]), strong)
+            affected = inc.closure(pl.concat([seeds.cast(pl.Int64), constrained]), strong, records["rid"])
         aff = affected.implode()
         in_affected = pl.col("rid_l").is_in(aff) & pl.col("rid_r").is_in(aff)
         touches_affected = pl.col("rid_l").is_in(aff) | pl.col("rid_r").is_in(aff)

@@ -307,3 +307,13 @@ def test_a_replay_equals_a_run_from_scratch(runs: dict, method: str, min_average
     everything = cluster(runs["links"], runs["after"], **runs["now"], **kw, previous_joined=joined,
                          dirty=runs["after"])
     assert everything.clusters.rows() == scratch.clusters.rows()
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(1, 30), edges=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40), st.floats(0, 1)),
+                                             max_size=60), threshold=st.floats(0, 1))
+def test_components_equal_union_find_clustering(n: int, edges: list, threshold: float) -> None:
+    links = pl.DataFrame(edges, schema={"rid_l": pl.Int64, "rid_r": pl.Int64, "match_probability": pl.Float64},
+                         orient="row").filter(pl.col("rid_l") != pl.col("rid_r"))
+    rids = list(range(0, 2 * n, 2))[::-1]  # some linked rids are not listed; order given is kept
+    assert components(links, rids, threshold).equals(cluster(links, rids, threshold=threshold))

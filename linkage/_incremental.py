@@ -153,33 +153,36 @@ def gone_rks(delta: Delta, records: pl.DataFrame) -> pl.Series:
 def stored_links(st: Store, records: pl.DataFrame, rule_index: dict[str, int], *, derived: int) -> pl.DataFrame:
     """The stored links between records of this run, light: ``rid_l``, ``rid_r`` (rid_l <
     rid_r), ``rule`` (index; ``derived`` for links no blocking rule made) and
-    ``match_probability``."""
+    ``match_probability``. DuckDB maps each end to its ``rk``, numpy the rk to this run's rid."""
+    import numpy as np
+
     schema = {"rid_l": pl.Int64, "rid_r": pl.Int64, "rule": pl.Int32, "match_probability": pl.Float64}
     if not st.has_table("links"):
         return pl.DataFrame(schema=schema)
-    raw = _query(st, "select source_l, record_id_l, source_r, record_id_r, rule, match_probability from links")
-    if raw.height == 0:
-        return pl.DataFrame(schema=schema)
-    key = records.select("rid", "source", "record_id")
     names = pl.DataFrame({"rule": list(rule_index), "_ri": list(rule_index.values())},
                          schema={"rule": pl.Utf8, "_ri": pl.Int32})
-    out = (
-        raw.join(key.rename({"rid": "a", "source": "source_l", "record_id": "record_id_l"}),
-                 on=["source_l", "record_id_l"])
-        .join(key.rename({"rid": "b", "source": "source_r", "record_id": "record_id_r"}),
-              on=["source_r", "record_id_r"])
-        .join(names, on="rule", how="left")
-        .select(pl.min_horizontal("a", "b").alias("rid_l"), pl.max_horizontal("a", "b").alias("rid_r"),
-                pl.col("_ri").fill_null(derived).cast(pl.Int32).alias("rule"),
-                pl.col("match_probability").cast(pl.Float64))
-    )
-    return out
+    with st.registered("_rule_index", names):
+        raw = _query(st, "select a.rk as rk_l, b.rk as rk_r, coalesce(n._ri, cast(? as integer)) as rule, "
+                         "l.match_probability from links l "
+                         "join records a on l.source_l = a.source and l.record_id_l = a.record_id "
+                         "join records b on l.source_r = b.source and l.record_id_r = b.record_id "
+                         "left join _rule_index n on n.rule = l.rule", [derived])
+    if raw.height == 0:
+        return pl.DataFrame(schema=schema)
+    rk = records["rk"].to_numpy()
+    rid_of = np.full(int(max(rk.max(), raw["rk_l"].max(), raw["rk_r"].max())) + 1, -1, dtype=np.int64)
+    rid_of[rk] = records["rid"].to_numpy()
+    a, b = rid_of[raw["rk_l"].to_numpy()], rid_of[raw["rk_r"].to_numpy()]
+    keep = (a >= 0) & (b >= 0)  # links of records this run no longer holds go
+    return pl.DataFrame({"rid_l": np.minimum(a, b)[keep], "rid_r": np.maximum(a, b)[keep],
+                         "rule": raw["rule"].to_numpy()[keep], "match_probability": raw["match_probability"].to_numpy()[keep]},
+                        schema=schema)
 
 
-def _query(st: Store, sql: str) -> pl.DataFrame:
+def _query(st: Store, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
     from idweave.linkage._db import query_pl
 
-    return query_pl(st.con, sql)
+    return query_pl(st.con, sql, params)
 
 
 def closure(seeds: pl.Series, edges: pl.DataFrame, rids: pl.Series) -> pl.Series:

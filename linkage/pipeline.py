@@ -39,13 +39,23 @@ Progress = Callable[[str, str], None]  # (stage, "start" | "end")
 
 @dataclass
 class LinkResult:
-    """What :func:`link` returns."""
+    """What :func:`link` returns: the ``entities`` (``source``, ``record_id``,
+    ``entity_id``), every scored pair (``pairs``, built on first use: ``source_l``,
+    ``record_id_l``, ``source_r``, ``record_id_r``, ``match_probability``), the ``summary``,
+    the time per stage and the run id."""
 
     entities: pl.DataFrame
-    pairs: pl.DataFrame
     summary: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
     run_id: int | None = None
+    _pairs: pl.DataFrame | Callable[[], pl.DataFrame] | None = field(default=None, repr=False)
+
+    @property
+    def pairs(self) -> pl.DataFrame:
+        if callable(self._pairs):
+            self._pairs = self._pairs()
+        assert self._pairs is not None
+        return self._pairs
 
 
 def resolve_project(project: Project | str | Path | Mapping[str, Any], *,
@@ -299,12 +309,12 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
             trained.save(proj.model_file)
 
     key = records.select("rid", "source", "record_id")
-    pair_view = (
-        links.select("rid_l", "rid_r", "match_probability")
-        .join(key.rename({"rid": "rid_l", "source": "source_l", "record_id": "record_id_l"}), on="rid_l")
-        .join(key.rename({"rid": "rid_r", "source": "source_r", "record_id": "record_id_r"}), on="rid_r")
-        .select("source_l", "record_id_l", "source_r", "record_id_r", "match_probability")
-    )
+
+    def pair_view() -> pl.DataFrame:
+        return (links.select("rid_l", "rid_r", "match_probability")
+                .join(key.rename({"rid": "rid_l", "source": "source_l", "record_id": "record_id_l"}), on="rid_l")
+                .join(key.rename({"rid": "rid_r", "source": "source_r", "record_id": "record_id_r"}), on="rid_r")
+                .select("source_l", "record_id_l", "source_r", "record_id_r", "match_probability"))
     sizes = entities.group_by("entity_id").len()["len"]
     per_rule = dict(blocking.group_by("rule").len().iter_rows())
     summary = {
@@ -336,7 +346,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
         "events": n_events,
         "timings": timer.timings,
     }
-    return LinkResult(entities=entities, pairs=pair_view, summary=summary, timings=timer.timings, run_id=run_id)
+    return LinkResult(entities=entities, summary=summary, timings=timer.timings, run_id=run_id, _pairs=pair_view)
 
 
 def _stored_cleaning(proj: Project, *, reuse: bool) -> Callable[[str], pl.DataFrame]:

@@ -252,17 +252,16 @@ class _Walk:
 
     def adjacency(self, edges: pl.DataFrame) -> None:
         """Both directions of every positive link, grouped by record (CSR)."""
-        both = pl.concat([edges.select(pl.col("a").alias("s"), pl.col("b").alias("t"), "p"),
-                          edges.select(pl.col("b").alias("s"), pl.col("a").alias("t"), "p")]).sort("s")
-        counts = both.group_by("s").len()
-        deg = [0] * len(self.root)
-        for s, c in counts.iter_rows():
-            deg[s] = c
-        off = self.adj_off
-        for i, d in enumerate(deg):
-            off[i + 1] = off[i] + d
-        self.adj_to = both["t"].to_list()
-        self.adj_p = both["p"].to_list()
+        import numpy as np
+
+        a, b, p = (edges[c].to_numpy() for c in ("a", "b", "p"))
+        s, t = np.concatenate([a, b]), np.concatenate([b, a])
+        order = np.argsort(s, kind="stable")
+        off = np.zeros(len(self.root) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(s, minlength=len(self.root)), out=off[1:])
+        self.adj_off = off.tolist()
+        self.adj_to = t[order].tolist()
+        self.adj_p = np.concatenate([p, p])[order].tolist()
 
     def cross_sum(self, ra: int, rb: int) -> float:
         """The exact sum of the link probabilities between two clusters (from the smaller one)."""

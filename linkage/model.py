@@ -461,12 +461,24 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
     Steps: the prior from deterministic rules (recall assumed 0.7); u by random sampling;
     EM over several blocking passes chosen so every comparison is trained in one that does
     not block on it. The term-frequency tables of the training data are kept with the model.
+
+    Training is deterministic: the same records (whatever their row order) give the same
+    model, bit for bit, in any process (see :func:`_training_engine`).
+
+    >>> from idweave.linkage.project import load_project
+    >>> from idweave.linkage.sources import load_records
+    >>> p = load_project("fixtures/tiny/project.yaml")
+    >>> recs = load_records(p).sort("source", "record_id").with_row_index("rid")
+    >>> a, b = train(recs, p), train(recs.reverse(), p)
+    >>> a.version == b.version, a.training_log[0]
+    (True, 'em pass blocked on birth_date')
     """
     settings = build_settings(project)
-    recs = prepare(records, input_columns(settings))
+    # Row order must not matter: Splink's sums run in the order rows arrive.
+    recs = prepare(records, input_columns(settings)).sort("rid")
     present = {c for c in comparison_columns(project) if recs[c].null_count() < recs.height}
     log_lines: list[str] = []
-    with _engine("training") as con:
+    with _training_engine() as con:
         linker, db = _linker(recs, settings, con, project.engine)
         n = recs.height
         total_pairs = n * (n - 1) / 2
@@ -499,13 +511,25 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
             except Exception as exc:  # a pass with no pairs must not sink the whole model
                 log_lines.append(f"em pass blocked on {name} skipped: {str(exc).splitlines()[0][:120]}")
         trained = linker.misc.save_model_to_json(None)
+        # Splink's random cache id (its table names) is no part of the model.
+        trained.pop("linker_uid", None)
         log_lines += regularise(trained)
         tf_tables = {}
         for col in _tf_columns(trained):
             tf = linker.table_management.compute_tf_table(col).as_duckdbpyrelation().pl()
-            tf_tables[col] = tf
+            tf_tables[col] = tf.sort(col)
     model = TrainedModel(trained, tf_tables, log_lines)
     return model
+
+
+@contextmanager
+def _training_engine() -> Iterator[duckdb.DuckDBPyConnection]:
+    """:func:`_engine` with one thread: DuckDB's parallel aggregation adds floats in whatever
+    order its threads finish (EM's sums of match probabilities differ in the last bits from
+    run to run, and so would the model version); one thread adds them in row order."""
+    with _engine("training") as con:
+        con.execute("SET threads = 1")
+        yield con
 
 
 # No level may claim that fewer than 1 in 200 true matches reach it: recording errors hit
@@ -583,7 +607,14 @@ def refine_prior(model: TrainedModel, links: pl.DataFrame, total_pairs: float, *
     to its fixed point (EM on the prior alone). Deterministic rules with an assumed recall
     can be far off on noisy data; this uses every scored pair instead. Pairs blocking never
     proposed count as non-matches, so this errs low, never high. Returns the model with the
-    new prior and ``links`` with match weight and probability shifted to it.
+    new prior and ``links`` with match weight and probability shifted to it. The sum is
+    exactly rounded, so the pairs' row order cannot change the prior.
+
+    >>> m = TrainedModel({"probability_two_random_records_match": 0.01})
+    >>> links = pl.DataFrame({"match_weight": [20.0, 20.0, -30.0]})
+    >>> m2, out = refine_prior(m, links, total_pairs=100)
+    >>> round(m2.prior, 4), refine_prior(m, links.reverse(), 100)[0].prior == m2.prior
+    (0.02, True)
     """
     if links.height == 0 or total_pairs <= 0:
         return model, links
@@ -594,7 +625,9 @@ def refine_prior(model: TrainedModel, links: pl.DataFrame, total_pairs: float, *
     for _ in range(iterations):
         w = math.log2(prior / (1 - prior))
         p = 1.0 / (1.0 + (2.0 ** -(base + w)))
-        new = min(max(float(p.sum()) / total_pairs, 1e-12), 0.5)
+        # fsum: exactly rounded, so the prior (and the model version) cannot depend on the
+        # order or chunking of the pairs.
+        new = min(max(math.fsum(p.to_list()) / total_pairs, 1e-12), 0.5)
         if abs(new - prior) <= 1e-4 * prior:
             prior = new
             break

@@ -298,7 +298,7 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
     clusters = {(s, r): c for s, r, c in lab.select("source", "record_id", "cluster").iter_rows()}
     old_entity_of = {(s, r): e for s, r, e in aff.select("source", "record_id", "entity_id").iter_rows()
                      if e is not None}
-    assignment = assign_ids(clusters, old_entity_of, st.entity_ages())
+    assignment = assign_ids(clusters, old_entity_of, st.entity_ages(set(old_entity_of.values())))
     moved_to = pl.DataFrame({"source": [k[0] for k in assignment.entity_of],
                              "record_id": [k[1] for k in assignment.entity_of],
                              "_new": list(assignment.entity_of.values())},
@@ -324,7 +324,10 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
     attrs = list(project.attributes)
     seen = records.select("rid").with_columns(w.seen.alias("_seen"))
     extra = [c for c in ("raw_hash",) if c in records.columns]
-    rec_rows = (records.select("rid", "source", "record_id", *attrs, "content_hash", *extra, "rk")
+    rows = records
+    if not full:  # only new and changed rows are written whole; unseen ones keep their last_seen_run
+        rows = records.filter(pl.col("rid").is_in(pl.concat([delta.new, delta.changed]).implode()) | ~w.seen)
+    rec_rows = (rows.select("rid", "source", "record_id", *attrs, "content_hash", *extra, "rk")
                 .join(final.select("rid", "entity_id", "first_seen_run", "last_seen_run"), on="rid")
                 .join(seen, on="rid")
                 .with_columns(pl.col("first_seen_run").fill_null(run_id).cast(pl.Int32),

@@ -333,8 +333,14 @@ class Store:
         merged = sorted((e for e in into if final(e) == survivor), key=lambda e: (age[e], e))
         return [survivor, *merged]
 
-    def entity_ages(self) -> dict[str, tuple[int, str]]:
-        rows = self.con.execute("select entity_id, created_run from entities").fetchall()
+    def entity_ages(self, ids: Iterable[str] | None = None) -> dict[str, tuple[int, str]]:
+        """Entity id -> (created run, id): lower is older (of ``ids``, or of every entity)."""
+        if ids is None:
+            rows = self.con.execute("select entity_id, created_run from entities").fetchall()
+        else:
+            with self.registered("_age_ids", pl.DataFrame({"entity_id": sorted(ids)}, schema={"entity_id": pl.Utf8})):
+                rows = self.con.execute("select e.entity_id, e.created_run from entities e "
+                                        "semi join _age_ids i on e.entity_id = i.entity_id").fetchall()
         return {e: (r if r is not None else 0, e) for e, r in rows}
 
     def last_run(self) -> int:

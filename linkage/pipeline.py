@@ -291,7 +291,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
             clusters, joined = cluster(cl_links, affected, threshold=thr, exclusive=excl, must_link=must,
                                        cannot_link=cannot, method=method, min_average=min_average,
                                        with_trace=True, **replay)
-        links = pl.concat([blocking, derived_kept, derived_light]).sort("rid_l", "rid_r")
+        links = pl.concat([blocking, derived_kept, derived_light])
         n_strong = int((links["match_probability"] >= thr).sum()) if links.height else 0
         with timer.stage("store"):
             write = inc.RunWrite(
@@ -311,7 +311,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
     key = records.select("rid", "source", "record_id")
 
     def pair_view() -> pl.DataFrame:
-        return (links.select("rid_l", "rid_r", "match_probability")
+        return (links.select("rid_l", "rid_r", "match_probability").sort("rid_l", "rid_r")
                 .join(key.rename({"rid": "rid_l", "source": "source_l", "record_id": "record_id_l"}), on="rid_l")
                 .join(key.rename({"rid": "rid_r", "source": "source_r", "record_id": "record_id_r"}), on="rid_r")
                 .select("source_l", "record_id_l", "source_r", "record_id_r", "match_probability"))

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import re
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -463,7 +464,9 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
     not block on it. The term-frequency tables of the training data are kept with the model.
 
     Training is deterministic: the same records (whatever their row order) give the same
-    model, bit for bit, in any process (see :func:`_training_engine`).
+    model, bit for bit, in any process (see :func:`_training_engine`). A pass that EM cannot
+    train (no pairs, or every pair looked like a non-match) is skipped and said so in
+    ``training_log``; values Splink's EM cannot go on from are held (see :func:`_em_pass`).
 
     >>> from idweave.linkage.project import load_project
     >>> from idweave.linkage.sources import load_records
@@ -488,6 +491,14 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
                 linker.training.estimate_probability_two_random_records_match(prior_rules, recall=0.7)
             except ValueError as exc:  # too many deterministic matches for the recall: keep default
                 log_lines.append(f"prior: kept default ({exc})")
+            else:
+                # (Splink has no public setter for the prior; its settings object holds it.)
+                prior = linker._settings_obj._probability_two_random_records_match
+                if not 0 < prior < 1:  # no pair met the rules: EM cannot start from a prior of 0
+                    linker._settings_obj._probability_two_random_records_match = settings[
+                        "probability_two_random_records_match"]
+                    log_lines.append(f"prior: kept default {settings['probability_two_random_records_match']:g} "
+                                     f"(the deterministic rules gave {prior:g})")
         if progress:
             progress("u")
         # 1e6 sampled pairs gave the same accuracy as 5e6 on all four benchmarks at a third of
@@ -504,12 +515,7 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
         for name, sql in ([] if labelled is not None else _em_rules(project, present)):
             if progress:
                 progress(f"em: {name}")
-            try:
-                linker.training.estimate_parameters_using_expectation_maximisation(
-                    sql, estimate_without_term_frequencies=True)
-                log_lines.append(f"em pass blocked on {name}")
-            except Exception as exc:  # a pass with no pairs must not sink the whole model
-                log_lines.append(f"em pass blocked on {name} skipped: {str(exc).splitlines()[0][:120]}")
+            log_lines += _em_pass(linker, settings, name, sql)
         trained = linker.misc.save_model_to_json(None)
         # Splink's random cache id (its table names) is no part of the model.
         trained.pop("linker_uid", None)
@@ -530,6 +536,117 @@ def _training_engine() -> Iterator[duckdb.DuckDBPyConnection]:
     with _engine("training") as con:
         con.execute("SET threads = 1")
         yield con
+
+
+class _DegenerateEM(ValueError):
+    """An EM pass that cannot go on (see :func:`_em_pass`)."""
+
+
+# Splink refuses m below this (float64 cannot hold it reliably); an EM pass that drives a
+# level's m to 0 holds it here instead (regularise then raises it to MIN_M).
+M_FLOOR = 1e-300
+# An EM pass in which every pair looks like a match drives its match probability to 1, from
+# which Splink cannot go on (the prior's weight is infinite); it is held just below.
+LAMBDA_CEILING = 1 - 1e-9
+
+_EM_GUARD = threading.Lock()
+
+
+@contextmanager
+def _em_guard(settings: dict[str, Any], held: list[str]) -> Iterator[None]:
+    """While it is open, each maximisation step of Splink's EM holds m at :data:`M_FLOOR` at
+    least and the pass's match probability at :data:`LAMBDA_CEILING` at most (what was held
+    is added to ``held``, once each); a pass in which no pair looks like a match (match
+    probability 0, or a comparison's m undefined) raises :class:`_DegenerateEM` instead of
+    failing somewhere inside Splink.
+
+    Splink 5 has no option for this: its EM loop looks the step up in its module, where it
+    is wrapped while the block is open (one pass at a time, under a lock) and then put back.
+    Values Splink accepts pass through unchanged."""
+    from splink.internals import expectation_maximisation as em
+
+    original = em.compute_proportions_for_new_parameters
+
+    def note(what: str) -> None:
+        if what not in held:
+            held.append(what)
+
+    def guarded(df_params):
+        records = original(df_params)
+        for r in records:
+            m = r.get("m_probability")
+            if not isinstance(m, (int, float)):  # Splink's "level not observed"
+                continue
+            if r["output_column_name"] == "_probability_two_random_records_match":
+                if not m > 0:
+                    raise _DegenerateEM("no pair looked like a match")
+                if m > LAMBDA_CEILING:
+                    r["m_probability"] = LAMBDA_CEILING
+                    note("the match probability below 1 (every pair looked like a match)")
+            elif not math.isfinite(m):
+                raise _DegenerateEM(f"no pair with a {r['output_column_name']} looked like a match")
+            elif m < M_FLOOR:
+                r["m_probability"] = M_FLOOR
+                note(f"m of {_level_name(settings, r['output_column_name'], int(r['comparison_vector_value']))}"
+                     f" at {M_FLOOR:g}")
+        return records
+
+    with _EM_GUARD:
+        em.compute_proportions_for_new_parameters = guarded
+        try:
+            yield
+        finally:
+            em.compute_proportions_for_new_parameters = original
+
+
+def _level_name(settings: dict[str, Any], comparison: str, gamma: int) -> str:
+    """``comparison: label`` of the level Splink numbers ``gamma`` (the levels after the null
+    level count down to 0, the ``else`` level).
+
+    >>> s = {"comparisons": [{"output_column_name": "x", "comparison_levels": [
+    ...     {"is_null_level": True}, {"label_for_charts": "exact"}, {"label_for_charts": "else"}]}]}
+    >>> _level_name(s, "x", 1), _level_name(s, "x", 0)
+    ('x: exact', 'x: else')
+    """
+    c = next(c for c in settings["comparisons"] if c["output_column_name"] == comparison)
+    levels = [lv for lv in c["comparison_levels"] if not lv.get("is_null_level")]
+    return f"{comparison}: {levels[len(levels) - 1 - gamma].get('label_for_charts', gamma)}"
+
+
+def _em_pass(linker, settings: dict[str, Any], name: str, sql: str) -> list[str]:
+    """One EM pass blocked on ``sql``; returns its training-log lines.
+
+    Splink raises when EM drives a level's m below 1e-300 (a level seen only among clear
+    non-matches) or when every pair of the pass looks like a match, so on small data whole
+    passes used to be lost; here :func:`_em_guard` holds such values and the pass finishes.
+    A pass that cannot be trained (no pairs, or no pair looks like a match) is skipped and
+    leaves the linker exactly as it was: Splink's session drops the comparisons its rule
+    blocks on from the linker's settings and changes their prior before it trains, and puts
+    them back only on success (a failed pass used to leave a model without those
+    comparisons, which every later run then retrained). The log says what happened.
+    """
+    from splink.internals.exceptions import EMTrainingException
+
+    # Splink has no public way to keep or restore a linker's settings.
+    before = linker._settings_obj.core_model_settings.copy()
+    held: list[str] = []
+    try:
+        with _em_guard(settings, held):
+            linker.training.estimate_parameters_using_expectation_maximisation(
+                sql, estimate_without_term_frequencies=True)
+    except Exception as exc:  # one pass must not sink the whole model
+        linker._settings_obj.core_model_settings = before
+        if isinstance(exc, EMTrainingException):
+            why = f"no pair of records agrees on {name}"
+        elif isinstance(exc, _DegenerateEM):
+            why = str(exc)
+        else:
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        return [f"em pass blocked on {name} skipped: {why}"]
+    lines = [f"em pass blocked on {name}"]
+    if held:
+        lines.append(f"em pass blocked on {name}: held {', '.join(held)}")
+    return lines
 
 
 # No level may claim that fewer than 1 in 200 true matches reach it: recording errors hit

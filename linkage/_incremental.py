@@ -294,9 +294,19 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
 
     # Persistent ids for the re-clustered part.
     aff = before.filter(pl.col("rid").is_in(w.affected.implode()))
-    lab = w.clusters.join(aff.select("rid", "source", "record_id"), on="rid")
+    lab = w.clusters.join(aff.select("rid", "source", "record_id", "entity_id"), on="rid")
+    # A cluster that is exactly an old entity's records (all of them re-clustered here, as an
+    # old entity always is) keeps that id with no event: what assign_ids would decide, but
+    # only the clusters that changed need its work.
+    same = (lab.group_by("cluster").agg(pl.col("entity_id").n_unique().alias("n"),
+                                        pl.col("entity_id").null_count().alias("nulls"),
+                                        pl.col("entity_id").first().alias("entity_id"))
+            .filter((pl.col("n") == 1) & (pl.col("nulls") == 0))
+            .join(lab.group_by("entity_id").agg(pl.col("cluster").n_unique().alias("parts")), on="entity_id")
+            .filter(pl.col("parts") == 1).select("cluster"))
+    lab = lab.join(same, on="cluster", how="anti")
     clusters = {(s, r): c for s, r, c in lab.select("source", "record_id", "cluster").iter_rows()}
-    old_entity_of = {(s, r): e for s, r, e in aff.select("source", "record_id", "entity_id").iter_rows()
+    old_entity_of = {(s, r): e for s, r, e in lab.select("source", "record_id", "entity_id").iter_rows()
                      if e is not None}
     assignment = assign_ids(clusters, old_entity_of, st.entity_ages(set(old_entity_of.values())))
     moved_to = pl.DataFrame({"source": [k[0] for k in assignment.entity_of],

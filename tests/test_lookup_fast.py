@@ -23,7 +23,9 @@ from idweave.linkage import model as model_mod
 from idweave.linkage._incremental import canonical_scores
 from idweave.linkage.errors import LookupInputError
 from idweave.linkage.kinds import KINDS
-from idweave.linkage.lookup import (Matcher, _clean_frames, _Compiler, _jaro_winkler, _RecordCleaner, _Slow)
+from idweave.linkage._levels import _Compiler, _jaro_winkler
+from idweave.linkage._query_clean import _clean_frames, _RecordCleaner, _Slow
+from idweave.linkage.lookup import Matcher
 from idweave.linkage.project import load_project
 from idweave.linkage.sources import DATE_FORMATS, read_source
 

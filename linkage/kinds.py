@@ -166,6 +166,9 @@ def clean_expr(kind: str, e: pl.Expr) -> pl.Expr:
     """The polars expression that cleans a column of this kind (dates excepted: they need
     a per-source format and are parsed in :mod:`idweave.linkage.sources`).
 
+    Lookup's fast path mirrors these rules in plain Python (``linkage/_query_clean.py``): a
+    change here must be made there too (``tests/test_lookup_fast.py`` fails until it is).
+
     >>> pl.DataFrame({"p": ["+44 7700 900123", "07700-900123"]}).select(clean_expr("phone", pl.col("p")))["p"].to_list()
     ['7700900123', '7700900123']
     """

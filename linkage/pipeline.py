@@ -236,19 +236,20 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                 derived_stored = kept.filter(pl.col("rule") == COMPLETION_RULE)
                 blocking = pl.concat([kept.filter(pl.col("rule") != COMPLETION_RULE), blocking])
             blocking = blocking.sort("rid_l", "rid_r")
-        thr = threshold if threshold is not None else proj.threshold
-        chosen = thr is None
-        if thr is None:
-            thr = choose_threshold(blocking["match_probability"])
-        must, cannot = _decision_constraints(st, records)
-        reclustered_all = not (incremental and prev is not None and prev["threshold"] == thr)
-        constrained = pl.Series("rid", [r for pair in [*must, *cannot] for r in pair], dtype=pl.Int64)
-        if reclustered_all:
-            affected = records["rid"]
-        else:
-            strong = pl.concat([blocking.filter(pl.col("match_probability") >= thr).select("rid_l", "rid_r"),
-                                pl.DataFrame(must, schema={"rid_l": pl.Int64, "rid_r": pl.Int64}, orient="row")])
-            affected = inc.closure(pl.concat([seeds.cast(pl.Int64), constrained]), strong, records["rid"])
+        with timer.stage("affected"):  # the threshold, and the part of the graph to cluster again
+            thr = threshold if threshold is not None else proj.threshold
+            chosen = thr is None
+            if thr is None:
+                thr = choose_threshold(blocking["match_probability"])
+            must, cannot = _decision_constraints(st, records)
+            reclustered_all = not (incremental and prev is not None and prev["threshold"] == thr)
+            constrained = pl.Series("rid", [r for pair in [*must, *cannot] for r in pair], dtype=pl.Int64)
+            if reclustered_all:
+                affected = records["rid"]
+            else:
+                strong = pl.concat([blocking.filter(pl.col("match_probability") >= thr).select("rid_l", "rid_r"),
+                                    pl.DataFrame(must, schema={"rid_l": pl.Int64, "rid_r": pl.Int64}, orient="row")])
+                affected = inc.closure(pl.concat([seeds.cast(pl.Int64), constrained]), strong, records["rid"])
         aff = affected.implode()
         in_affected = pl.col("rid_l").is_in(aff) & pl.col("rid_r").is_in(aff)
         touches_affected = pl.col("rid_l").is_in(aff) | pl.col("rid_r").is_in(aff)

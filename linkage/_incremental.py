@@ -97,6 +97,8 @@ class Delta:
     new: pl.Series         # rids
     changed: pl.Series     # rids
     removed: pl.DataFrame  # source, record_id, entity_id of stored records that are gone
+    prior: pl.DataFrame    # per rid (in rid order): source, record_id and the stored entity_id,
+                           # first_seen_run, last_seen_run (null for new records)
 
     @property
     def first_run(self) -> bool:
@@ -130,8 +132,9 @@ def compare(st: Store, project: Project, loaded: pl.DataFrame) -> Delta:
     seen = records["_seen"]
     records = records.drop("_seen")
     j = records.select("rid", "source", "record_id", "content_hash").join(
-        stored.select("source", "record_id", pl.col("content_hash").alias("_old"), "rk"),
-        on=["source", "record_id"], how="left")
+        stored.select("source", "record_id", pl.col("content_hash").alias("_old"), "rk", "entity_id",
+                      "first_seen_run", "last_seen_run"),
+        on=["source", "record_id"], how="left", maintain_order="left")
     # rk: the record's persistent integer key (block_keys refer to it); new records get the
     # next ones, in rid order.
     top = stored["rk"].max() if stored.height else None
@@ -144,7 +147,8 @@ def compare(st: Store, project: Project, loaded: pl.DataFrame) -> Delta:
     changed = j.filter(pl.col("_old").is_not_null() & (pl.col("_old") != pl.col("content_hash")))["rid"]
     removed = stored.join(records.select("source", "record_id"), on=["source", "record_id"], how="anti") \
         .select("source", "record_id", "entity_id")
-    return Delta(records=records, seen=seen, stored=stored, new=new, changed=changed, removed=removed)
+    prior = j.select("rid", "source", "record_id", "entity_id", "first_seen_run", "last_seen_run")
+    return Delta(records=records, seen=seen, stored=stored, new=new, changed=changed, removed=removed, prior=prior)
 
 
 def gone_rks(delta: Delta, records: pl.DataFrame) -> pl.Series:
@@ -287,10 +291,7 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
     records, delta = w.records, w.delta
     full = w.mode == "full"
     run_id = st.last_run() + 1
-    key = records.select("rid", "source", "record_id")
-    stored = delta.stored
-    before = key.join(stored.select("source", "record_id", "entity_id", "first_seen_run", "last_seen_run"),
-                      on=["source", "record_id"], how="left")
+    before = delta.prior
 
     # Persistent ids for the re-clustered part.
     aff = before.filter(pl.col("rid").is_in(w.affected.implode()))
@@ -313,9 +314,9 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
                              "record_id": [k[1] for k in assignment.entity_of],
                              "_new": list(assignment.entity_of.values())},
                             schema={"source": pl.Utf8, "record_id": pl.Utf8, "_new": pl.Utf8})
-    final = (before.join(moved_to, on=["source", "record_id"], how="left")
+    final = (before.join(moved_to, on=["source", "record_id"], how="left", maintain_order="left")
              .with_columns(pl.coalesce("_new", "entity_id").alias("entity_id")))
-    entities = final.select("source", "record_id", "entity_id").sort("source", "record_id")
+    entities = final.select("source", "record_id", "entity_id")  # rid order: (source, record_id)
 
     events = list(assignment.events)
     for s, r, e in delta.removed.sort("source", "record_id").iter_rows():

@@ -114,9 +114,7 @@ def compare(st: Store, project: Project, loaded: pl.DataFrame) -> Delta:
     kept_keys = stored.filter(pl.col("source").is_in(append)).select("source", "record_id") \
         .join(loaded.select("source", "record_id"), on=["source", "record_id"], how="anti")
     if kept_keys.height:
-        have = set(st.con.execute("select column_name from information_schema.columns "
-                                  "where table_name = 'records'").fetchall())
-        have_cols = {c for (c,) in have}
+        have_cols = set(st.columns("records"))
         cols = ["source", "record_id", *[a for a in attrs if a in have_cols], "content_hash",
                 *(["raw_hash"] if "raw_hash" in have_cols and "raw_hash" in loaded.columns else [])]
         kept = st.records_for(kept_keys, cols)
@@ -170,11 +168,8 @@ def stored_links(st: Store, records: pl.DataFrame, rule_index: dict[str, int], *
     names = pl.DataFrame({"rule": list(rule_index), "_ri": list(rule_index.values())},
                          schema={"rule": pl.Utf8, "_ri": pl.Int32})
     with st.registered("_rule_index", names):
-        raw = _query(st, "select a.rk as rk_l, b.rk as rk_r, coalesce(n._ri, cast(? as integer)) as rule, "
-                         "l.match_probability from links l "
-                         "join records a on l.source_l = a.source and l.record_id_l = a.record_id "
-                         "join records b on l.source_r = b.source and l.record_id_r = b.record_id "
-                         "left join _rule_index n on n.rule = l.rule", [derived])
+        raw = _query(st, "select coalesce(n._ri, cast(? as integer)) as rule, l.match_probability, l.rk_l, l.rk_r "
+                         "from links l left join _rule_index n on n.rule = l.rule", [derived])
     if raw.height == 0:
         return pl.DataFrame(schema=schema)
     rk = records["rk"].to_numpy()
@@ -259,22 +254,28 @@ class RunWrite:
     reclustered_all: bool = True
 
 
+def _rks(records: pl.DataFrame, rids: pl.Series) -> pl.Series:
+    return records.filter(pl.col("rid").is_in(rids.implode()))["rk"].cast(pl.Int64)
+
+
 def _keys(records: pl.DataFrame, rids: pl.Series) -> pl.DataFrame:
     return records.filter(pl.col("rid").is_in(rids.implode())).select("source", "record_id")
 
 
 def _link_table(links: pl.DataFrame, records: pl.DataFrame, rule_names: dict[int, str]) -> pl.DataFrame:
-    key = records.select("rid", "source", "record_id")
+    key = records.select("rid", "source", "record_id", "rk")
     names = pl.DataFrame({"rule": list(rule_names), "rule_name": list(rule_names.values())},
                          schema={"rule": pl.Int32, "rule_name": pl.Utf8})
-    t = (links.join(key.rename({"rid": "rid_l", "source": "source_l", "record_id": "record_id_l"}), on="rid_l")
-         .join(key.rename({"rid": "rid_r", "source": "source_r", "record_id": "record_id_r"}), on="rid_r")
+    t = (links.join(key.rename({"rid": "rid_l", "source": "source_l", "record_id": "record_id_l", "rk": "rk_l"}),
+                    on="rid_l")
+         .join(key.rename({"rid": "rid_r", "source": "source_r", "record_id": "record_id_r", "rk": "rk_r"}),
+               on="rid_r")
          .with_columns(pl.col("rule").cast(pl.Int32))
          .join(names, on="rule", how="left")
          .drop("rid_l", "rid_r", "rule")
          .rename({"rule_name": "rule"}))
     return t.select("source_l", "record_id_l", "source_r", "record_id_r", "rule", "match_weight",
-                    "match_probability", *[c for c in t.columns if c.startswith(("level_", "w_"))])
+                    "match_probability", *[c for c in t.columns if c.startswith(("level_", "w_"))], "rk_l", "rk_r")
 
 
 def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_version: str,
@@ -484,24 +485,19 @@ def stored_joins(st: Store, records: pl.DataFrame, rids: pl.Series) -> pl.DataFr
 def _write_links_delta(st: Store, records: pl.DataFrame, delta: Delta, w: RunWrite, link_rows: pl.DataFrame) -> None:
     """Links of an incremental run: drop every stored link of a re-scored or removed record
     (and the derived links of re-clustered records), insert the links scored this run."""
-    drop = pl.concat([delta.removed.select("source", "record_id"), _keys(records, w.rescored)]).unique()
-    if drop.height:
-        st.con.register("_drop", drop.to_arrow())
-        for side in ("l", "r"):
-            st.con.execute(f"delete from links where exists (select 1 from _drop d where d.source = links.source_{side} "
-                           f"and d.record_id = links.record_id_{side})")
-        st.con.unregister("_drop")
+    drop = pl.concat([gone_rks(delta, records), _rks(records, w.rescored)]).unique()
+    if drop.len():
+        with st.registered("_drop", pl.DataFrame({"rk": drop})):
+            st.con.execute("delete from links where rk_l in (select rk from _drop) or rk_r in (select rk from _drop)")
     if w.drop_pairs.height:
-        key = records.select("rid", "source", "record_id")
+        rk = records.select("rid", "rk")
         pairs = (w.drop_pairs.unique()
-                 .join(key.rename({"rid": "rid_l", "source": "source_l", "record_id": "record_id_l"}), on="rid_l")
-                 .join(key.rename({"rid": "rid_r", "source": "source_r", "record_id": "record_id_r"}), on="rid_r")
-                 .select("source_l", "record_id_l", "source_r", "record_id_r"))
-        st.con.register("_pairs", pairs.to_arrow())
-        st.con.execute("delete from links where exists (select 1 from _pairs p where p.source_l = links.source_l "
-                       "and p.record_id_l = links.record_id_l and p.source_r = links.source_r "
-                       "and p.record_id_r = links.record_id_r)")
-        st.con.unregister("_pairs")
+                 .join(rk.rename({"rid": "rid_l", "rk": "a"}), on="rid_l")
+                 .join(rk.rename({"rid": "rid_r", "rk": "b"}), on="rid_r")
+                 .select(pl.min_horizontal("a", "b").alias("a"), pl.max_horizontal("a", "b").alias("b")))
+        with st.registered("_pairs", pairs):
+            st.con.execute("delete from links where exists (select 1 from _pairs p where "
+                           "least(links.rk_l, links.rk_r) = p.a and greatest(links.rk_l, links.rk_r) = p.b)")
     st.append("links", link_rows)
 
 

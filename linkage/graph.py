@@ -250,6 +250,11 @@ class Store:
         return bool(fetch_one(self.con, 
             "select count(*) from information_schema.tables where table_name = ?", [name])[0])
 
+    def columns(self, table: str) -> list[str]:
+        """The column names of a table (none if it does not exist)."""
+        return [c for (c,) in self.con.execute("select column_name from information_schema.columns "
+                                               "where table_name = ? order by ordinal_position", [table]).fetchall()]
+
     def records(self) -> pl.DataFrame:
         """All stored records (empty frame before the first run)."""
         if not self.has_table("records"):
@@ -271,9 +276,7 @@ class Store:
                   "first_seen_run": pl.Int32, "last_seen_run": pl.Int32, "rk": pl.Int64}
         if not self.has_table("records"):
             return pl.DataFrame(schema=schema)
-        cols = {c for (c,) in self.con.execute("select column_name from information_schema.columns "
-                                               "where table_name = 'records'").fetchall()}
-        rk = "rk" if "rk" in cols else "null::bigint as rk"  # stores written before rk existed
+        rk = "rk" if "rk" in self.columns("records") else "null::bigint as rk"  # stores written before rk existed
         df = query_pl(self.con, "select source, record_id, content_hash, entity_id, first_seen_run, last_seen_run, "
                                 f"{rk} from records")
         return df.cast({k: v for k, v in schema.items()}) if df.height else pl.DataFrame(schema=schema)
@@ -283,8 +286,7 @@ class Store:
         ``content_hash`` of every stored record: what loading may reuse (empty when the store
         lacks any of these columns)."""
         attrs = list(attributes)
-        cols = [c for (c,) in self.con.execute("select column_name from information_schema.columns "
-                                               "where table_name = 'records'").fetchall()]
+        cols = self.columns("records")
         want = ["source", "record_id", "raw_hash", *attrs, "content_hash"]
         if any(c not in cols for c in want):
             return pl.DataFrame(schema={"source": pl.Utf8, "record_id": pl.Utf8, "raw_hash": pl.UInt64,

@@ -20,7 +20,6 @@ from typing import Any, Callable, Mapping
 
 import polars as pl
 
-from idweave.linkage._db import query_pl
 
 from idweave.blocking import derive_rules, generate_pairs, parse_rules
 from idweave.blocking.pairs import PairStats
@@ -28,7 +27,7 @@ from idweave.blocking.rules import Rule
 from idweave.linkage import model as model_mod
 from idweave.linkage.cluster import DEFAULT_CLUSTERING, choose_threshold, cluster, completion_pairs
 from idweave.linkage.errors import IdweaveError, StoreBusyError
-from idweave.linkage.graph import Store, _now, assign_ids
+from idweave.linkage.graph import Store, _now
 from idweave.linkage.project import Project, load_project, project_from_dict
 from idweave.linkage.sources import LoadReport, load_records
 
@@ -192,7 +191,8 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                             model_mod.splink_version(), method, min_average)
         prev = st.last_run_info()
         mode, why = _choose_mode(full, retrained, prev, sig,
-                                 st.has_table("block_keys") and st.has_table("joins"))
+                                 st.has_table("block_keys") and st.has_table("joins")
+                                 and "rk_l" in st.columns("links"))
         incremental = mode == "incremental"
         rule_names = {i: r.name for i, r in enumerate(rules)}
         rule_names[COMPLETION_RULE] = "cluster completion"

@@ -435,14 +435,13 @@ def _write_records_delta(st: Store, records: pl.DataFrame, delta: Delta, rec_row
         st.con.unregister("_gone")
     fresh = rec_rows.filter(pl.col("rid").is_in(pl.concat([delta.new, delta.changed]).implode()))
     st.append("records", fresh.drop("rid", "_seen"))
-    moved = final.filter(pl.col("_new").is_not_null()).join(
-        delta.stored.select("source", "record_id", pl.col("entity_id").alias("_old")), on=["source", "record_id"]) \
-        .filter(pl.col("_new") != pl.col("_old")).select("source", "record_id", pl.col("_new").alias("entity_id"))
+    moved = (final.filter(pl.col("_new").is_not_null())
+             .join(delta.prior.select("rid", pl.col("entity_id").alias("_old")), on="rid")
+             .filter(pl.col("_new") != pl.col("_old"))  # new records (no _old) were inserted whole
+             .join(records.select("rid", "rk"), on="rid").select("rk", pl.col("_new").alias("entity_id")))
     if moved.height:
-        st.con.register("_moves", moved.to_arrow())
-        st.con.execute("update records set entity_id = m.entity_id from _moves m "
-                       "where records.source = m.source and records.record_id = m.record_id")
-        st.con.unregister("_moves")
+        with st.registered("_moves", moved):
+            st.con.execute("update records set entity_id = m.entity_id from _moves m where records.rk = m.rk")
     if all_seen:
         st.con.execute("update records set last_seen_run = ? where last_seen_run is distinct from ?",
                        [run_id, run_id])
@@ -494,10 +493,11 @@ def _write_links_delta(st: Store, records: pl.DataFrame, delta: Delta, w: RunWri
         pairs = (w.drop_pairs.unique()
                  .join(rk.rename({"rid": "rid_l", "rk": "a"}), on="rid_l")
                  .join(rk.rename({"rid": "rid_r", "rk": "b"}), on="rid_r")
-                 .select(pl.min_horizontal("a", "b").alias("a"), pl.max_horizontal("a", "b").alias("b")))
+                 .select("a", "b"))
+        # A stored link's rk_l is its record first in (source, record_id) order, as rid_l is.
         with st.registered("_pairs", pairs):
             st.con.execute("delete from links where exists (select 1 from _pairs p where "
-                           "least(links.rk_l, links.rk_r) = p.a and greatest(links.rk_l, links.rk_r) = p.b)")
+                           "links.rk_l = p.a and links.rk_r = p.b)")
     st.append("links", link_rows)
 
 

@@ -111,7 +111,8 @@ def assign_ids(
     ``clusters`` maps (source, record_id) -> cluster label of this run (records of the
     affected part of the graph). ``old_entity_of`` maps records already in the store to
     their entity. ``entity_age`` gives each old entity a sort key (created run, id): lower
-    is older, and the oldest survives a merge.
+    is older, and the oldest survives a merge (of equally old ones, the one with the most
+    records in the merged cluster, then the smallest id).
 
     >>> a = assign_ids({("s", "1"): 0, ("s", "2"): 0}, {("s", "1"): "EA", ("s", "2"): "EB"},
     ...                {"EA": (1, "EA"), "EB": (2, "EB")})
@@ -139,7 +140,9 @@ def assign_ids(
 
     out = IdAssignment(entity_of={})
     for c in sorted(members, key=lambda c: cluster_key[c]):
-        inherited = sorted(heirs_of.get(c, []), key=lambda e: entity_age.get(e, (10**9, e)))
+        # The oldest survives; of equally old ones, the one bringing the most records (fewest moves).
+        inherited = sorted(heirs_of.get(c, []),
+                           key=lambda e: (entity_age.get(e, (10**9, e))[0], -overlap[e][c], e))
         if inherited:
             eid = inherited[0]
             for loser in inherited[1:]:

@@ -45,6 +45,14 @@ def test_a_merge_keeps_the_oldest_id_and_the_other_points_to_it() -> None:
     ]
 
 
+def test_of_equally_old_ids_the_one_bringing_most_records_survives_a_merge() -> None:
+    same_run = {"EZ": (4, "EZ"), "EY": (4, "EY")}
+    a = assign_ids({("s", "1"): 0, ("s", "2"): 0, ("s", "3"): 0},
+                   {("s", "1"): "EY", ("s", "2"): "EZ", ("s", "3"): "EZ"}, same_run, mint=minted())
+    assert a.merged == [("EY", "EZ")]  # EZ is not the smaller id, but it brings two records
+    assert [e["record_id"] for e in a.events if e["type"] == "record_moved"] == ["1"]
+
+
 def test_a_split_keeps_the_id_on_the_largest_part() -> None:
     old = {("s", str(i)): "EA" for i in range(1, 6)}
     a = assign_ids({("s", "1"): 0, ("s", "2"): 0, ("s", "3"): 2, ("s", "4"): 2, ("s", "5"): 2}, old, AGES,

@@ -30,6 +30,7 @@ __all__: list[str] = []
 # changes its hash makes every run full: the signature holds the polars version).
 _SEED = 0x1D3E4A7E
 _KEY_SCHEMA = {"rid": pl.Int64, "source": pl.Utf8, "key": pl.UInt64}
+_ROW_SCHEMA = {"rule": pl.Int16, "side": pl.UInt8, "h": pl.UInt64, "rk": pl.Int64}  # a block_keys row
 
 
 def hashed_keys(records: pl.DataFrame, rule: Rule) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -51,7 +52,7 @@ def key_rows(keys: Sequence[tuple[pl.DataFrame, pl.DataFrame]], rules: Sequence[
             parts.append(frame.select("rid", pl.col("key").alias("h"))
                          .with_columns(pl.lit(i, pl.Int16).alias("rule"), pl.lit(side, pl.UInt8).alias("side")))
     if not parts:
-        return pl.DataFrame(schema={"rule": pl.Int16, "side": pl.UInt8, "h": pl.UInt64, "rk": pl.Int64})
+        return pl.DataFrame(schema=_ROW_SCHEMA)
     return (pl.concat(parts).join(rk_of.select("rid", "rk"), on="rid")
             .select("rule", "side", "h", "rk").sort("rule", "h"))
 
@@ -69,27 +70,25 @@ def write_delta(st: Store, gone_rks: pl.Series, rows: pl.DataFrame) -> None:
     st.append("block_keys", rows)
 
 
-def _stored(st: Store, sql: str, frame: pl.DataFrame) -> pl.DataFrame:
+def _stored(st: Store, on: str, want: pl.DataFrame) -> pl.DataFrame:
+    """The stored rows matching a row of ``want`` on the condition ``on`` (none if it is empty)."""
     from idweave.linkage._db import query_pl
 
-    with st.registered("_want", frame):
-        out = query_pl(st.con, sql)
-    schema = {"rule": pl.Int16, "side": pl.UInt8, "h": pl.UInt64, "rk": pl.Int64}
-    return out.cast(schema) if out.height else pl.DataFrame(schema=schema)
+    if want.height == 0:
+        return pl.DataFrame(schema=_ROW_SCHEMA)
+    with st.registered("_want", want.unique()):
+        out = query_pl(st.con, f"select b.rule, b.side, b.h, b.rk from block_keys b semi join _want w on {on}")
+    return out.cast(_ROW_SCHEMA) if out.height else pl.DataFrame(schema=_ROW_SCHEMA)
 
 
 def _by_keys(st: Store, keys: pl.DataFrame) -> pl.DataFrame:
     """Stored rows holding any of ``keys`` (``rule``, ``h``) on either side."""
-    if keys.height == 0:
-        return _stored(st, "select * from block_keys where false", pl.DataFrame({"x": [0]}))
-    return _stored(st, "select b.rule, b.side, b.h, b.rk from block_keys b "
-                       "semi join _want w on b.rule = w.rule and b.h = w.h", keys.unique())
+    return _stored(st, "b.rule = w.rule and b.h = w.h", keys)
 
 
 def _by_records(st: Store, rks: pl.Series) -> pl.DataFrame:
     """Stored rows of the records ``rks``."""
-    return _stored(st, "select b.rule, b.side, b.h, b.rk from block_keys b semi join _want w on b.rk = w.rk",
-                   pl.DataFrame({"rk": rks.cast(pl.Int64)}).unique())
+    return _stored(st, "b.rk = w.rk", pl.DataFrame({"rk": rks.cast(pl.Int64)}))
 
 
 @dataclass
@@ -101,7 +100,6 @@ class PairPlan:
     flip_pairs: pl.DataFrame   # rid_l, rid_r: pairs inside a block that crossed its cap
     flipped_members: int       # records holding such a block's key
     new_keys: pl.DataFrame     # block_keys rows of the dirty records
-    gone_rks: pl.Series        # rks whose stored keys go (removed and changed records)
 
 
 def plan_pairs(st: Store, records: pl.DataFrame, dirty: pl.Series, gone_rks: pl.Series, rules: Sequence[Rule], *,
@@ -120,7 +118,7 @@ def plan_pairs(st: Store, records: pl.DataFrame, dirty: pl.Series, gone_rks: pl.
     fresh = [hashed_keys(cur, rule) for rule in rules]
     new_keys = key_rows(fresh, rules, idx)
     gone = pl.DataFrame({"rk": gone_rks.cast(pl.Int64)}).unique()
-    old_rows = _by_records(st, gone["rk"]) if gone.height else _by_records(st, gone["rk"].clear())
+    old_rows = _by_records(st, gone["rk"])
     touched = pl.concat([new_keys.select("rule", "h"), old_rows.select("rule", "h")]).unique()
     stored = _by_keys(st, touched)
 
@@ -174,4 +172,4 @@ def plan_pairs(st: Store, records: pl.DataFrame, dirty: pl.Series, gone_rks: pl.
         in_flip = pairs.join(flip_pairs, on=["rid_l", "rid_r"], how="semi")
         pairs = pl.concat([pairs.filter(touches), in_flip]).unique().sort("rid_l", "rid_r")
     return PairPlan(pairs=pairs, dirty=dirty, flip_pairs=flip_pairs, flipped_members=int(flip_members.len()),
-                    new_keys=new_keys, gone_rks=gone["rk"])
+                    new_keys=new_keys)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -104,6 +104,14 @@ class Delta:
     def first_run(self) -> bool:
         return self.stored.height == 0
 
+    @cached_property
+    def gone_rks(self) -> pl.Series:
+        """The rks of stored records whose stored keys, links and joins are stale: changed and
+        removed ones."""
+        changed = self.records.filter(pl.col("rid").is_in(self.changed.implode()))["rk"]
+        removed = self.removed.join(self.stored.select("source", "record_id", "rk"), on=["source", "record_id"])["rk"]
+        return pl.concat([changed.cast(pl.Int64), removed.cast(pl.Int64)]).drop_nulls()
+
 
 def compare(st: Store, project: Project, loaded: pl.DataFrame) -> Delta:
     """Compare the sources' records with the store (by record id and content hash)."""
@@ -147,13 +155,6 @@ def compare(st: Store, project: Project, loaded: pl.DataFrame) -> Delta:
         .select("source", "record_id", "entity_id")
     prior = j.select("rid", "source", "record_id", "entity_id", "first_seen_run", "last_seen_run")
     return Delta(records=records, seen=seen, stored=stored, new=new, changed=changed, removed=removed, prior=prior)
-
-
-def gone_rks(delta: Delta, records: pl.DataFrame) -> pl.Series:
-    """The rks of stored records whose stored blocking keys are stale: changed and removed."""
-    changed = records.filter(pl.col("rid").is_in(delta.changed.implode()))["rk"]
-    removed = delta.removed.join(delta.stored.select("source", "record_id", "rk"), on=["source", "record_id"])["rk"]
-    return pl.concat([changed.cast(pl.Int64), removed.cast(pl.Int64)]).drop_nulls()
 
 
 def stored_links(st: Store, records: pl.DataFrame, rule_index: dict[str, int], *, derived: int) -> pl.DataFrame:
@@ -249,7 +250,7 @@ class RunWrite:
     n_strong_total: int
     started: Any
     row: dict[str, Any]            # the runs row's other columns
-    key_write: tuple[Any, pl.DataFrame] | None = None  # (rks whose keys go, or None: all; block_keys rows)
+    new_keys: pl.DataFrame | None = None  # block_keys rows: all of them (full) or the dirty records' ones
     joined: pl.DataFrame | None = None  # the clustering's trace for the affected rids (rid_l, rid_r, p)
     reclustered_all: bool = True
 
@@ -367,13 +368,12 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
             if w.reclustered_all:
                 st.replace_table("joins", rows)
             else:
-                _write_joins_delta(st, records, w.affected, gone_rks(delta, records), rows)
-        if w.key_write is not None:
-            gone, rows = w.key_write
-            if gone is None:
-                bk.write_all(st, rows)
+                _write_joins_delta(st, records, w.affected, delta.gone_rks, rows)
+        if w.new_keys is not None:
+            if full:
+                bk.write_all(st, w.new_keys)
             else:
-                bk.write_delta(st, gone, rows)
+                bk.write_delta(st, delta.gone_rks, w.new_keys)
         # entities: rewrite the rows this run touched (all of them in a full run).
         if full:
             ent_old = query_pl(st.con, "select * from entities")
@@ -484,7 +484,7 @@ def stored_joins(st: Store, records: pl.DataFrame, rids: pl.Series) -> pl.DataFr
 def _write_links_delta(st: Store, records: pl.DataFrame, delta: Delta, w: RunWrite, link_rows: pl.DataFrame) -> None:
     """Links of an incremental run: drop every stored link of a re-scored or removed record
     (and the derived links of re-clustered records), insert the links scored this run."""
-    drop = pl.concat([gone_rks(delta, records), _rks(records, w.rescored)]).unique()
+    drop = pl.concat([delta.gone_rks, _rks(records, w.rescored)]).unique()
     if drop.len():
         with st.registered("_drop", pl.DataFrame({"rk": drop})):
             st.con.execute("delete from links where rk_l in (select rk from _drop) or rk_r in (select rk from _drop)")

@@ -200,15 +200,15 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
         no_pairs = pl.DataFrame(schema={"rid_l": pl.Int64, "rid_r": pl.Int64})
         with timer.stage("block"):
             if incremental:
-                plan = bk.plan_pairs(st, records, pl.concat([delta.new, delta.changed]), inc.gone_rks(delta, records),
+                plan = bk.plan_pairs(st, records, pl.concat([delta.new, delta.changed]), delta.gone_rks,
                                      rules, max_block=DEFAULT_MAX_BLOCK, exclusive=exclusive_sources)
                 pairs, dirty, flip_pairs, flipped = plan.pairs, plan.dirty, plan.flip_pairs, plan.flipped_members
-                key_write = (plan.gone_rks, plan.new_keys)
+                new_keys = plan.new_keys
             else:
                 keys = [bk.hashed_keys(records, rule) for rule in rules]
                 pairs = generate_pairs(records, rules, exclusive=exclusive_sources, stats=stats, keys=keys)
                 dirty, flip_pairs, flipped = records["rid"], no_pairs, 0
-                key_write = (None, bk.key_rows(keys, rules, records))
+                new_keys = bk.key_rows(keys, rules, records)
                 del keys
         with timer.stage("score"):
             scored = model_mod.score_pairs(inc.records_of(records, pairs), pairs, trained, engine=proj.engine)
@@ -299,7 +299,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                 mode=mode, records=records, seen=delta.seen, delta=delta,
                 new_links=pl.concat([scored, derived]), rule_names=rule_names, rescored=dirty,
                 drop_pairs=pl.concat([flip_pairs, derived_drop]), affected=affected, clusters=clusters,
-                key_write=key_write, joined=joined, reclustered_all=reclustered_all,
+                new_keys=new_keys, joined=joined, reclustered_all=reclustered_all,
                 n_links_total=links.height, n_strong_total=n_strong, started=started,
                 row={"project_hash": proj.config_hash(), "model_version": trained.version, "threshold": thr,
                      "clustering": method, "signature": sig,
@@ -393,18 +393,6 @@ def possible_pairs(records: pl.DataFrame, exclusive: list[str]) -> int:
 
 # The rule index of pairs scored to complete candidate clusters (not found by blocking).
 COMPLETION_RULE = -1
-
-
-def complete_links(records: pl.DataFrame, links: pl.DataFrame, trained: model_mod.TrainedModel,
-                   threshold: float, *, engine: str = "duckdb") -> pl.DataFrame:
-    """Links plus the scored pairs inside candidate clusters that blocking missed
-    (see :func:`idweave.linkage.cluster.completion_pairs`)."""
-    extra = completion_pairs(links, records["rid"], threshold=threshold)
-    if extra.height == 0:
-        return links
-    scored = model_mod.score_pairs(records, extra.with_columns(pl.lit(COMPLETION_RULE, pl.Int32).alias("rule")),
-                                   trained, engine=engine)
-    return pl.concat([links, scored.select(links.columns)]).sort("rid_l", "rid_r")
 
 
 def _model_for(proj: Project, st: Store, records: pl.DataFrame, retrain: bool) -> tuple[model_mod.TrainedModel, bool]:

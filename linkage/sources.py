@@ -215,17 +215,15 @@ def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
                                     f"id{'s' if n_ids > 1 else ''}); record ids must be unique within a source",
                                     file=label, column=src.id, row=first))
     out = {"source": pl.Series("source", [src.name] * df.height, dtype=pl.Utf8), "record_id": ids}
-    todo, reuse, known = df, None, None
     # Dates first: their format is chosen on the whole column, and the parsed value is part
     # of what decides whether a stored row can be reused.
-    for attr, kind in sorted(kinds.items(), key=lambda ak: ak[1] != "date"):
+    for attr, kind in kinds.items():
         col = src.columns.get(attr)
         if col is None:
             out[attr] = pl.Series(attr, [None] * df.height,
                                   dtype=pl.Float64 if kind == "number" else pl.Utf8)
-            continue
-        raw = df[col]
-        if kind == "date":
+        elif kind == "date":
+            raw = df[col]
             parsed, used = parse_dates(raw, src.date_format)
             present = raw.cast(pl.Utf8).str.strip_chars().replace("", None).is_not_null()
             n_present = int(present.sum())
@@ -244,25 +242,24 @@ def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
                 report.unparsed_dates[f"{src.name}.{col}"] = n_bad
             report.date_formats[f"{src.name}.{col}"] = used
             out[attr] = parsed.alias(attr)
-            continue
-        if stored is not None and "raw_hash" not in out and not problems:
-            out["raw_hash"] = raw_hashes(df, src, kinds, ids, out)
-            known = pl.DataFrame({"record_id": ids, "raw_hash": out["raw_hash"]}).with_row_index("_row") \
-                .join(stored, on=["record_id", "raw_hash"], how="left", maintain_order="left")
-            reuse = known["content_hash"].is_not_null()
-            todo = df.filter(~reuse)
-        out[attr] = todo[col].to_frame("v").select(clean_expr(kind, pl.col("v"))).to_series().alias(attr)
     if problems:
         raise _combined(problems)
     report.rows[src.name] = df.height
+    todo = df
+    if stored is not None:
+        out["raw_hash"] = raw_hashes(df, src, kinds, ids, out)
+        known = pl.DataFrame({"record_id": ids, "raw_hash": out["raw_hash"]}).with_row_index("_row") \
+            .join(stored, on=["record_id", "raw_hash"], how="left", maintain_order="left")
+        reuse = known["content_hash"].is_not_null()
+        todo = df.filter(~reuse)
+    cleaned_now = [a for a, k in kinds.items() if k != "date" and src.columns.get(a) is not None]
+    for attr in cleaned_now:
+        out[attr] = todo[src.columns[attr]].to_frame("v").select(clean_expr(kinds[attr], pl.col("v"))) \
+            .to_series().alias(attr)
     if stored is None:
         return pl.DataFrame({k: out[k] for k in ("source", "record_id", *kinds)})
-    if "raw_hash" not in out:  # no attribute to clean: nothing to reuse either
-        out["raw_hash"] = raw_hashes(df, src, kinds, ids, out)
-        reuse = pl.Series([False] * df.height)
     # Rows cleaned now and rows taken from the store, back in the source's order.
-    full_length = [a for a in kinds if kinds[a] == "date" or src.columns.get(a) is None]
-    fresh = pl.DataFrame({a: (out[a].filter(~reuse) if a in full_length else out[a]) for a in kinds}) \
+    fresh = pl.DataFrame({a: (out[a] if a in cleaned_now else out[a].filter(~reuse)) for a in kinds}) \
         .with_columns(pl.Series("_row", range(df.height), dtype=pl.UInt32).filter(~reuse))
     cleaned = _finish(fresh, kinds)
     if reuse.any():

@@ -28,6 +28,15 @@ def project_copy(name: str, dest: Path, **overrides: Any) -> Path:
     return project
 
 
+def linked_copy(name: str, dest: Path) -> tuple[Path, Path, Any]:
+    """``fixtures/<name>`` copied to ``dest`` and linked once: (project, store, link result)."""
+    from idweave.linkage import link
+
+    project = project_copy(name, dest)
+    result = link(project)
+    return project, store_of(project), result
+
+
 def store_of(project: Path) -> Path:
     data = yaml.safe_load(project.read_text())
     return (project.parent / data["store"]).resolve()

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from conftest import ROOT
-from identity_helpers import copy_store, dump, partition, project_copy, raw_frames, read_table
+from identity_helpers import copy_store, dump, linked_copy, raw_frames, read_table
 from idweave.linkage import link
 from idweave.linkage.graph import SCHEMA_VERSION, Store, assign_ids
 
@@ -84,10 +84,8 @@ def test_ids_are_opaque() -> None:
 # ------------------------------------------------------------------ runs
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("graph") / "demo"
-    project = project_copy("demo", folder)
-    link(project)
-    return project, folder / "out" / "demo.duckdb"
+    project, store, _ = linked_copy("demo", tmp_path_factory.mktemp("graph") / "demo")
+    return project, store
 
 
 def test_the_same_input_again_changes_nothing(demo, tmp_path: Path) -> None:

@@ -14,18 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from identity_helpers import copy_store, partition, project_copy, raw_frames, read_table
+from identity_helpers import copy_store, linked_copy, partition, project_copy, raw_frames, read_table
 from idweave.linkage import link
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(project, store) of fixtures/demo linked once."""
-    folder = tmp_path_factory.mktemp("incremental") / "demo"
-    project = project_copy("demo", folder)
-    result = link(project)
+    project, store, result = linked_copy("demo", tmp_path_factory.mktemp("incremental") / "demo")
     assert result.summary["mode"] == "full" and result.summary["retrained"]
-    return project, folder / "out" / "demo.duckdb"
+    return project, store
 
 
 def batch_one(frames: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
@@ -172,10 +170,8 @@ def test_full_flag_recomputes_everything_and_changes_nothing(demo, tmp_path: Pat
 # ------------------------------------------------------------------ property test
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, pl.DataFrame]]:
-    folder = tmp_path_factory.mktemp("prop") / "tiny"
-    project = project_copy("tiny", folder)
-    link(project)  # trains once; every example reuses this model
-    return project, folder / "out" / "tiny.duckdb", raw_frames(project)
+    project, store, _ = linked_copy("tiny", tmp_path_factory.mktemp("prop") / "tiny")  # every example reuses its model
+    return project, store, raw_frames(project)
 
 
 ID_COLUMN = {"census": "person_no", "tax": "tin_row", "benefits": "claim_id"}

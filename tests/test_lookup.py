@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from conftest import run_cli, snapshot
-from identity_helpers import copy_store, project_copy, raw_frames, read_table
+from identity_helpers import copy_store, linked_copy, project_copy, raw_frames, read_table
 from idweave.linkage import link
 from idweave.linkage import model as model_mod
 from idweave.linkage.errors import LookupInputError, StoreError
@@ -22,10 +22,8 @@ from idweave.linkage.sources import load_records
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("lookup") / "tiny"
-    project = project_copy("tiny", folder)
-    link(project)
-    return project, folder / "out" / "tiny.duckdb"
+    project, store, _ = linked_copy("tiny", tmp_path_factory.mktemp("lookup") / "tiny")
+    return project, store
 
 
 ID_COLUMN = {"census": "person_no", "tax": "tin_row", "benefits": "claim_id"}

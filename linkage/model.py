@@ -17,12 +17,14 @@ with, so that later runs and lookups score exactly as the training run did.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import math
 import re
 import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +107,12 @@ def _partner(kind: str, kinds: dict[str, str]) -> str | None:
 
 
 def input_columns(settings: dict[str, Any]) -> list[str]:
-    """Every record column the comparisons of a model read (attributes and helper columns)."""
+    """Every record column the comparisons of a model read (attributes and helper columns).
+
+    >>> input_columns({"comparisons": [{"comparison_levels": [
+    ...     {"sql_condition": 'list_has_any("a__formal_l", "a__formal_r") OR "a_l" = "b_r"'}]}]})
+    ['a__formal', 'a', 'b']
+    """
     cols: list[str] = []
     for c in settings["comparisons"]:
         for lv in c["comparison_levels"]:
@@ -116,17 +123,33 @@ def input_columns(settings: dict[str, Any]) -> list[str]:
 
 
 def prepare(records: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
-    """``rid`` and the columns a model reads, deriving helper columns (formal names)."""
+    """``rid`` and the columns a model reads, deriving helper columns (formal names).
+
+    >>> recs = pl.DataFrame({"rid": [0, 1, 2], "first_name": ["bob", None, "zebedee"], "x": [1, 2, 3]})
+    >>> prepare(recs, ["first_name", "first_name__formal"])["first_name__formal"].to_list()
+    [['robert'], None, ['zebedee']]
+    """
+    import pyarrow as pa
+
     from idweave.blocking.keys import canonical_names
 
     out = records.select("rid", *[c for c in columns if c in records.columns])
     for c in columns:
         if c.endswith(FORMAL_SUFFIX) and c not in out.columns:
             base = c[: -len(FORMAL_SUFFIX)]
-            uniq = records[base].drop_nulls().unique().to_list()
-            mapping = {v: canonical_names(v) for v in uniq}
-            out = out.with_columns(records[base].replace_strict(mapping, default=None,
-                                                                return_dtype=pl.List(pl.Utf8)).alias(c))
+            uniq = records[base].drop_nulls().unique()
+            # The lists go to polars as one arrow list array (values and offsets): building
+            # them one Python list at a time took most of the time of scoring a few pairs.
+            flat: list[str] = []
+            offsets = [0]
+            for v in uniq.to_list():
+                flat += canonical_names(v)
+                offsets.append(len(flat))
+            lists = pl.Series(pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, pa.string())))
+            table = pl.DataFrame([uniq.alias("value"), lists.alias("formal")])
+            formal = records.select(pl.col(base).alias("value")).join(table, on="value", how="left",
+                                                                       maintain_order="left")["formal"]
+            out = out.with_columns(formal.alias(c))
     return out
 
 
@@ -332,13 +355,21 @@ def _engine(what: str) -> Iterator[duckdb.DuckDBPyConnection]:
     engine failures become a ModelError saying what failed."""
     con = duckdb.connect()
     try:
-        yield con
+        with _engine_errors(what):
+            yield con
+    finally:
+        con.close()
+
+
+@contextmanager
+def _engine_errors(what: str) -> Iterator[None]:
+    """Engine failures inside the block become a ModelError saying what failed."""
+    try:
+        yield
     except ModelError:
         raise
     except Exception as exc:
         raise ModelError(f"{what} failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:300]}") from exc
-    finally:
-        con.close()
 
 
 def _db_api(con: duckdb.DuckDBPyConnection, engine: str):
@@ -526,6 +557,31 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
             tf_tables[col] = tf.sort(col)
     model = TrainedModel(trained, tf_tables, log_lines)
     return model
+
+
+# One in-memory DuckDB per process for fast scoring (see :func:`_scoring_engine`).
+_SCORING_DB: tuple[int, duckdb.DuckDBPyConnection] | None = None
+_SCORING_DB_LOCK = threading.Lock()
+
+
+@contextmanager
+def _scoring_engine() -> Iterator[duckdb.DuckDBPyConnection]:
+    """:func:`_engine` for :func:`score_pairs`' one query: a cursor of an in-memory DuckDB kept
+    for the process (a new database costs ~20 ms a call; a cursor well under one). A cursor
+    is a connection of its own: what it registers, no other cursor sees, and its tables go
+    with it. Default threads, as :func:`_engine`; a forked child makes its own database."""
+    import os
+
+    global _SCORING_DB
+    with _SCORING_DB_LOCK:
+        if _SCORING_DB is None or _SCORING_DB[0] != os.getpid():
+            _SCORING_DB = (os.getpid(), duckdb.connect())
+        con = _SCORING_DB[1].cursor()
+    try:
+        with _engine_errors("scoring"):
+            yield con
+    finally:
+        con.close()
 
 
 @contextmanager
@@ -762,9 +818,26 @@ def score_pairs(records: pl.DataFrame, pairs: pl.DataFrame, model: TrainedModel,
                 engine: str = "duckdb") -> pl.DataFrame:
     """Score candidate pairs (``rid_l``, ``rid_r``, ``rule``) with a trained model.
 
-    Returns one row per pair: ``rid_l``, ``rid_r``, ``rule``, ``match_weight``,
-    ``match_probability`` and, per comparison ``c``, ``level_c`` (the level's label index,
-    Splink's gamma) and ``w_c`` (its weight in bits, term-frequency adjustment included).
+    Returns one row per pair, ordered by ``rid_l``, ``rid_r``: ``rid_l``, ``rid_r``, ``rule``,
+    ``match_weight``, ``match_probability`` and, per comparison ``c``, ``level_c`` (the level's
+    label index, Splink's gamma) and ``w_c`` (its weight in bits, term-frequency adjustment
+    included).
+
+    On DuckDB the pairs are scored by one query made of Splink's own prediction SQL for the
+    model (its level CASE statements, match weights and term-frequency adjustments), which
+    Splink writes once per model and this process keeps (:func:`_compiled`): the same numbers
+    as a Splink linker's ``predict``, bit for bit, without building a linker each call
+    (``tests/test_scoring.py`` checks it against :func:`_score_pairs_splink`).
+
+    >>> from idweave.linkage.project import load_project
+    >>> from idweave.linkage.sources import load_records
+    >>> p = load_project("fixtures/tiny/project.yaml")
+    >>> recs = load_records(p).sort("source", "record_id").with_row_index("rid")
+    >>> m = train(recs, p)
+    >>> pairs = pl.DataFrame({"rid_l": [0, 0], "rid_r": [2, 1], "rule": [3, 3]})
+    >>> out = score_pairs(recs, pairs, m)
+    >>> out["rid_r"].to_list(), out["level_first_name"].dtype, out.columns[:5]
+    ([1, 2], Int32, ['rid_l', 'rid_r', 'rule', 'match_weight', 'match_probability'])
     """
     comps = [c["output_column_name"] for c in model.comparisons()]
     if pairs.height == 0:
@@ -774,6 +847,30 @@ def score_pairs(records: pl.DataFrame, pairs: pl.DataFrame, model: TrainedModel,
             schema[f"level_{c}"] = pl.Int32
             schema[f"w_{c}"] = pl.Float64
         return pl.DataFrame(schema=schema)
+    if engine != "duckdb":
+        return _score_pairs_splink(records, pairs, model, engine=engine)
+    compiled = _compiled(model.settings)
+    if not {*_tf_columns(model.settings), *compiled.tf_columns} <= set(model.tf_tables):
+        # A term-frequency column without its table: a linker computes one from the
+        # records it is given, so scores then depend on them; only a linker does that.
+        return _score_pairs_splink(records, pairs, model, engine=engine)
+    recs = prepare(records, input_columns(model.settings))
+    with _scoring_engine() as con:
+        con.register("idweave_records", recs.to_arrow())
+        for i, col in enumerate(compiled.tf_columns):
+            con.register(f"idweave_tf_{i}", model.tf_tables[col].to_arrow())
+        con.register("idweave_blocked", pairs.select(
+            pl.col("rid_l").alias("join_key_l"), pl.col("rid_r").alias("join_key_r"),
+            pl.col("rule").alias("match_key")).to_arrow())
+        out = query_pl(con, compiled.sql(frozenset(model.tf_tables)))
+    return out.with_columns(pl.col("rid_l").cast(pl.Int64), pl.col("rid_r").cast(pl.Int64))
+
+
+def _score_pairs_splink(records: pl.DataFrame, pairs: pl.DataFrame, model: TrainedModel, *,
+                        engine: str = "duckdb") -> pl.DataFrame:
+    """:func:`score_pairs` through a Splink linker's ``predict`` (non-empty ``pairs``): the
+    reference the fast path is tested against, and the path for other engines."""
+    comps = [c["output_column_name"] for c in model.comparisons()]
     recs = prepare(records, input_columns(model.settings))
     with _engine("scoring") as con:
         linker, db = _linker(recs, model.settings, con, engine, model.tf_tables, validate=False)
@@ -835,13 +932,82 @@ def scoring_parts(settings: dict[str, Any]) -> ScoringParts:
 
     Evaluating ``gamma_sql`` in DuckDB over pairs with ``c_l``/``c_r`` (and ``tf_c_l``/``tf_c_r``)
     columns and :meth:`ScoringParts.weight` per comparison gives the ``level_c`` and ``w_c`` of
-    :func:`score_pairs` bit for bit (``tests/test_lookup.py`` checks it).
+    :func:`score_pairs` bit for bit (``tests/test_lookup.py`` checks it). Splink reads a model's
+    settings once per process (:func:`_compiled`); each call returns a fresh copy.
 
     >>> from idweave.linkage.project import load_project
     >>> parts = scoring_parts(build_settings(load_project("fixtures/tiny/project.yaml")))
     >>> parts.columns[:2], parts.comparisons[0]["name"]
     (['first_name', 'first_name__formal'], 'first_name')
     """
+    return copy.deepcopy(_compiled(settings).parts)
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """What Splink makes of a model's settings, kept so that scoring skips Splink's parsing:
+    the :class:`ScoringParts`, and the pieces of Splink's prediction SQL (as a linker's
+    ``predict`` runs it on registered blocked pairs) from which :meth:`sql` makes one query."""
+
+    parts: ScoringParts
+    tf_columns: tuple[str, ...]             # tf columns; table ``idweave_tf_<i>`` holds the i-th
+    tf_joins: tuple[tuple[str, str], ...]   # (quoted column, quoted tf column) per tf column
+    uid: str                                # the quoted unique id column (``"rid"``)
+    blocking_columns: tuple[str, ...]       # ``"l"."c" AS "c_l"``, ... (tf columns included)
+    vector_columns: tuple[str, ...]         # ``"c_l"``, ..., each comparison's CASE as gamma_c
+    predict_sql: tuple[str, str]            # match weight parts, then match weight and probability
+    outputs: tuple[tuple[str, str, str, str | None], ...]  # name, gamma, mw, tf-adjustment column
+    _sql: dict[frozenset[str], str] = field(default_factory=dict, compare=False)
+
+    def sql(self, tf_tables: frozenset[str]) -> str:
+        """The query scoring ``idweave_blocked`` (``join_key_l``, ``join_key_r``,
+        ``match_key``) against ``idweave_records`` and the tf tables: :func:`score_pairs`'s
+        columns, in its order. ``tf_tables`` names the model's tf tables: as in a linker's
+        scoring, ``w_c`` holds a tf adjustment only when comparison ``c`` has a tf table."""
+        got = self._sql.get(tf_tables)
+        if got is not None:
+            return got
+        tf_sel = "".join(f", t{i}.{tf}" for i, (_, tf) in enumerate(self.tf_joins))
+        tf_join = "".join(f" left join idweave_tf_{i} as t{i} on rec.{col} = t{i}.{col}"
+                          for i, (col, _) in enumerate(self.tf_joins))
+        sel = ["rid_l", "rid_r", "cast(match_key as integer) as rule", "match_weight", "match_probability"]
+        for name, gamma, mw, adj in self.outputs:
+            tf = f" + coalesce({adj}, 0)" if adj is not None and name in tf_tables else ""
+            sel.append(f"cast({gamma} as integer) as level_{name}")
+            sel.append(f"{mw}{tf} as w_{name}")
+        nl = ",\n"
+        got = f"""
+with idweave_in as (select rec.*{tf_sel} from idweave_records as rec{tf_join}),
+blocked_with_cols as (
+select {nl.join(self.blocking_columns)}, b.match_key
+from idweave_blocked as b
+inner join idweave_in as l on l.{self.uid} = b.join_key_l
+inner join idweave_in as r on r.{self.uid} = b.join_key_r),
+__splink__df_comparison_vectors as (select {nl.join(self.vector_columns)} from blocked_with_cols),
+__splink__df_match_weight_parts as ({self.predict_sql[0]}),
+__splink__df_predict as ({self.predict_sql[1]})
+select {', '.join(sel)} from __splink__df_predict order by rid_l, rid_r"""
+        self._sql[tf_tables] = got
+        return got
+
+
+# Settings JSON -> what Splink made of it (the few models a process scores with, latest last).
+_COMPILED: OrderedDict[str, _Compiled] = OrderedDict()
+_COMPILED_MAX = 8
+_COMPILED_LOCK = threading.Lock()
+
+
+def _compiled(settings: dict[str, Any]) -> _Compiled:
+    """Splink's reading of a model's settings (comparisons parsed, levels numbered, weights
+    and tf adjustments written as its prediction SQL writes them), made once per model in
+    this process: the key is the settings JSON, which holds every trained parameter."""
+    key = json.dumps(settings, sort_keys=True, default=str)
+    with _COMPILED_LOCK:
+        hit = _COMPILED.get(key)
+        if hit is not None:
+            _COMPILED.move_to_end(key)
+            return hit
+    from splink.internals.predict import predict_from_comparison_vectors_sqls_using_settings
     from splink.internals.settings_creator import SettingsCreator
 
     s = SettingsCreator.from_path_or_dict(json.loads(json.dumps(settings, default=str))).get_settings("duckdb")
@@ -859,5 +1025,22 @@ def scoring_parts(settings: dict[str, Any]) -> ScoringParts:
         comps.append({"name": cc.output_column_name, "weights": weights,
                       "tf": {g: v[:3] for g, v in tf.items()},
                       "tf_column": next((v[3] for v in tf.values()), None)})
-    return ScoringParts(gamma_sql=gammas, columns=input_columns(settings), tf_columns=_tf_columns(settings),
-                        comparisons=comps, prior=float(settings["probability_two_random_records_match"]))
+    parts = ScoringParts(gamma_sql=gammas, columns=input_columns(settings), tf_columns=_tf_columns(settings),
+                         comparisons=comps, prior=float(settings["probability_two_random_records_match"]))
+    tf_cols = sorted(s._term_frequency_columns, key=lambda c: c.input_name)
+    mw_parts, predict = predict_from_comparison_vectors_sqls_using_settings(s)
+    out = _Compiled(
+        parts=parts,
+        tf_columns=tuple(c.input_name for c in tf_cols),
+        tf_joins=tuple((c.name, c.tf_name) for c in tf_cols),
+        uid=s.column_info_settings.unique_id_input_columns[0].name,
+        blocking_columns=tuple(s._columns_to_select_for_blocking),
+        vector_columns=tuple(s._columns_to_select_for_comparison_vector_values),
+        predict_sql=(mw_parts["sql"], predict["sql"]),
+        outputs=tuple((cc.output_column_name, cc._gamma_column_name, cc._mw_column_name,
+                       cc._mw_tf_adj_column_name if cc._has_tf_adjustments else None) for cc in s.comparisons))
+    with _COMPILED_LOCK:
+        _COMPILED[key] = out
+        while len(_COMPILED) > _COMPILED_MAX:
+            _COMPILED.popitem(last=False)
+    return out

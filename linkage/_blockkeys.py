@@ -102,19 +102,19 @@ class PairPlan:
     new_keys: pl.DataFrame     # block_keys rows of the dirty records
 
 
-def plan_pairs(st: Store, records: pl.DataFrame, dirty: pl.Series, gone_rks: pl.Series, rules: Sequence[Rule], *,
+def plan_pairs(st: Store, records: pl.DataFrame, cur: pl.DataFrame, gone_rks: pl.Series, rules: Sequence[Rule], *,
                max_block: int, exclusive: Sequence[str]) -> PairPlan:
-    """The pairs of new and changed records (``dirty``), and of blocks that crossed their cap.
+    """The pairs of new and changed records (``cur``: ``rid``, ``source`` and the attributes
+    of the dirty records), and of blocks that crossed their cap.
 
-    ``records`` holds ``rid``, ``source``, ``rk`` of every record of the run and the
-    attributes of at least the dirty ones; ``gone_rks`` are the stored records whose keys are
-    stale (removed or changed). A block's size counts every record holding its key, so a
-    record arriving or leaving can switch a block of unchanged records on or off
-    (``max_block``): only the pairs inside such a block change for unchanged records.
+    ``records`` holds ``rid``, ``source``, ``rk`` of every record of the run; ``gone_rks``
+    are the stored records whose keys are stale (removed or changed). A block's size counts
+    every record holding its key, so a record arriving or leaving can switch a block of
+    unchanged records on or off (``max_block``): only the pairs inside such a block change
+    for unchanged records.
     """
-    dirty = dirty.cast(pl.Int64).unique().sort()
+    dirty = cur["rid"].cast(pl.Int64).unique().sort()
     idx = records.select("rid", "source", "rk")
-    cur = records.filter(pl.col("rid").is_in(dirty.implode()))
     fresh = [hashed_keys(cur, rule) for rule in rules]
     new_keys = key_rows(fresh, rules, idx)
     gone = pl.DataFrame({"rk": gone_rks.cast(pl.Int64)}).unique()

@@ -99,6 +99,11 @@ class Delta:
     removed: pl.DataFrame  # source, record_id, entity_id of stored records that are gone
     prior: pl.DataFrame    # per rid (in rid order): source, record_id and the stored entity_id,
                            # first_seen_run, last_seen_run (null for new records)
+    # Loaded reusing stored cleaning: ``records`` then has no attribute columns; ``fresh``
+    # holds ``rid`` and the attributes of the rows cleaned this run (new and changed ones
+    # among them), and :func:`attributes` reads the others' from the store when needed.
+    fresh: pl.DataFrame | None = None
+    attribute_schema: dict[str, pl.DataType] | None = None
 
     @property
     def first_run(self) -> bool:
@@ -113,20 +118,40 @@ class Delta:
         return pl.concat([changed.cast(pl.Int64), removed.cast(pl.Int64)]).drop_nulls()
 
 
+class StaleReuse(Exception):
+    """The store changed between reading what loading could reuse and taking the store: the
+    run must load again without reuse."""
+
+
 def compare(st: Store, project: Project, loaded: pl.DataFrame) -> Delta:
-    """Compare the sources' records with the store (by record id and content hash)."""
+    """Compare the sources' records with the store (by record id and content hash).
+
+    ``loaded`` may come from :func:`~idweave.linkage.sources.load_records` with ``stored``
+    (rows reusing stored cleaning have ``_stored_rk`` and no attribute values): the records
+    then carry no attributes and :func:`attributes` gives them. Raises :class:`StaleReuse`
+    if a reused row no longer matches the store (another run committed in between).
+    """
     stored = st.record_index()
     attrs = list(project.attributes)
+    lazy = "_stored_rk" in loaded.columns
+    fresh_rows, attr_schema = None, None
+    if lazy:
+        fresh_rows = loaded.filter(pl.col("_stored_rk").is_null()).select("source", "record_id", *attrs)
+        attr_schema = dict(loaded.select(attrs).schema)
+        loaded = loaded.drop(attrs)
     records = loaded
     append = [s.name for s in project.sources.values() if s.mode == "append"]
     kept_keys = stored.filter(pl.col("source").is_in(append)).select("source", "record_id") \
         .join(loaded.select("source", "record_id"), on=["source", "record_id"], how="anti")
     if kept_keys.height:
         have_cols = set(st.columns("records"))
-        cols = ["source", "record_id", *[a for a in attrs if a in have_cols], "content_hash",
-                *(["raw_hash"] if "raw_hash" in have_cols and "raw_hash" in loaded.columns else [])]
+        cols = ["source", "record_id", *([] if lazy else [a for a in attrs if a in have_cols]), "content_hash",
+                *(["raw_hash"] if "raw_hash" in have_cols and "raw_hash" in loaded.columns else []),
+                *(["rk"] if lazy else [])]
         kept = st.records_for(kept_keys, cols)
-        for a in attrs:
+        if lazy:  # their attributes stay in the store, like those of reused rows
+            kept = kept.rename({"rk": "_stored_rk"})
+        for a in ([] if lazy else attrs):
             if a not in kept.columns:
                 kept = kept.with_columns(pl.lit(None, dtype=loaded.schema[a]).alias(a))
         kept = kept.select(loaded.columns).cast(dict(loaded.schema), strict=False)
@@ -141,6 +166,15 @@ def compare(st: Store, project: Project, loaded: pl.DataFrame) -> Delta:
         stored.select("source", "record_id", pl.col("content_hash").alias("_old"), "rk", "entity_id",
                       "first_seen_run", "last_seen_run"),
         on=["source", "record_id"], how="left", maintain_order="left")
+    fresh = None
+    if lazy:
+        reused = records["_stored_rk"]
+        stale = reused.is_not_null() & ((j["rk"] != reused).fill_null(True) | (j["_old"] != j["content_hash"]).fill_null(True))
+        if stale.any():
+            raise StaleReuse()
+        records = records.drop("_stored_rk")
+        fresh = records.select("rid", "source", "record_id").join(fresh_rows, on=["source", "record_id"]) \
+            .select("rid", *attrs).sort("rid")
     # rk: the record's persistent integer key (block_keys refer to it); new records get the
     # next ones, in rid order.
     top = stored["rk"].max() if stored.height else None
@@ -154,7 +188,43 @@ def compare(st: Store, project: Project, loaded: pl.DataFrame) -> Delta:
     removed = stored.join(records.select("source", "record_id"), on=["source", "record_id"], how="anti") \
         .select("source", "record_id", "entity_id")
     prior = j.select("rid", "source", "record_id", "entity_id", "first_seen_run", "last_seen_run")
-    return Delta(records=records, seen=seen, stored=stored, new=new, changed=changed, removed=removed, prior=prior)
+    return Delta(records=records, seen=seen, stored=stored, new=new, changed=changed, removed=removed, prior=prior,
+                 fresh=fresh, attribute_schema=attr_schema)
+
+
+def attributes(st: Store, delta: Delta, rids: pl.Series | None = None) -> pl.DataFrame:
+    """The records ``rids`` (all of them if None) with their attributes, in rid order: the
+    rows cleaned this run as they are, the others' stored cleaned values (read by ``rk``)."""
+    recs = delta.records if rids is None else delta.records.filter(pl.col("rid").is_in(rids.implode()))
+    if delta.fresh is None:
+        return recs
+    schema = delta.attribute_schema or {}
+    attrs = list(schema)
+    now = recs.join(delta.fresh, on="rid")
+    need = recs.join(delta.fresh.select("rid"), on="rid", how="anti")
+    if need.height == 0:
+        return now.sort("rid")
+    old = st.attributes_of(need["rk"], attrs)
+    if old.height != need.height:
+        raise RuntimeError(f"{need.height - old.height} record(s) lack stored attributes")  # a bug, not bad input
+    old = need.join(old.cast({"rk": pl.Int64, **schema}), on="rk")
+    return pl.concat([now, old.select(now.columns)]).sort("rid")
+
+
+def present_attributes(st: Store, delta: Delta, names: Sequence[str]) -> set[str]:
+    """The attributes at least one record of this run has a value for."""
+    if delta.fresh is None:
+        recs = delta.records
+        return {a for a in names if recs[a].null_count() < recs.height}
+    have = {a for a in names if delta.fresh[a].null_count() < delta.fresh.height}
+    rest = [a for a in names if a not in have]
+    if rest:
+        # Stored rows of records still here: all but the changed and removed ones.
+        with st.registered("_gone_rk", pl.DataFrame({"rk": delta.gone_rks})):
+            counts = _query(st, "select " + ", ".join(f'count("{a}") as "{a}"' for a in rest) +
+                            " from records where rk not in (select rk from _gone_rk)")
+        have |= {a for a in rest if counts[a][0]}
+    return have
 
 
 def stored_links(st: Store, records: pl.DataFrame, rule_index: dict[str, int], *, derived: int) -> pl.DataFrame:
@@ -340,6 +410,9 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
     rows = records
     if not full:  # only new and changed rows are written whole; unseen ones keep their last_seen_run
         rows = records.filter(pl.col("rid").is_in(pl.concat([delta.new, delta.changed]).implode()) | ~w.seen)
+        if delta.fresh is not None and any(a not in rows.columns for a in attrs):
+            # New and changed records were cleaned this run; of unseen ones only the keys are used.
+            rows = rows.join(delta.fresh, on="rid", how="left")
     rec_rows = (rows.select("rid", "source", "record_id", *attrs, "content_hash", *extra, "rk")
                 .join(final.select("rid", "entity_id", "first_seen_run", "last_seen_run"), on="rid")
                 .join(seen, on="rid")
@@ -433,8 +506,17 @@ def _write_records_delta(st: Store, records: pl.DataFrame, delta: Delta, rec_row
         st.con.execute("delete from records where exists (select 1 from _gone g where g.source = records.source "
                        "and g.record_id = records.record_id)")
         st.con.unregister("_gone")
-    fresh = rec_rows.filter(pl.col("rid").is_in(pl.concat([delta.new, delta.changed]).implode()))
+    dirty = pl.concat([delta.new, delta.changed]).implode()
+    fresh = rec_rows.filter(pl.col("rid").is_in(dirty))
     st.append("records", fresh.drop("rid", "_seen"))
+    if delta.fresh is not None and "raw_hash" in records.columns:
+        # Rows cleaned again whose cleaned values did not change: their new raw hash lets the
+        # next run reuse them.
+        redone = records.join(delta.fresh.select("rid"), on="rid", how="semi") \
+            .filter(~pl.col("rid").is_in(dirty)).select("rk", "raw_hash")
+        if redone.height:
+            with st.registered("_redone", redone):
+                st.con.execute("update records set raw_hash = x.raw_hash from _redone x where records.rk = x.rk")
     moved = (final.filter(pl.col("_new").is_not_null())
              .join(delta.prior.select("rid", pl.col("entity_id").alias("_old")), on="rid")
              .filter(pl.col("_new") != pl.col("_old"))  # new records (no _old) were inserted whole
@@ -523,10 +605,17 @@ def canonical_scores(scored: pl.DataFrame, prior: float) -> pl.DataFrame:
     return scored.with_columns(mw.alias("match_weight")).with_columns(prob.alias("match_probability"))
 
 
-def records_of(records: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
-    """The records a set of pairs names (all of them when the pairs touch most records):
-    scoring reads every record it is given, so a few pairs should not pay for a million."""
-    if pairs.height == 0 or pairs.height > records.height:
-        return records
+def records_of(records: pl.DataFrame, pairs: pl.DataFrame, st: Store | None = None,
+               delta: Delta | None = None) -> pl.DataFrame:
+    """The records a set of pairs names, with their attributes (all of them when the pairs
+    touch most records): scoring reads every record it is given, so a few pairs should not
+    pay for a million. ``records`` without attributes (an incremental run's): they come from
+    :func:`attributes` (``st``, ``delta``)."""
+    lazy = delta is not None and delta.fresh is not None and any(
+        a not in records.columns for a in (delta.attribute_schema or {}))
+    if pairs.height == 0 or (pairs.height > records.height and not lazy):
+        return records if not lazy else attributes(st, delta, records["rid"].clear())  # type: ignore[arg-type]
     ids = pl.concat([pairs["rid_l"], pairs["rid_r"]]).unique()
+    if lazy:
+        return attributes(st, delta, ids)  # type: ignore[arg-type]
     return records.filter(pl.col("rid").is_in(ids.implode())) if ids.len() < records.height // 2 else records

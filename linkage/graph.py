@@ -284,18 +284,23 @@ class Store:
                                 f"{rk} from records")
         return df.cast({k: v for k, v in schema.items()}) if df.height else pl.DataFrame(schema=schema)
 
-    def cleaned_records(self, attributes: Iterable[str]) -> pl.DataFrame:
-        """``source``, ``record_id``, ``raw_hash``, the cleaned ``attributes`` and
-        ``content_hash`` of every stored record: what loading may reuse (empty when the store
-        lacks any of these columns)."""
-        attrs = list(attributes)
-        cols = self.columns("records")
-        want = ["source", "record_id", "raw_hash", *attrs, "content_hash"]
-        if any(c not in cols for c in want):
-            return pl.DataFrame(schema={"source": pl.Utf8, "record_id": pl.Utf8, "raw_hash": pl.UInt64,
-                                        "content_hash": pl.Utf8})
-        return query_pl(self.con, f"select {', '.join(chr(34) + c + chr(34) for c in want)} from records "
-                                  "where raw_hash is not null")
+    def reuse_index(self) -> pl.DataFrame:
+        """``source``, ``record_id``, ``raw_hash``, ``rk`` and ``content_hash`` of every stored
+        record with a raw hash: what loading needs to skip cleaning rows that did not change
+        (empty for a store written before these columns existed)."""
+        schema = {"source": pl.Utf8, "record_id": pl.Utf8, "raw_hash": pl.UInt64, "rk": pl.Int64,
+                  "content_hash": pl.Utf8}
+        if not self.has_table("records") or any(c not in self.columns("records") for c in ("raw_hash", "rk")):
+            return pl.DataFrame(schema=schema)
+        df = query_pl(self.con, "select source, record_id, raw_hash, rk, content_hash from records "
+                                "where raw_hash is not null")
+        return df.cast(schema) if df.height else pl.DataFrame(schema=schema)
+
+    def attributes_of(self, rks: pl.Series, attributes: Iterable[str]) -> pl.DataFrame:
+        """``rk`` and the stored cleaned ``attributes`` of the records ``rks``."""
+        cols = ", ".join(f'r."{a}"' for a in attributes)
+        with self.registered("_want_rk", pl.DataFrame({"rk": rks.cast(pl.Int64)})):
+            return query_pl(self.con, f"select r.rk, {cols} from records r semi join _want_rk w on r.rk = w.rk")
 
     def records_for(self, keys: pl.DataFrame, columns: Iterable[str] | None = None) -> pl.DataFrame:
         """The stored rows (all columns, or ``columns``) of the records named by ``keys``

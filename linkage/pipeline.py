@@ -16,10 +16,9 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import polars as pl
-
 
 from idweave.blocking import derive_rules, generate_pairs, parse_rules
 from idweave.blocking.pairs import PairStats
@@ -30,6 +29,9 @@ from idweave.linkage.errors import IdweaveError, StoreBusyError
 from idweave.linkage.graph import Store, _now
 from idweave.linkage.project import Project, load_project, project_from_dict
 from idweave.linkage.sources import LoadReport, load_records
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["link", "LinkResult", "resolve_project", "project_rules", "with_rids", "Progress"]
 
@@ -70,17 +72,25 @@ def resolve_project(project: Project | str | Path | Mapping[str, Any], *,
     return project_from_dict(project, sources=sources)
 
 
-def project_rules(project: Project, records: pl.DataFrame | None = None) -> list[Rule]:
+def project_rules(project: Project, records: pl.DataFrame | None = None, *,
+                  present: set[str] | None = None) -> list[Rule]:
     """The project's blocking rules, or the ones derived from its kinds.
 
-    Derived rules only use attributes some record has, so a project with an attribute no
-    source maps does not pay for rules that can find nothing.
+    Derived rules only use attributes some record has (of ``records``, or the names in
+    ``present``), so a project with an attribute no source maps does not pay for rules that
+    can find nothing.
+
+    >>> from idweave.linkage.project import load_project
+    >>> len(project_rules(load_project("fixtures/tiny/project.yaml"))) > 0
+    True
     """
     kinds = {a.name: a.kind for a in project.attributes.values()}
     if project.blocking is not None:
         return parse_rules(project.blocking, attributes=kinds)
     if records is not None:
         kinds = {a: k for a, k in kinds.items() if records[a].null_count() < records.height}
+    if present is not None:
+        kinds = {a: k for a, k in kinds.items() if a in present}
     return derive_rules(kinds)
 
 
@@ -174,7 +184,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
     timer = _Timer(progress)
     report = LoadReport()
     with timer.stage("load"):
-        loaded = load_records(proj, report=report, stored=_stored_cleaning(proj, reuse=not full))
+        loaded = load_records(proj, report=report, stored=_stored_reuse(proj.store if not full else None))
     exclusive_sources = [s.name for s in proj.sources.values() if s.exclusive]
     method = str(proj.clustering.get("method", DEFAULT_CLUSTERING))
     min_average = float(proj.clustering.get("min_average", 0.5))
@@ -182,11 +192,23 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
 
     with Store.open(proj.store, wait=wait) as st:
         with timer.stage("compare"):
-            delta = inc.compare(st, proj, loaded)
+            try:
+                delta = inc.compare(st, proj, loaded)
+            except inc.StaleReuse:  # a run committed after loading read the store: load again
+                report = LoadReport()
+                delta = inc.compare(st, proj, load_records(proj, report=report, stored=_stored_reuse(st)))
+        # In an incremental run the records carry no attributes: those of the records cleaned
+        # now are in delta.fresh, the others stay in the store until a pair needs them.
         records = delta.records
-        rules = project_rules(proj, records)
+        everything: list[pl.DataFrame] = []  # every record with its attributes, read once if needed
+
+        def with_attributes() -> pl.DataFrame:
+            if not everything:
+                everything.append(inc.attributes(st, delta))
+            return everything[0]
+        rules = project_rules(proj, present=inc.present_attributes(st, delta, list(proj.attributes)))
         with timer.stage("train"):
-            trained, retrained = _model_for(proj, st, records, retrain)
+            trained, retrained = _model_for(proj, st, with_attributes, retrain)
         sig = inc.signature(proj, rules, exclusive_sources, DEFAULT_MAX_BLOCK, trained.version,
                             model_mod.splink_version(), method, min_average)
         prev = st.last_run_info()
@@ -194,13 +216,17 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                                  st.has_table("block_keys") and st.has_table("joins")
                                  and "rk_l" in st.columns("links"))
         incremental = mode == "incremental"
+        if not incremental and delta.fresh is not None:
+            with timer.stage("read stored attributes"):
+                records = with_attributes()
         rule_names = {i: r.name for i, r in enumerate(rules)}
         rule_names[COMPLETION_RULE] = "cluster completion"
         stats = PairStats()
         no_pairs = pl.DataFrame(schema={"rid_l": pl.Int64, "rid_r": pl.Int64})
         with timer.stage("block"):
             if incremental:
-                plan = bk.plan_pairs(st, records, pl.concat([delta.new, delta.changed]), delta.gone_rks,
+                dirty_rids = pl.concat([delta.new, delta.changed])
+                plan = bk.plan_pairs(st, records, inc.attributes(st, delta, dirty_rids), delta.gone_rks,
                                      rules, max_block=DEFAULT_MAX_BLOCK, exclusive=exclusive_sources)
                 pairs, dirty, flip_pairs, flipped = plan.pairs, plan.dirty, plan.flip_pairs, plan.flipped_members
                 new_keys = plan.new_keys
@@ -211,7 +237,8 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                 new_keys = bk.key_rows(keys, rules, records)
                 del keys
         with timer.stage("score"):
-            scored = model_mod.score_pairs(inc.records_of(records, pairs), pairs, trained, engine=proj.engine)
+            scored = model_mod.score_pairs(inc.records_of(records, pairs, st, delta), pairs, trained,
+                                           engine=proj.engine)
             if retrained:
                 # A new model's prior comes from its own candidate pairs (a retrain is always
                 # a full run, so every pair was scored).
@@ -228,7 +255,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                 # block that crossed its cap; the ends of those that go are re-clustered.
                 stored = inc.stored_links(st, records, {n: i for i, n in rule_names.items()},
                                           derived=COMPLETION_RULE)
-                touches = pl.col("rid_l").is_in(dirty.implode()) | pl.col("rid_r").is_in(dirty.implode())
+                touches = _ends(stored, _rid_mask(records.height, dirty), both=False)
                 hit = pl.concat([stored.filter(touches), stored.join(flip_pairs, on=["rid_l", "rid_r"], how="semi")])
                 kept = stored.filter(~touches).join(flip_pairs, on=["rid_l", "rid_r"], how="anti")
                 gone_neighbours = inc.removed_neighbours(st, records, delta.removed)
@@ -251,8 +278,9 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                                     pl.DataFrame(must, schema={"rid_l": pl.Int64, "rid_r": pl.Int64}, orient="row")])
                 affected = inc.closure(pl.concat([seeds.cast(pl.Int64), constrained]), strong, records["rid"])
         aff = affected.implode()
-        in_affected = pl.col("rid_l").is_in(aff) & pl.col("rid_r").is_in(aff)
-        touches_affected = pl.col("rid_l").is_in(aff) | pl.col("rid_r").is_in(aff)
+        aff_mask = _rid_mask(records.height, affected)
+        blocking_affected = blocking.filter(_ends(blocking, aff_mask, both=True))
+        touches_affected = _ends(derived_stored, aff_mask, both=False)
         # Completion links are a function of each component: those of untouched components
         # stand; inside the re-clustered part they are recomputed, scoring only pairs not
         # already stored (a stored score is the score).
@@ -262,21 +290,21 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
         derived_drop = no_pairs
         if method == "average":
             with timer.stage("complete"):
-                extra = completion_pairs(blocking.filter(in_affected), affected, threshold=thr)
+                extra = completion_pairs(blocking_affected, affected, threshold=thr)
                 old = derived_stored.filter(touches_affected)
                 derived_reused = old.join(extra, on=["rid_l", "rid_r"], how="semi")
                 derived_drop = old.join(extra, on=["rid_l", "rid_r"], how="anti").select("rid_l", "rid_r")
                 extra = extra.join(old, on=["rid_l", "rid_r"], how="anti")
                 if extra.height:
                     derived = inc.canonical_scores(model_mod.score_pairs(
-                        inc.records_of(records, extra),
+                        inc.records_of(records, extra, st, delta),
                         extra.with_columns(pl.lit(COMPLETION_RULE, pl.Int32).alias("rule")), trained,
                         engine=proj.engine), trained.prior).select(scored.columns)
         elif derived_stored.height:
             derived_drop = derived_stored.select("rid_l", "rid_r")
         derived_light = pl.concat([derived_reused, derived.select(light_cols)])
         with timer.stage("cluster"):
-            cl_links = pl.concat([blocking.filter(in_affected), derived_light]).sort("rid_l", "rid_r")
+            cl_links = pl.concat([blocking_affected, derived_light]).sort("rid_l", "rid_r")
             excl = {rid: s for rid, s in records.filter(pl.col("source").is_in(exclusive_sources)
                                                         & pl.col("rid").is_in(aff))
                     .select("rid", "source").iter_rows()}
@@ -339,7 +367,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
         "threshold_chosen": chosen,
         "clustering": method,
         "links": n_strong,
-        "entities": entities["entity_id"].n_unique(),
+        "entities": sizes.len(),
         "entity_sizes": {str(k): v for k, v in sizes.value_counts().sort(sizes.name).iter_rows()},
         "model_version": trained.version,
         "retrained": retrained,
@@ -350,21 +378,45 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
     return LinkResult(entities=entities, summary=summary, timings=timer.timings, run_id=run_id, _pairs=pair_view)
 
 
-def _stored_cleaning(proj: Project, *, reuse: bool) -> Callable[[str], pl.DataFrame]:
-    """Source name -> its cleaned records in the store, for loading to reuse the rows whose
-    raw input did not change (read once, before the run takes the store); nothing to reuse
-    with ``reuse=False`` (a full run cleans everything again)."""
-    by_source: dict[str, pl.DataFrame] = {}
-    if reuse and proj.store.exists():
+def _stored_reuse(store: Path | Store | None) -> Callable[[str], pl.DataFrame]:
+    """Source name -> what loading needs to skip cleaning its unchanged rows (``record_id``,
+    ``raw_hash``, ``rk``, ``content_hash``; see ``Store.reuse_index``), read from an open
+    store or, read-only, from a store path before the run takes it (bad input then never
+    touches the store). Nothing to reuse for ``None`` (a full run asked for: everything is
+    cleaned again)."""
+    rows = None
+    if isinstance(store, Store):
+        rows = store.reuse_index()
+    elif store is not None and store.exists():
         try:
-            with Store.open(proj.store, read_only=True) as st:
-                if st.has_table("records"):
-                    rows = st.cleaned_records(proj.attributes)
-                    by_source = {s: f.drop("source") for (s,), f in rows.partition_by("source", as_dict=True).items()}
+            with Store.open(store, read_only=True) as st:
+                rows = st.reuse_index()
         except IdweaveError:
-            by_source = {}  # busy or not a store: the run itself says so
-    empty = pl.DataFrame(schema={"record_id": pl.Utf8, "raw_hash": pl.UInt64, "content_hash": pl.Utf8})
+            rows = None  # busy or not a store: the run itself says so
+    empty = pl.DataFrame(schema={"record_id": pl.Utf8, "raw_hash": pl.UInt64, "rk": pl.Int64,
+                                 "content_hash": pl.Utf8})
+    by_source = ({s: f.drop("source") for (s,), f in rows.partition_by("source", as_dict=True).items()}
+                 if rows is not None and rows.height else {})
     return lambda name: by_source.get(name, empty)
+
+
+def _rid_mask(n: int, rids: pl.Series) -> "np.ndarray":
+    """A boolean array over this run's rids (0..n-1), true at ``rids``."""
+    import numpy as np
+
+    mask = np.zeros(n, dtype=bool)
+    if rids.len():
+        mask[rids.cast(pl.Int64).to_numpy()] = True
+    return mask
+
+
+def _ends(links: pl.DataFrame, mask: "np.ndarray", *, both: bool) -> pl.Series:
+    """Per link: are both ends (or either end) of it in ``mask``? (A numpy gather: a
+    million-row ``is_in`` costs far more.)"""
+    if links.height == 0:
+        return pl.Series(dtype=pl.Boolean)
+    a, b = mask[links["rid_l"].to_numpy()], mask[links["rid_r"].to_numpy()]
+    return pl.Series((a & b) if both else (a | b))
 
 
 def _choose_mode(full: bool, retrained: bool, prev: dict[str, Any] | None, signature: str,
@@ -395,8 +447,10 @@ def possible_pairs(records: pl.DataFrame, exclusive: list[str]) -> int:
 COMPLETION_RULE = -1
 
 
-def _model_for(proj: Project, st: Store, records: pl.DataFrame, retrain: bool) -> tuple[model_mod.TrainedModel, bool]:
-    """The stored model if it still fits the project's comparisons, else a newly trained one."""
+def _model_for(proj: Project, st: Store, records: Callable[[], pl.DataFrame],
+               retrain: bool) -> tuple[model_mod.TrainedModel, bool]:
+    """The stored model if it still fits the project's comparisons, else one trained on
+    ``records()`` (every record with its attributes)."""
     if not retrain:
         stored = st.latest_model()
         if stored is not None:
@@ -404,7 +458,7 @@ def _model_for(proj: Project, st: Store, records: pl.DataFrame, retrain: bool) -
             wanted = model_mod.build_settings(proj)
             if _comparisons_signature(settings) == _comparisons_signature(wanted):
                 return model_mod.TrainedModel(settings, tf, ["reused the stored model"]), False
-    return model_mod.train(records, proj), True
+    return model_mod.train(records(), proj), True
 
 
 def _decision_constraints(st: Store, records: pl.DataFrame) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:

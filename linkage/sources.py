@@ -184,10 +184,13 @@ def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
     Every problem of the source is reported at once (empty or duplicate ids, unreadable
     date columns), each naming the file, the column and a record id or data row.
 
-    ``stored`` (``record_id``, ``raw_hash`` and the cleaned attributes of this source's
+    ``stored`` (``record_id``, ``raw_hash``, ``rk``, ``content_hash`` of this source's
     records in the store): a row whose :func:`raw_hashes` equals its stored one is not
-    cleaned again; its stored cleaned values are taken (the result is the same, and cleaning
-    is most of the time of reading a large source). The result then has ``raw_hash`` too.
+    cleaned again (cleaning is most of the time of reading a large source): its attributes
+    are left null, its ``content_hash`` is the stored one and ``_stored_rk`` names the
+    stored row that holds its cleaned values (null for rows cleaned now). The result then
+    has ``raw_hash`` and ``_stored_rk`` too. An incremental run reads a reused row's
+    attributes from the store only if it needs them (``_incremental.Delta.attributes``).
 
     >>> from idweave.linkage.project import load_project
     >>> src = load_project("fixtures/tiny/project.yaml").sources["census"]
@@ -214,14 +217,14 @@ def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
         problems.append(SourceError(f"duplicate record id ({int(dup.sum())} rows share {n_ids} "
                                     f"id{'s' if n_ids > 1 else ''}); record ids must be unique within a source",
                                     file=label, column=src.id, row=first))
-    out = {"source": pl.Series("source", [src.name] * df.height, dtype=pl.Utf8), "record_id": ids}
+    out = {"source": pl.repeat(src.name, df.height, dtype=pl.Utf8, eager=True).alias("source"), "record_id": ids}
     # Dates first: their format is chosen on the whole column, and the parsed value is part
     # of what decides whether a stored row can be reused.
     for attr, kind in kinds.items():
         col = src.columns.get(attr)
         if col is None:
-            out[attr] = pl.Series(attr, [None] * df.height,
-                                  dtype=pl.Float64 if kind == "number" else pl.Utf8)
+            out[attr] = pl.repeat(None, df.height, dtype=pl.Float64 if kind == "number" else pl.Utf8,
+                                  eager=True).alias(attr)
         elif kind == "date":
             raw = df[col]
             parsed, used = parse_dates(raw, src.date_format)
@@ -248,9 +251,10 @@ def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
     todo = df
     if stored is not None:
         out["raw_hash"] = raw_hashes(df, src, kinds, ids, out)
-        known = pl.DataFrame({"record_id": ids, "raw_hash": out["raw_hash"]}).with_row_index("_row") \
-            .join(stored, on=["record_id", "raw_hash"], how="left", maintain_order="left")
-        reuse = known["content_hash"].is_not_null()
+        known = pl.DataFrame({"record_id": ids, "raw_hash": out["raw_hash"]}) \
+            .join(stored.select("record_id", "raw_hash", "rk", "content_hash"), on=["record_id", "raw_hash"],
+                  how="left", maintain_order="left")
+        reuse = known["rk"].is_not_null()
         todo = df.filter(~reuse)
     cleaned_now = [a for a, k in kinds.items() if k != "date" and src.columns.get(a) is not None]
     for attr in cleaned_now:
@@ -258,15 +262,16 @@ def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
             .to_series().alias(attr)
     if stored is None:
         return pl.DataFrame({k: out[k] for k in ("source", "record_id", *kinds)})
-    # Rows cleaned now and rows taken from the store, back in the source's order.
-    fresh = pl.DataFrame({a: (out[a] if a in cleaned_now else out[a].filter(~reuse)) for a in kinds}) \
-        .with_columns(pl.Series("_row", range(df.height), dtype=pl.UInt32).filter(~reuse))
-    cleaned = _finish(fresh, kinds)
-    if reuse.any():
-        old = known.filter(reuse).select("_row", *kinds, "content_hash")
-        cleaned = pl.concat([cleaned.select(old.columns), old.cast(dict(cleaned.select(old.columns).schema))])
-    return pl.DataFrame({k: out[k] for k in ("source", "record_id", "raw_hash")}).with_row_index("_row") \
-        .join(cleaned, on="_row").sort("_row").select("source", "record_id", *kinds, "content_hash", "raw_hash")
+    # Rows cleaned now go back to their places among the reused rows (whose attributes stay null).
+    fresh = _finish(pl.DataFrame({a: (out[a] if a in cleaned_now else out[a].filter(~reuse)) for a in kinds}), kinds)
+    at = reuse.not_().arg_true()
+    cols = {"source": out["source"], "record_id": ids}
+    for a in kinds:
+        cols[a] = pl.repeat(None, df.height, dtype=fresh.schema[a], eager=True).alias(a).scatter(at, fresh[a])
+    cols["content_hash"] = known["content_hash"].scatter(at, fresh["content_hash"])
+    cols["raw_hash"] = out["raw_hash"]
+    cols["_stored_rk"] = known["rk"].cast(pl.Int64).alias("_stored_rk")
+    return pl.DataFrame(cols)
 
 
 def raw_hashes(df: pl.DataFrame, src: Source, kinds: dict[str, str], ids: pl.Series,
@@ -324,8 +329,8 @@ def load_records(project: Project, *, report: LoadReport | None = None,
     ``extra_columns`` are carried through raw where a source has them (for example a truth
     column for :func:`idweave.linkage.evaluate.evaluate`), null where it has not.
     ``stored``: source name -> its records in the store (see :func:`records_from_frame`):
-    rows whose raw input did not change are taken from there instead of being cleaned
-    again, and the records get a ``raw_hash`` column.
+    rows whose raw input did not change are not cleaned again (their attributes stay null,
+    ``_stored_rk`` names the stored row holding them), and the records get ``raw_hash``.
 
     >>> from idweave.linkage.project import load_project
     >>> recs = load_records(load_project("fixtures/tiny/project.yaml"), extra_columns=["true_person"])

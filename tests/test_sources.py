@@ -225,19 +225,26 @@ def test_extra_columns_are_carried_raw_or_null() -> None:
 
 
 def _stored_from(recs: pl.DataFrame):
-    """A ``stored`` callable over records loaded before (as the store would give them)."""
-    by = {s: f.drop("source") for (s,), f in recs.partition_by("source", as_dict=True).items()}
+    """A ``stored`` callable over records loaded before (as the store's reuse index would
+    give them: ``record_id``, ``raw_hash``, ``rk``, ``content_hash``; rk = row number)."""
+    index = recs.with_row_index("rk").select("source", "record_id", "raw_hash", pl.col("rk").cast(pl.Int64),
+                                             "content_hash")
+    by = {s: f.drop("source") for (s,), f in index.partition_by("source", as_dict=True).items()}
     return lambda name: by[name]
 
 
-def test_reused_rows_equal_cleaning_again_and_changed_rows_are_cleaned() -> None:
+_NOTHING_STORED = pl.DataFrame(schema={"record_id": pl.Utf8, "raw_hash": pl.UInt64, "rk": pl.Int64,
+                                       "content_hash": pl.Utf8})
+
+
+def test_reused_rows_are_not_cleaned_again_and_changed_rows_are() -> None:
     project = load_project(FIXTURES / "demo" / "project.yaml")
-    first = load_records(project, stored=lambda name: pl.DataFrame(
-        schema={"record_id": pl.Utf8, "raw_hash": pl.UInt64, "content_hash": pl.Utf8}))
+    first = load_records(project, stored=lambda name: _NOTHING_STORED)
     plain = load_records(project)
-    assert first.drop("raw_hash").equals(plain)  # nothing to reuse: the same as no store at all
-    # Mark every stored row, so that a reused row shows; then change one raw row.
-    marked = first.with_columns(pl.lit("stored").alias("last_name"))
+    assert first["_stored_rk"].null_count() == first.height  # nothing to reuse: everything cleaned,
+    assert first.drop("raw_hash", "_stored_rk").equals(plain)  # as with no store at all
+    # Mark every stored row's content hash, so that a reused row shows; then change one raw row.
+    marked = first.with_columns(pl.lit("stored").alias("content_hash"))
     census = pl.read_csv(FIXTURES / "demo" / "census.csv", infer_schema=False)
     changed_id = census[project.sources["census"].id][0]
     name_col = project.sources["census"].columns["first_name"]
@@ -245,21 +252,23 @@ def test_reused_rows_equal_cleaning_again_and_changed_rows_are_cleaned() -> None
                                  .then(pl.lit("  Bartholomew ")).otherwise(pl.col(name_col)).alias(name_col))
     project.sources["census"].frame = edited
     again = load_records(project, stored=_stored_from(marked))
-    row = again.filter((pl.col("source") == "census") & (pl.col("record_id") == changed_id)).row(0, named=True)
-    assert row["first_name"] == "bartholomew" and row["last_name"] != "stored"
-    others = again.filter(~((pl.col("source") == "census") & (pl.col("record_id") == changed_id)))
-    assert others["last_name"].unique().to_list() == ["stored"]  # every unchanged row was reused
-    # Reusing the honest store gives exactly what cleaning everything again gives.
-    honest = load_records(project, stored=_stored_from(first))
-    assert honest.drop("raw_hash").equals(load_records(project))
+    is_changed = (pl.col("source") == "census") & (pl.col("record_id") == changed_id)
+    row = again.filter(is_changed).row(0, named=True)
+    assert row["first_name"] == "bartholomew" and row["content_hash"] != "stored" and row["_stored_rk"] is None
+    others = again.filter(~is_changed)
+    assert others["content_hash"].unique().to_list() == ["stored"]  # every unchanged row was reused,
+    assert others["first_name"].null_count() == others.height       # its attributes left in the store
+    stored_rk = first.with_row_index("rk").filter(~is_changed)["rk"].cast(pl.Int64)
+    assert others["_stored_rk"].equals(stored_rk, check_names=False)  # and named by its stored row
+    # The row cleaned now equals cleaning everything again.
+    assert again.filter(is_changed).select(plain.columns).equals(load_records(project).filter(is_changed))
 
 
 def test_a_new_mapping_or_date_format_reuses_nothing() -> None:
     p = project_from_dict({"store": "s.duckdb", "attributes": KINDS,
                            "sources": {"reg": {"id": "id", "columns": COLUMNS, "date_format": "%d/%m/%Y"}}},
                           sources={"reg": RAW})
-    before = load_records(p, stored=lambda name: pl.DataFrame(
-        schema={"record_id": pl.Utf8, "raw_hash": pl.UInt64, "content_hash": pl.Utf8}))
+    before = load_records(p, stored=lambda name: _NOTHING_STORED)
     q = project_from_dict({"store": "s.duckdb", "attributes": KINDS,
                            "sources": {"reg": {"id": "id", "columns": COLUMNS, "date_format": "%m/%d/%Y"}}},
                           sources={"reg": RAW})
@@ -271,4 +280,5 @@ def test_a_new_mapping_or_date_format_reuses_nothing() -> None:
                           sources={"reg": RAW})
     after = load_records(r, stored=_stored_from(before))
     assert set(after["raw_hash"]).isdisjoint(set(before["raw_hash"]))
-    assert after.drop("raw_hash").equals(load_records(r))
+    assert after["_stored_rk"].null_count() == after.height  # nothing reused
+    assert after.drop("raw_hash", "_stored_rk").equals(load_records(r))

@@ -24,8 +24,10 @@ the affected components and still equal a full run.
 from __future__ import annotations
 
 import math
+from itertools import compress
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
+import numpy as np
 import polars as pl
 
 __all__ = ["cluster", "Clustering", "components", "choose_threshold", "completion_pairs", "MAX_COMPLETION_SIZE",
@@ -50,11 +52,66 @@ class Clustering(NamedTuple):
 _PAIR_SCHEMA = {"rid_l": pl.Int64, "rid_r": pl.Int64}
 
 
-def _oriented(frame: pl.DataFrame, *extra: pl.Expr) -> pl.DataFrame:
-    """``rid_l``, ``rid_r`` as Int64 with the smaller rid first (the caller's order of a pair
-    must not change the edge order, and so the result), plus ``extra`` columns."""
-    l, r = pl.col("rid_l").cast(pl.Int64), pl.col("rid_r").cast(pl.Int64)
-    return frame.select(pl.min_horizontal(l, r).alias("rid_l"), pl.max_horizontal(l, r).alias("rid_r"), *extra)
+class _Dense:
+    """Dense indices of records: ``uniq`` holds the rids sorted, ``self(values)`` the
+    position of each value in it (-1 where it is absent)."""
+
+    def __init__(self, rids: np.ndarray):
+        self.uniq = uniq = np.unique(rids)
+        self.lut = None
+        if len(uniq) and int(uniq[-1]) - int(uniq[0]) < 4 * len(uniq) + (1 << 20):
+            # A lookup table beats a binary search.
+            self.lut = np.full(int(uniq[-1]) - int(uniq[0]) + 1, -1, np.int32 if len(uniq) < 1 << 31 else np.int64)
+            self.lut[uniq - uniq[0]] = np.arange(len(uniq))
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        uniq, n = self.uniq, len(self.uniq)
+        if n == 0:
+            return np.full(len(values), -1, np.int64)
+        inside = (values >= uniq[0]) & (values <= uniq[-1])
+        if self.lut is None:
+            at = np.minimum(np.searchsorted(uniq, values), n - 1)
+            return np.where(inside & (uniq[at] == values), at, -1)
+        if inside.all():
+            return self.lut[values - uniq[0]].astype(np.int64)
+        out = np.full(len(values), -1, np.int64)
+        out[inside] = self.lut[values[inside] - uniq[0]]
+        return out
+
+
+def _ints(values: Iterable[Any] | pl.Series) -> np.ndarray:
+    if isinstance(values, pl.Series):
+        return values.cast(pl.Int64).to_numpy()
+    return np.fromiter((int(v) for v in values), np.int64)
+
+
+def _pairs(frame: pl.DataFrame | Iterable[tuple[int, int]], dense: _Dense, *extra: str) -> tuple[np.ndarray, ...]:
+    """Dense ends ``a <= b`` of the pairs whose two rids are records, the ``extra`` columns
+    (as Float64) of those rows, and the mask of those rows."""
+    if not isinstance(frame, pl.DataFrame):
+        frame = pl.DataFrame([(int(x), int(y)) for x, y in frame], schema=list(_PAIR_SCHEMA.items()), orient="row")
+    absent = int(dense.uniq[0]) - 1 if len(dense.uniq) else 0
+    ia, ib = (dense(_ints(frame[c].fill_null(absent) if frame[c].null_count() else frame[c])) for c in _PAIR_SCHEMA)
+    ok = (ia >= 0) & (ib >= 0)
+    ia, ib = ia[ok], ib[ok]
+    return (np.minimum(ia, ib), np.maximum(ia, ib),
+            *(frame[c].cast(pl.Float64).to_numpy()[ok] for c in extra), ok)
+
+
+def _roots(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The smallest index of each index's connected component under the edges ``u``-``v``."""
+    parent = np.arange(n)
+    while True:  # hook each root onto the smallest root it links to, then flatten
+        pu, pv = parent[u], parent[v]
+        cross = pu != pv
+        if not cross.any():
+            return parent
+        np.minimum.at(parent, np.maximum(pu, pv)[cross], np.minimum(pu, pv)[cross])
+        while True:
+            up = parent[parent]
+            if np.array_equal(up, parent):
+                break
+            parent = up
 
 
 def cluster(
@@ -81,6 +138,10 @@ def cluster(
     The average of two clusters is ``math.fsum`` of the probabilities of the links between
     them (those above 0), divided by the number of cross pairs: an exactly rounded sum, so a
     decision depends only on the two clusters' members, never on the order they were built in.
+    (The sum is at least the probability of the link being walked and rounding is monotone,
+    so when that probability alone reaches the mean the sum is not needed.) Clusters never
+    span two connected components of the strong links and must-links, so each component is
+    clustered on its own and links between components never count.
 
     ``with_trace=True`` returns a :class:`Clustering` (``clusters``, ``joined``): the trace
     is the strong links that joined two clusters, which is what a later replay needs.
@@ -134,7 +195,17 @@ def cluster(
 
     So every decision equals the from-scratch one, and so do the clusters and the trace.
     Must-link joins are not in the trace; a cluster is no less exact for being marked dirty,
-    which only costs averages.
+    which only costs averages. Two consequences keep the replay cheap:
+
+    * a link between two clean clusters that the previous run did not join does nothing, so
+      the walk visits only the previous joins and, from the moment a record's cluster turns
+      dirty, that record's strong links (visiting a link twice or early is harmless: the
+      walk takes the links in order and skips none it would act on);
+    * dirtiness only spreads along strong links, so a component (see above) with no dirty
+      record, counting the ends of gone previous joins, is clean throughout: its clusters are
+      the components of its must-links and previous joins, and those joins are its trace
+      (a trace is a forest: each of its joins merged two clusters). Only the first strong
+      link of a pair is taken as its previous join (when clean, a later one finds it joined).
 
     >>> links = pl.DataFrame({"rid_l": [0, 1, 2], "rid_r": [1, 2, 3],
     ...                       "match_probability": [0.99, 0.95, 0.97]})
@@ -156,62 +227,88 @@ def cluster(
         raise ValueError(f"unknown clustering method {method!r}; expected components or average")
     if dirty is not None and previous_joined is None:
         raise ValueError("dirty is only meaningful with previous_joined (a replay)")
-    rid_list = [int(r) for r in (rids.to_list() if isinstance(rids, pl.Series) else rids)]
-    # Dense indices: record i is uniq[i].
-    pos: dict[int, int] = {}
-    for r in rid_list:
-        pos.setdefault(r, len(pos))
-    uniq = list(pos)
+    rid_arr = _ints(rids)
+    # Dense indices in rid order: record i is uniq[i], and a < b iff uniq[a] < uniq[b].
+    dense = _Dense(rid_arr)
+    uniq = dense.uniq
     n = len(uniq)
-    index = pl.DataFrame({"rid": uniq, "i": range(n)}, schema={"rid": pl.Int64, "i": pl.Int64})
-    edges = (_oriented(links, pl.col("match_probability").cast(pl.Float64).alias("p"))
-             .join(index.rename({"rid": "rid_l", "i": "a"}), on="rid_l")
-             .join(index.rename({"rid": "rid_r", "i": "b"}), on="rid_r"))
-    strong = edges.filter(pl.col("p") >= threshold)
-    replay = previous_joined is not None
-    seeds: list[int] = []
-    if replay:
+    a, b, p, _ = _pairs(links, dense, "match_probability")
+    # The strong links in processing order: probability desc, then rids.
+    s = np.flatnonzero((p >= threshold) & (a != b))
+    if (np.diff(a[s] * n + b[s]) > 0).all():  # already by rids, as the pipeline gives them
+        s = s[np.argsort(-p[s], kind="stable")]
+    else:
+        s = s[np.lexsort((b[s], a[s], -p[s]))]
+    sa, sb, sp = a[s], b[s], p[s]
+    ma, mb, _ = _pairs(must_link, dense)
+    # No cluster spans two components of the strong links and must-links.
+    comp = _roots(n, np.concatenate([sa, ma]), np.concatenate([sb, mb]))
+    was = np.zeros(len(s), bool)
+    if previous_joined is None:
+        walked = np.zeros(n, bool)  # records with a strong link or a must-link
+        walked[np.concatenate([sa, sb, ma, mb])] = True
+    else:
         # A previous join that is not a strong link of this run (its record is gone, or the
         # link was re-scored) happened somewhere in the previous walk: its ends start dirty.
-        key = ["rid_l", "rid_r", "p"] if "match_probability" in previous_joined.columns else ["rid_l", "rid_r"]
-        prev = _oriented(previous_joined, *([pl.col("match_probability").cast(pl.Float64).alias("p")]
-                                            if len(key) == 3 else [])).unique()
-        gone = prev.join(strong, on=key, how="anti")
-        seeds = gone["rid_l"].to_list() + gone["rid_r"].to_list()
-        strong = strong.join(prev.with_columns(pl.lit(True).alias("was")), on=key, how="left", nulls_equal=False)
-        strong = strong.with_columns(pl.col("was").fill_null(False))
-    else:
-        strong = strong.with_columns(pl.lit(False).alias("was"))
-    strong = strong.sort(["p", "rid_l", "rid_r"], descending=[True, False, False])
-    walk = _Walk(n, method == "average", min_average)
-    walk.constraints(exclusive or {}, cannot_link, pos)
+        with_p = "match_probability" in previous_joined.columns
+        pa, pb, *pp, ok = _pairs(previous_joined, dense, *(["match_probability"] if with_p else []))
+        on = ["k", "p"] if with_p else ["k"]
+        now = pl.DataFrame({"k": sa * n + sb, "p": sp, "i": np.arange(len(s))})
+        prev = pl.DataFrame({"k": pa * n + pb, "p": pp[0] if with_p else np.zeros(len(pa))}).unique(on)
+        match = prev.join(now, on=on, how="left")
+        gone = match.filter(pl.col("i").is_null())["k"].to_numpy()
+        # (Only the first strong link of a pair can join it.)
+        was[match.drop_nulls("i").group_by("k").agg(pl.col("i").min())["i"].to_numpy()] = True
+        rest = previous_joined.filter(pl.Series(~ok))  # a previous join with a record gone
+        seeds = np.concatenate([dense(_ints(dirty if dirty is not None else ())), gone // n, gone % n,
+                                *(dense(_ints(rest[c])) for c in _PAIR_SCHEMA)])
+        seeds = seeds[seeds >= 0]
+        # A component without a dirty record is clean throughout (see the docstring).
+        walked = np.zeros(n, bool)
+        walked[comp[seeds]] = True
+        walked = walked[comp]
+    # The walk runs on the records of ``walked`` only, renumbered 0..m-1 in rid order.
+    on_walk = np.flatnonzero(walked)
+    local = np.full(n, -1, np.int64)
+    local[on_walk] = np.arange(len(on_walk))
+    in_walk = walked[sa]
+    walk = _Walk(len(on_walk), method == "average", min_average)
+    walk.constraints(local, dense, exclusive or {}, cannot_link)
     if walk.average:
-        walk.adjacency(edges.filter((pl.col("p") > 0) & (pl.col("a") != pl.col("b"))))
-    for a, b in must_link:
-        ia, ib = pos.get(int(a)), pos.get(int(b))
-        if ia is not None and ib is not None and walk.root[ia] != walk.root[ib]:
-            walk.union(walk.root[ia], walk.root[ib])
-    if replay:
-        for r in [*(dirty.to_list() if isinstance(dirty, pl.Series) else (dirty or ())), *seeds]:
-            i = pos.get(int(r))
-            if i is not None:
-                walk.dirty[walk.root[i]] = 1
+        intra = (p > 0) & (a != b) & walked[a] & (comp[a] == comp[b])
+        walk.links(local[a[intra]], local[b[intra]], p[intra])
+    for x, y in zip(local[ma].tolist(), local[mb].tolist()):
+        if x >= 0 and walk.root[x] != walk.root[y]:
+            walk.union(walk.root[x], walk.root[y])
+    pos = np.flatnonzero(in_walk)
+    wa, wb = local[sa[pos]], local[sb[pos]]
+    if previous_joined is None:
+        walk.dirty = bytearray(b"\x01") * len(on_walk)
+        active = bytearray(b"\x01") * len(pos)
     else:
-        walk.dirty = bytearray(b"\x01") * n
-    joined = walk.run(strong["a"].to_list(), strong["b"].to_list(), strong["was"].to_list())
-
-    label = [0] * n
-    for members in walk.members:
-        if members:
-            m = min(uniq[i] for i in members)
-            for i in members:
-                label[i] = m
-    out = pl.DataFrame({"rid": rid_list, "cluster": [label[pos[r]] for r in rid_list]},
+        for x in local[seeds].tolist():
+            walk.dirty[walk.root[x]] = 1
+        # The walk visits the previous joins and the links of records in dirty clusters.
+        soiled = np.frombuffer(walk.dirty, np.uint8)[np.asarray(walk.root, np.int64)].astype(bool)
+        active = bytearray((was[pos] | soiled[wa] | soiled[wb]).astype(np.uint8).tobytes())
+        walk.strong_by_record(wa, wb, active)
+    joined = pos[np.asarray(walk.run(wa.tolist(), wb.tolist(), sp[pos].tolist(),
+                                     bytearray(was[pos].astype(np.uint8).tobytes()), active), np.int64)]
+    # Elsewhere the clusters are those of the must-links and the previous joins.
+    clean = np.flatnonzero(was & ~in_walk)
+    outside = ~walked[ma]
+    label = _roots(n, np.concatenate([sa[clean], ma[outside]]), np.concatenate([sb[clean], mb[outside]]))
+    root = np.asarray(walk.root, np.int64)
+    first = np.full(len(on_walk), len(on_walk), np.int64)  # a root's smallest member, hence smallest rid
+    np.minimum.at(first, root, np.arange(len(on_walk)))
+    label[on_walk] = on_walk[first[root]]
+    out = pl.DataFrame({"rid": rid_arr, "cluster": uniq[label[dense(rid_arr)]]},
                        schema={"rid": pl.Int64, "cluster": pl.Int64})
     if not with_trace:
         return out
-    trace = (strong.select("rid_l", "rid_r", pl.col("p").alias("match_probability"))[joined]
-             if joined else pl.DataFrame(schema={**_PAIR_SCHEMA, "match_probability": pl.Float64}))
+    joined = np.sort(np.concatenate([joined, clean]))
+    trace = pl.DataFrame({"rid_l": uniq[sa[joined]], "rid_r": uniq[sb[joined]], "match_probability": sp[joined]},
+                         schema={**_PAIR_SCHEMA, "match_probability": pl.Float64})
     return Clustering(out, trace)
 
 
@@ -223,6 +320,10 @@ class _Walk:
     previous run's at the same point of the walk.
     """
 
+    # Above this many cross pairs, an average is summed by scanning the links of both
+    # clusters in numpy rather than by looking up each pair.
+    PAIRS = 512
+
     def __init__(self, n: int, average: bool, min_average: float):
         self.root = list(range(n))
         self.members: list[list[int] | None] = [[i] for i in range(n)]
@@ -231,49 +332,67 @@ class _Walk:
         self.min_average = min_average
         self.ex: dict[int, set[str]] = {}
         self.cannot: dict[int, set[int]] = {}
-        self.adj_off: list[int] = [0] * (n + 1)
-        self.adj_to: list[int] = []
-        self.adj_p: list[float] = []
         # Rejections by (root, root) -> the two sizes then: a root's size changes whenever its
         # membership does, so an unchanged pair of (root, size) is the same decision.
         self.rejected: dict[tuple[int, int], tuple[int, int]] = {}
 
-    def constraints(self, exclusive: Mapping[int, str], cannot_link: Iterable[tuple[int, int]],
-                    pos: Mapping[int, int]) -> None:
-        for rid, source in exclusive.items():
-            i = pos.get(int(rid))
-            if i is not None:
+    def constraints(self, local: np.ndarray, dense: _Dense, exclusive: Mapping[int, str],
+                    cannot_link: Iterable[tuple[int, int]]) -> None:
+        """``local`` maps a dense index to the walk's (-1: not walked)."""
+        at = dense(_ints(exclusive))
+        for i, source in zip(local[at[at >= 0]].tolist(), compress(exclusive.values(), (at >= 0).tolist())):
+            if i >= 0:
                 self.ex[i] = {source}
-        for a, b in cannot_link:
-            ia, ib = pos.get(int(a)), pos.get(int(b))
-            if ia is not None and ib is not None:
-                self.cannot.setdefault(ia, set()).add(ib)
-                self.cannot.setdefault(ib, set()).add(ia)
+        ca, cb, _ = _pairs(cannot_link, dense)
+        for x, y in zip(local[ca].tolist(), local[cb].tolist()):
+            if x >= 0 and y >= 0:
+                self.cannot.setdefault(x, set()).add(y)
+                self.cannot.setdefault(y, set()).add(x)
 
-    def adjacency(self, edges: pl.DataFrame) -> None:
-        """Both directions of every positive link, grouped by record (CSR)."""
-        import numpy as np
+    def links(self, a: np.ndarray, b: np.ndarray, p: np.ndarray) -> None:
+        """The links that can count in an average (``a < b``, ``p > 0``), indexed by their
+        smaller end: ``fwd[a]`` maps ``b`` to ``p`` (built on demand)."""
+        n = len(self.root)
+        key = a * n + b
+        if not (key[1:] >= key[:-1]).all():
+            order = np.argsort(key)
+            key, b, p = key[order], b[order], p[order]
+        self.off_np = np.searchsorted(key, np.arange(n + 1) * n)
+        self.off = self.off_np.tolist()
+        self.to, self.p = b, p
+        # A pair linked twice counts twice, which a map of pair -> probability cannot hold.
+        self.twice = bool((key[1:] == key[:-1]).any())
+        self.fwd: list[dict[int, float] | None] = [None] * n
+        self.mark = np.zeros(n, np.int8)
 
-        a, b, p = (edges[c].to_numpy() for c in ("a", "b", "p"))
-        s, t = np.concatenate([a, b]), np.concatenate([b, a])
-        order = np.argsort(s, kind="stable")
-        off = np.zeros(len(self.root) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(s, minlength=len(self.root)), out=off[1:])
-        self.adj_off = off.tolist()
-        self.adj_to = t[order].tolist()
-        self.adj_p = np.concatenate([p, p])[order].tolist()
+    def _fwd(self, x: int) -> dict[int, float]:
+        s, e = self.off[x], self.off[x + 1]
+        d = self.fwd[x] = dict(zip(self.to[s:e].tolist(), self.p[s:e].tolist()))
+        return d
 
     def cross_sum(self, ra: int, rb: int) -> float:
-        """The exact sum of the link probabilities between two clusters (from the smaller one)."""
-        members = self.members
-        if len(members[ra]) > len(members[rb]):  # type: ignore[arg-type]
-            ra, rb = rb, ra
-        root, off, to, p = self.root, self.adj_off, self.adj_to, self.adj_p
-        vals: list[float] = []
-        for m in members[ra]:  # type: ignore[union-attr]
-            s, e = off[m], off[m + 1]
-            vals += [w for t, w in zip(to[s:e], p[s:e]) if root[t] == rb]
-        return math.fsum(vals)
+        """The exact sum of the link probabilities between two clusters."""
+        A, B = self.members[ra], self.members[rb]
+        if len(A) * len(B) > self.PAIRS or self.twice:  # type: ignore[arg-type]
+            return self._scan(A, B)  # type: ignore[arg-type]
+        fwd, get = self.fwd, self._fwd
+        da = [(x, fwd[x] if fwd[x] is not None else get(x)) for x in A]  # type: ignore[union-attr]
+        db = [(y, fwd[y] if fwd[y] is not None else get(y)) for y in B]  # type: ignore[union-attr]
+        # A link is under its smaller end.
+        return math.fsum([v for x, fx in da for y, fy in db
+                          if (v := fx.get(y) if x < y else fy.get(x)) is not None])  # type: ignore[union-attr]
+
+    def _scan(self, A: list[int], B: list[int]) -> float:
+        """:meth:`cross_sum` by scanning the links under each member of either cluster."""
+        a, b = np.asarray(A, np.int64), np.asarray(B, np.int64)
+        mark = self.mark
+        mark[a], mark[b] = 1, 2
+        ends = np.concatenate([a, b])
+        start, size = self.off_np[ends], self.off_np[ends + 1] - self.off_np[ends]
+        at = np.repeat(start - np.cumsum(size) + size, size) + np.arange(int(size.sum()))
+        hit = np.repeat(mark[ends], size) + mark[self.to[at]] == 3  # one end in each
+        mark[a], mark[b] = 0, 0
+        return math.fsum(self.p[at[hit]].tolist())
 
     def allowed(self, ra: int, rb: int) -> bool:
         ea, eb = self.ex.get(ra), self.ex.get(rb)
@@ -287,14 +406,18 @@ class _Walk:
             return False
         return True
 
-    def joins(self, ra: int, rb: int) -> bool:
-        """The from-scratch decision for two clusters (a function of their members only)."""
+    def joins(self, ra: int, rb: int, p: float) -> bool:
+        """The from-scratch decision for two clusters (a function of their members only), at
+        a strong link of probability ``p`` between them."""
         key = (ra, rb) if ra < rb else (rb, ra)
         sizes = (len(self.members[key[0]]), len(self.members[key[1]]))  # type: ignore[arg-type]
         if self.rejected.get(key) == sizes:
             return False
-        ok = self.allowed(ra, rb) and (
-            not self.average or self.cross_sum(ra, rb) / (sizes[0] * sizes[1]) >= self.min_average)
+        pairs = sizes[0] * sizes[1]
+        # The sum is at least p (and rounding is monotone): when p alone reaches the mean,
+        # so does the sum.
+        ok = self.allowed(ra, rb) and (not self.average or p / pairs >= self.min_average
+                                       or self.cross_sum(ra, rb) / pairs >= self.min_average)
         if not ok:
             self.rejected[key] = sizes
         return ok
@@ -319,25 +442,48 @@ class _Walk:
         self.dirty[ra] |= self.dirty[rb]
         return ra
 
-    def run(self, a_list: list[int], b_list: list[int], was_list: list[bool]) -> list[int]:
-        """Walk the strong links in order; returns the positions of those that joined."""
-        root, dirty, joins, union = self.root, self.dirty, self.joins, self.union
+    def strong_by_record(self, sa: np.ndarray, sb: np.ndarray, active: bytearray) -> None:
+        """Index the strong links (positions in the walk) by record, for :meth:`soil`."""
+        ends = np.concatenate([sa, sb])
+        order = np.argsort(ends)
+        self.s_at = np.concatenate([np.arange(len(sa))] * 2)[order]
+        self.s_off = np.searchsorted(ends[order], np.arange(len(self.root) + 1)).tolist()
+        self.active = np.frombuffer(active, np.uint8)
+
+    def soil(self, r: int) -> None:
+        """Mark a clean root dirty, and the strong links of its records to be visited."""
+        self.dirty[r] = 1
+        off, at, active = self.s_off, self.s_at, self.active
+        for m in self.members[r]:  # type: ignore[union-attr]
+            active[at[off[m]:off[m + 1]]] = 1
+
+    def run(self, a_list: list[int], b_list: list[int], p_list: list[float], was: bytearray,
+            active: bytearray) -> list[int]:
+        """Walk the ``active`` strong links in order (more become active as clusters turn
+        dirty); returns the positions of those that joined."""
+        root, dirty, joins, union, soil = self.root, self.dirty, self.joins, self.union, self.soil
+        find = active.find
         joined = []
-        for k, (a, b, was) in enumerate(zip(a_list, b_list, was_list)):
-            ra, rb = root[a], root[b]
-            if ra == rb:
-                continue
-            if not (dirty[ra] or dirty[rb]):
-                # Two clean clusters: the previous run's decision stands.
-                if was:
+        k = find(1)
+        while k >= 0:
+            ra, rb = root[a_list[k]], root[b_list[k]]
+            if ra != rb:
+                if not (dirty[ra] or dirty[rb]):
+                    # Two clean clusters: the previous run's decision stands.
+                    if was[k]:
+                        union(ra, rb)
+                        joined.append(k)
+                elif joins(ra, rb, p_list[k]):
+                    if not (dirty[ra] and dirty[rb]):
+                        soil(rb if dirty[ra] else ra)
                     union(ra, rb)
                     joined.append(k)
-            elif joins(ra, rb):
-                dirty[union(ra, rb)] = 1
-                joined.append(k)
-            elif was:
-                # The previous run merged these clusters here; this one does not.
-                dirty[ra] = dirty[rb] = 1
+                elif was[k]:
+                    # The previous run merged these clusters here; this one does not.
+                    for r in (ra, rb):
+                        if not dirty[r]:
+                            soil(r)
+            k = find(1, k + 1)
         return joined
 
 
@@ -351,8 +497,6 @@ def components(links: pl.DataFrame, rids: Sequence[int] | pl.Series, threshold: 
     >>> components(links, [9, 7, 5, 3], threshold=0.5)["cluster"].to_list()
     [9, 5, 5, 3]
     """
-    import numpy as np
-
     rid = (rids if isinstance(rids, pl.Series) else pl.Series(list(rids), dtype=pl.Int64)).cast(pl.Int64)
     order = np.sort(rid.to_numpy())
     edges = links if "match_probability" not in links.columns else \
@@ -364,19 +508,7 @@ def components(links: pl.DataFrame, rids: Sequence[int] | pl.Series, threshold: 
     n = len(order)
     ok = (il < n) & (ir < n)
     ok[ok] &= (order[il[ok]] == l[ok]) & (order[ir[ok]] == r[ok])
-    u, v = il[ok], ir[ok]
-    parent = np.arange(n)
-    while True:  # hook each root onto the smallest root it links to, then flatten
-        pu, pv = parent[u], parent[v]
-        cross = pu != pv
-        if not cross.any():
-            break
-        np.minimum.at(parent, np.maximum(pu, pv)[cross], np.minimum(pu, pv)[cross])
-        while True:
-            up = parent[parent]
-            if np.array_equal(up, parent):
-                break
-            parent = up
+    parent = _roots(n, il[ok], ir[ok])
     label = order[parent[np.searchsorted(order, rid.to_numpy())]]
     return pl.DataFrame({"rid": rid, "cluster": label}, schema={"rid": pl.Int64, "cluster": pl.Int64})
 

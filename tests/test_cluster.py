@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import polars as pl
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from idweave.linkage.cluster import Clustering, choose_threshold, cluster, components
+from idweave.linkage.cluster import Clustering, _Walk, choose_threshold, cluster, components
 
 
 def links(*edges: tuple[int, int, float]) -> pl.DataFrame:
@@ -205,6 +206,55 @@ def test_previous_joins_that_are_gone_or_rescored_make_their_ends_dirty() -> Non
     assert rows.joined.rows() == cluster(still, [0, 1, 3, 4], **AVG).joined.rows()
 
 
+def test_a_clean_cluster_that_turns_dirty_late_has_its_later_links_judged_afresh() -> None:
+    before = links((0, 1, 0.99), (2, 3, 0.98), (0, 2, 0.95), (1, 3, 0.2), (0, 3, 0.3))
+    full = cluster(before, range(4), **AVG)
+    assert full.joined.rows() == [(0, 1, 0.99), (2, 3, 0.98)]  # (0, 2): 1.45 / 4 refused
+    # The new record 4 joins {0, 1} before (0, 2), which {0, 1, 4} and {2, 3} then pass
+    # (3.25 / 6): the replay must visit (0, 2), a link of no dirty record and no previous join.
+    after = pl.concat([before, links((1, 4, 0.97), (0, 4, 0.6), (2, 4, 0.9), (3, 4, 0.9))])
+    replay = cluster(after, range(5), previous_joined=full.joined, dirty=[4], **AVG)
+    scratch = cluster(after, range(5), **AVG)
+    assert scratch.joined.rows()[-1] == (0, 2, 0.95)
+    assert replay.clusters.equals(scratch.clusters) and replay.joined.equals(scratch.joined)
+
+
+def test_components_without_a_dirty_record_repeat_their_previous_joins() -> None:
+    # {0, 1, 2} (with a must-link 1-2) and {5, 6} are untouched; 8 is new and links to 7.
+    before = links((0, 1, 0.99), (5, 6, 0.97), (6, 7, 0.2), (0, 2, 0.9))
+    full = cluster(before, range(8), must_link=[(1, 2)], **AVG)
+    after = pl.concat([before, links((7, 8, 0.96))])
+    replay = cluster(after, range(9), must_link=[(1, 2)], previous_joined=full.joined, dirty=[8], **AVG)
+    scratch = cluster(after, range(9), must_link=[(1, 2)], **AVG)
+    assert replay.clusters["cluster"].to_list() == [0, 0, 0, 3, 4, 5, 5, 7, 7]
+    assert replay.clusters.equals(scratch.clusters) and replay.joined.equals(scratch.joined)
+
+
+PAIR_SUMS = _Walk.PAIRS
+
+
+@pytest.mark.parametrize("pairs", [0, PAIR_SUMS])
+def test_a_pair_linked_twice_counts_twice(pairs: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_Walk, "PAIRS", pairs)  # both ways of summing an average
+    once = links((0, 1, 0.99), (1, 2, 0.6), (0, 2, 0.25))
+    # {0, 1} and 2: 0.85 / 2 refused; with (0, 2) twice, 1.1 / 2 passes.
+    assert labels(once, [0, 1, 2], method="average", threshold=0.5) == [0, 0, 2]
+    assert labels(pl.concat([once, links((2, 0, 0.25))]), [0, 1, 2], method="average", threshold=0.5) == [0, 0, 0]
+
+
+def test_rids_far_apart_or_negative() -> None:
+    rng = random.Random(5)
+    edges = [(a, b, rng.choice([0.2, 0.6, 0.95, 0.99])) for a in range(12) for b in range(a + 1, 12)
+             if rng.random() < 0.4]
+    expected = cluster(links(*edges), range(12), **AVG)
+    assert expected.clusters["cluster"].n_unique() < 12
+    # Renaming the records in the same order renames the result.
+    for rid in (lambda r: r * 10**12 - 7, lambda r: r - 50):
+        got = cluster(links(*((rid(a), rid(b), p) for a, b, p in edges)), [rid(r) for r in range(12)], **AVG)
+        assert got.clusters.rows() == [(rid(r), rid(c)) for r, c in expected.clusters.rows()]
+        assert got.joined.rows() == [(rid(a), rid(b), p) for a, b, p in expected.joined.rows()]
+
+
 def test_dirty_needs_previous_joined() -> None:
     with pytest.raises(ValueError, match="dirty is only meaningful with previous_joined"):
         cluster(links(), [0], threshold=0.9, dirty=[0])
@@ -279,9 +329,12 @@ def two_runs(draw: st.DrawFn) -> dict:
             if other != r:
                 links_now[(min(r, other), max(r, other))] = draw(prob)
 
+    # A pair given twice (in both runs) counts twice in averages.
+    twice = set(draw(st.lists(st.sampled_from(sorted(old_links)), max_size=3))) if old_links else set()
+
     def frame(d: dict) -> pl.DataFrame:
         rows = [(b, a, p) if draw(st.booleans()) else (a, b, p) for (a, b), p in d.items()]
-        return links(*rows)
+        return links(*rows, *((a, b, p) for (a, b), p in d.items() if (a, b) in twice))
 
     return {"before": before, "after": after, "old_links": frame(old_links), "links": frame(links_now),
             "old": {"exclusive": {r: s for r, s in old_excl.items() if s}, "must_link": must,
@@ -291,10 +344,14 @@ def two_runs(draw: st.DrawFn) -> dict:
             "dirty": sorted(dirty & set(after)), "with_p": with_p}
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(runs=two_runs(), method=st.sampled_from(["average", "average", "components"]),
-       min_average=st.sampled_from([0.5, 0.3, 0.75]))
-def test_a_replay_equals_a_run_from_scratch(runs: dict, method: str, min_average: float) -> None:
+       min_average=st.sampled_from([0.5, 0.3, 0.75]), scan=st.booleans())
+def test_a_replay_equals_a_run_from_scratch(runs: dict, method: str, min_average: float, scan: bool,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # Averages are summed pair by pair or, with scan, by scanning the clusters' links.
+    monkeypatch.setattr(_Walk, "PAIRS", 0 if scan else PAIR_SUMS)
     kw = {"threshold": 0.5, "method": method, "min_average": min_average, "with_trace": True}
     prev = cluster(runs["old_links"], runs["before"], **runs["old"], **kw)
     joined = prev.joined if runs["with_p"] else prev.joined.drop("match_probability")
@@ -307,6 +364,56 @@ def test_a_replay_equals_a_run_from_scratch(runs: dict, method: str, min_average
     everything = cluster(runs["links"], runs["after"], **runs["now"], **kw, previous_joined=joined,
                          dirty=runs["after"])
     assert everything.clusters.rows() == scratch.clusters.rows()
+    if scan:  # both ways of summing an average agree
+        monkeypatch.setattr(_Walk, "PAIRS", PAIR_SUMS)
+        assert cluster(runs["links"], runs["after"], **runs["now"], **kw).joined.rows() == scratch.joined.rows()
+
+
+def reference_average(edges: list[tuple[int, int, float]], rids: list[int], threshold: float,
+                      min_average: float, exclusive: dict[int, str]) -> list[tuple[int, int, float]]:
+    """Average linkage as defined, in plain Python: the trace."""
+    weights: dict[frozenset, list[float]] = {}
+    for a, b, p in edges:
+        if p > 0 and a != b:
+            weights.setdefault(frozenset((a, b)), []).append(p)
+    of = {r: {r} for r in rids}
+    trace = []
+    for a, b, p in sorted(((min(a, b), max(a, b), p) for a, b, p in edges if p >= threshold and a != b),
+                          key=lambda e: (-e[2], e[0], e[1])):
+        ca, cb = of[a], of[b]
+        if ca is cb or len({exclusive[r] for r in ca | cb if r in exclusive}) < \
+                sum(r in exclusive for r in ca | cb):
+            continue
+        total = math.fsum(w for x in ca for y in cb for w in weights.get(frozenset((x, y)), ()))
+        if total / (len(ca) * len(cb)) >= min_average:
+            merged = ca | cb
+            for r in merged:
+                of[r] = merged
+            trace.append((a, b, p))
+    return trace
+
+
+@pytest.mark.parametrize("pairs", [0, PAIR_SUMS])
+def test_average_linkage_as_defined_on_random_graphs(pairs: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_Walk, "PAIRS", pairs)  # both ways of summing an average
+    for seed in range(60):
+        rng = random.Random(seed)
+        edges = [(a, b, rng.choice([0.1, 0.3, 0.6, 0.95])) for a in range(25) for b in range(a + 1, 25)
+                 if rng.random() < 0.1]
+        got = cluster(links(*edges), range(25), threshold=0.5, method="average", with_trace=True)
+        assert got.joined.rows() == reference_average(edges, list(range(25)), 0.5, 0.5, {})
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edges=st.lists(st.tuples(st.integers(0, 24), st.integers(0, 24), st.sampled_from(PROBS)), max_size=120),
+       exclusive=st.dictionaries(st.integers(0, 24), st.sampled_from(["tax", "passports"]), max_size=6),
+       min_average=st.sampled_from([0.5, 0.3, 0.75]), pairs=st.sampled_from([0, PAIR_SUMS]))
+def test_average_linkage_as_defined(edges: list, exclusive: dict, min_average: float, pairs: int,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_Walk, "PAIRS", pairs)  # both ways of summing an average
+    got = cluster(links(*edges), range(25), threshold=0.5, method="average", min_average=min_average,
+                  exclusive=exclusive, with_trace=True)
+    assert got.joined.rows() == reference_average(edges, list(range(25)), 0.5, min_average, exclusive)
 
 
 @settings(max_examples=150, deadline=None)

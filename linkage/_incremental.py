@@ -120,20 +120,59 @@ class Delta:
 
 class StaleReuse(Exception):
     """The store changed between reading what loading could reuse and taking the store: the
-    run must load again without reuse."""
+    run must load again."""
 
 
-def compare(st: Store, project: Project, loaded: pl.DataFrame) -> Delta:
+@dataclass
+class StoredIndex:
+    """Every stored record's key, ``raw_hash``, content hash, entity and first/last seen run
+    (``Store.record_index``), read once per run, and the store version it was read at (the
+    last run and the last event: every change to records writes one or the other)."""
+
+    frame: pl.DataFrame
+    version: tuple[int, int]
+
+    @classmethod
+    def read(cls, st: Store) -> "StoredIndex":
+        return cls(st.record_index(), cls._version(st))
+
+    @classmethod
+    def empty(cls) -> "StoredIndex":
+        """Nothing stored (nothing to reuse)."""
+        return cls(Store.empty_record_index(), (-1, -1))
+
+    @staticmethod
+    def _version(st: Store) -> tuple[int, int]:
+        from idweave.linkage._db import fetch_one
+
+        events = fetch_one(st.con, "select coalesce(max(event_id), 0) from events")[0] if st.has_table("events") else 0
+        return st.last_run(), int(events)
+
+    def current(self, st: Store) -> bool:
+        return self._version(st) == self.version
+
+    def by_source(self, name: str) -> pl.DataFrame:
+        """What loading needs to reuse a source's unchanged rows (see ``records_from_frame``)."""
+        return self.frame.filter(pl.col("source") == name).select("record_id", "raw_hash", "rk", "content_hash")
+
+
+def compare(st: Store, project: Project, loaded: pl.DataFrame, index: StoredIndex | None = None) -> Delta:
     """Compare the sources' records with the store (by record id and content hash).
 
     ``loaded`` may come from :func:`~idweave.linkage.sources.load_records` with ``stored``
-    (rows reusing stored cleaning have ``_stored_rk`` and no attribute values): the records
-    then carry no attributes and :func:`attributes` gives them. Raises :class:`StaleReuse`
-    if a reused row no longer matches the store (another run committed in between).
+    from ``index`` (rows reusing stored cleaning have ``_stored_rk`` and no attribute
+    values): the records then carry no attributes and :func:`attributes` gives them. Raises
+    :class:`StaleReuse` if the store changed since ``index`` was read.
     """
-    stored = st.record_index()
-    attrs = list(project.attributes)
+    import numpy as np
+
     lazy = "_stored_rk" in loaded.columns
+    if index is None or not index.current(st):
+        if lazy and loaded["_stored_rk"].is_not_null().any():
+            raise StaleReuse()
+        index = StoredIndex.read(st)
+    stored = index.frame
+    attrs = list(project.attributes)
     fresh_rows, attr_schema = None, None
     if lazy:
         fresh_rows = loaded.filter(pl.col("_stored_rk").is_null()).select("source", "record_id", *attrs)
@@ -144,16 +183,16 @@ def compare(st: Store, project: Project, loaded: pl.DataFrame) -> Delta:
     kept_keys = stored.filter(pl.col("source").is_in(append)).select("source", "record_id") \
         .join(loaded.select("source", "record_id"), on=["source", "record_id"], how="anti")
     if kept_keys.height:
-        have_cols = set(st.columns("records"))
-        cols = ["source", "record_id", *([] if lazy else [a for a in attrs if a in have_cols]), "content_hash",
-                *(["raw_hash"] if "raw_hash" in have_cols and "raw_hash" in loaded.columns else []),
-                *(["rk"] if lazy else [])]
-        kept = st.records_for(kept_keys, cols)
         if lazy:  # their attributes stay in the store, like those of reused rows
-            kept = kept.rename({"rk": "_stored_rk"})
-        for a in ([] if lazy else attrs):
-            if a not in kept.columns:
-                kept = kept.with_columns(pl.lit(None, dtype=loaded.schema[a]).alias(a))
+            kept = stored.join(kept_keys, on=["source", "record_id"]).with_columns(pl.col("rk").alias("_stored_rk"))
+        else:
+            have_cols = set(st.columns("records"))
+            cols = ["source", "record_id", *[a for a in attrs if a in have_cols], "content_hash",
+                    *(["raw_hash"] if "raw_hash" in have_cols and "raw_hash" in loaded.columns else [])]
+            kept = st.records_for(kept_keys, cols)
+            for a in attrs:
+                if a not in kept.columns:
+                    kept = kept.with_columns(pl.lit(None, dtype=loaded.schema[a]).alias(a))
         kept = kept.select(loaded.columns).cast(dict(loaded.schema), strict=False)
         records = pl.concat([loaded.with_columns(pl.lit(True).alias("_seen")),
                              kept.with_columns(pl.lit(False).alias("_seen"))], how="vertical_relaxed")
@@ -162,16 +201,39 @@ def compare(st: Store, project: Project, loaded: pl.DataFrame) -> Delta:
     records = records.sort("source", "record_id").with_row_index("rid").with_columns(pl.col("rid").cast(pl.Int64))
     seen = records["_seen"]
     records = records.drop("_seen")
-    j = records.select("rid", "source", "record_id", "content_hash").join(
-        stored.select("source", "record_id", pl.col("content_hash").alias("_old"), "rk", "entity_id",
-                      "first_seen_run", "last_seen_run"),
-        on=["source", "record_id"], how="left", maintain_order="left")
+
+    # Each record's row in the index: a reused row names its stored record (rk); the others
+    # are looked up by (source, record_id). No join over every record.
+    n = records.height
+    pos = np.full(n, -1, dtype=np.int64)
+    if stored.height:
+        rks = stored["rk"].to_numpy()
+        pos_of = np.full(int(rks.max()) + 1, -1, dtype=np.int64)
+        pos_of[rks] = np.arange(stored.height)
+        if lazy:
+            srk = records["_stored_rk"].fill_null(-1).to_numpy()
+            has = srk >= 0
+            if has.any() and (srk.max() >= len(pos_of) or (pos_of[srk[has]] < 0).any()):
+                raise StaleReuse()  # reused rows this index does not hold: loaded from another
+            pos[has] = pos_of[srk[has]]
+            same = stored["raw_hash"].gather(pl.Series(pos[has])) == records["raw_hash"].filter(pl.Series(has))
+            if not same.fill_null(False).all():
+                raise StaleReuse()
+        rest = records.filter(pl.Series(pos < 0)).select("rid", "source", "record_id")
+        if rest.height:
+            found = rest.join(stored.select("source", "record_id").with_row_index("_pos"), on=["source", "record_id"])
+            pos[found["rid"].to_numpy()] = found["_pos"].cast(pl.Int64).to_numpy()
+    hit = pos >= 0
+    take = pl.Series(np.where(hit, pos, 0))
+    known = pl.Series(hit)
+    cols = stored.select(pl.col("content_hash").alias("_old"), "rk", "entity_id", "first_seen_run", "last_seen_run")
+    if stored.height:
+        meta = cols[take].select(pl.when(known).then(pl.col(c)).alias(c) for c in cols.columns)
+    else:
+        meta = pl.select(pl.repeat(None, n, dtype=t).alias(c) for c, t in cols.schema.items())
+    j = pl.concat([records.select("rid", "source", "record_id", "content_hash"), meta], how="horizontal")
     fresh = None
     if lazy:
-        reused = records["_stored_rk"]
-        stale = reused.is_not_null() & ((j["rk"] != reused).fill_null(True) | (j["_old"] != j["content_hash"]).fill_null(True))
-        if stale.any():
-            raise StaleReuse()
         records = records.drop("_stored_rk")
         fresh = records.select("rid", "source", "record_id").join(fresh_rows, on=["source", "record_id"]) \
             .select("rid", *attrs).sort("rid")
@@ -185,8 +247,9 @@ def compare(st: Store, project: Project, loaded: pl.DataFrame) -> Delta:
     records = records.with_columns(j["rk"])
     new = j.filter(pl.col("_old").is_null())["rid"]
     changed = j.filter(pl.col("_old").is_not_null() & (pl.col("_old") != pl.col("content_hash")))["rid"]
-    removed = stored.join(records.select("source", "record_id"), on=["source", "record_id"], how="anti") \
-        .select("source", "record_id", "entity_id")
+    matched = np.zeros(stored.height, dtype=bool)
+    matched[pos[hit]] = True
+    removed = stored.filter(pl.Series(~matched)).select("source", "record_id", "entity_id")
     prior = j.select("rid", "source", "record_id", "entity_id", "first_seen_run", "last_seen_run")
     return Delta(records=records, seen=seen, stored=stored, new=new, changed=changed, removed=removed, prior=prior,
                  fresh=fresh, attribute_schema=attr_schema)

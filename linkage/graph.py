@@ -175,6 +175,10 @@ def assign_ids(
     return out
 
 
+_RECORD_INDEX_SCHEMA = {"source": pl.Utf8, "record_id": pl.Utf8, "content_hash": pl.Utf8, "entity_id": pl.Utf8,
+                        "first_seen_run": pl.Int32, "last_seen_run": pl.Int32, "rk": pl.Int64, "raw_hash": pl.UInt64}
+
+
 class Store:
     """An open identity store. Use :meth:`open`; writes happen inside :meth:`transaction`."""
 
@@ -270,31 +274,25 @@ class Store:
             return pl.DataFrame()
         return query_pl(self.con, "select * from links")
 
+    @staticmethod
+    def empty_record_index() -> pl.DataFrame:
+        return pl.DataFrame(schema=_RECORD_INDEX_SCHEMA)
+
     def record_index(self) -> pl.DataFrame:
-        """Every stored record's key, content hash, entity and first/last seen run (no attributes).
+        """Every stored record's key, content hash, raw hash (null in stores written before it
+        existed), entity and first/last seen run (no attributes).
 
         This is what an incremental run compares the sources with.
         """
-        schema = {"source": pl.Utf8, "record_id": pl.Utf8, "content_hash": pl.Utf8, "entity_id": pl.Utf8,
-                  "first_seen_run": pl.Int32, "last_seen_run": pl.Int32, "rk": pl.Int64}
+        schema = _RECORD_INDEX_SCHEMA
         if not self.has_table("records"):
-            return pl.DataFrame(schema=schema)
-        rk = "rk" if "rk" in self.columns("records") else "null::bigint as rk"  # stores written before rk existed
+            return self.empty_record_index()
+        cols = self.columns("records")
+        rk = "rk" if "rk" in cols else "null::bigint as rk"  # stores written before rk existed
+        raw = "raw_hash" if "raw_hash" in cols else "null::ubigint as raw_hash"
         df = query_pl(self.con, "select source, record_id, content_hash, entity_id, first_seen_run, last_seen_run, "
-                                f"{rk} from records")
-        return df.cast({k: v for k, v in schema.items()}) if df.height else pl.DataFrame(schema=schema)
-
-    def reuse_index(self) -> pl.DataFrame:
-        """``source``, ``record_id``, ``raw_hash``, ``rk`` and ``content_hash`` of every stored
-        record with a raw hash: what loading needs to skip cleaning rows that did not change
-        (empty for a store written before these columns existed)."""
-        schema = {"source": pl.Utf8, "record_id": pl.Utf8, "raw_hash": pl.UInt64, "rk": pl.Int64,
-                  "content_hash": pl.Utf8}
-        if not self.has_table("records") or any(c not in self.columns("records") for c in ("raw_hash", "rk")):
-            return pl.DataFrame(schema=schema)
-        df = query_pl(self.con, "select source, record_id, raw_hash, rk, content_hash from records "
-                                "where raw_hash is not null")
-        return df.cast(schema) if df.height else pl.DataFrame(schema=schema)
+                                f"{rk}, {raw} from records")
+        return df.cast(schema) if df.height else self.empty_record_index()
 
     def attributes_of(self, rks: pl.Series, attributes: Iterable[str]) -> pl.DataFrame:
         """``rk`` and the stored cleaned ``attributes`` of the records ``rks``."""

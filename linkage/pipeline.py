@@ -184,7 +184,8 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
     timer = _Timer(progress)
     report = LoadReport()
     with timer.stage("load"):
-        loaded = load_records(proj, report=report, stored=_stored_reuse(proj.store if not full else None))
+        index = _stored_index(proj.store if not full else None)
+        loaded = load_records(proj, report=report, stored=index.by_source)
     exclusive_sources = [s.name for s in proj.sources.values() if s.exclusive]
     method = str(proj.clustering.get("method", DEFAULT_CLUSTERING))
     min_average = float(proj.clustering.get("min_average", 0.5))
@@ -193,10 +194,12 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
     with Store.open(proj.store, wait=wait) as st:
         with timer.stage("compare"):
             try:
-                delta = inc.compare(st, proj, loaded)
-            except inc.StaleReuse:  # a run committed after loading read the store: load again
+                delta = inc.compare(st, proj, loaded, index)
+            except inc.StaleReuse:  # the store changed after loading read it: load again
                 report = LoadReport()
-                delta = inc.compare(st, proj, load_records(proj, report=report, stored=_stored_reuse(st)))
+                index = inc.StoredIndex.read(st)
+                reuse = index.by_source if not full else inc.StoredIndex.empty().by_source
+                delta = inc.compare(st, proj, load_records(proj, report=report, stored=reuse), index)
         # In an incremental run the records carry no attributes: those of the records cleaned
         # now are in delta.fresh, the others stay in the store until a pair needs them.
         records = delta.records
@@ -378,26 +381,20 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
     return LinkResult(entities=entities, summary=summary, timings=timer.timings, run_id=run_id, _pairs=pair_view)
 
 
-def _stored_reuse(store: Path | Store | None) -> Callable[[str], pl.DataFrame]:
-    """Source name -> what loading needs to skip cleaning its unchanged rows (``record_id``,
-    ``raw_hash``, ``rk``, ``content_hash``; see ``Store.reuse_index``), read from an open
-    store or, read-only, from a store path before the run takes it (bad input then never
-    touches the store). Nothing to reuse for ``None`` (a full run asked for: everything is
-    cleaned again)."""
-    rows = None
-    if isinstance(store, Store):
-        rows = store.reuse_index()
-    elif store is not None and store.exists():
+def _stored_index(store: Path | None) -> "inc.StoredIndex":
+    """The store's record index, read-only before the run takes the store (bad input then
+    never touches it), for loading to skip cleaning unchanged rows and for comparing; an
+    empty one (everything cleaned again) for no store, a busy one, or a full run asked for
+    (``store=None``)."""
+    from idweave.linkage import _incremental as inc
+
+    if store is not None and store.exists():
         try:
             with Store.open(store, read_only=True) as st:
-                rows = st.reuse_index()
+                return inc.StoredIndex.read(st)
         except IdweaveError:
-            rows = None  # busy or not a store: the run itself says so
-    empty = pl.DataFrame(schema={"record_id": pl.Utf8, "raw_hash": pl.UInt64, "rk": pl.Int64,
-                                 "content_hash": pl.Utf8})
-    by_source = ({s: f.drop("source") for (s,), f in rows.partition_by("source", as_dict=True).items()}
-                 if rows is not None and rows.height else {})
-    return lambda name: by_source.get(name, empty)
+            pass  # busy or not a store: the run itself says so
+    return inc.StoredIndex.empty()
 
 
 def _rid_mask(n: int, rids: pl.Series) -> "np.ndarray":

@@ -251,10 +251,15 @@ def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
     todo = df
     if stored is not None:
         out["raw_hash"] = raw_hashes(df, src, kinds, ids, out)
+        # The raw hash covers the record id: join on it alone (a 64-bit key joins far faster
+        # than an id string), then check the id; a hash two stored rows share is not reused.
+        cand = stored.filter(pl.col("raw_hash").is_not_null()) \
+            .select(pl.col("record_id").alias("_id"), "raw_hash", "rk", "content_hash")
+        cand = cand.filter(~pl.col("raw_hash").is_duplicated())
         known = pl.DataFrame({"record_id": ids, "raw_hash": out["raw_hash"]}) \
-            .join(stored.select("record_id", "raw_hash", "rk", "content_hash"), on=["record_id", "raw_hash"],
-                  how="left", maintain_order="left")
-        reuse = known["rk"].is_not_null()
+            .join(cand, on="raw_hash", how="left", maintain_order="left")
+        reuse = (known["_id"] == known["record_id"]).fill_null(False)
+        known = known.select(pl.when(reuse).then(pl.col(c)).alias(c) for c in ("rk", "content_hash"))
         todo = df.filter(~reuse)
     cleaned_now = [a for a, k in kinds.items() if k != "date" and src.columns.get(a) is not None]
     for attr in cleaned_now:

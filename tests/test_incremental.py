@@ -93,6 +93,33 @@ def test_adding_changing_and_removing_records_equals_a_full_run(demo, tmp_path: 
     assert_same_graph(inc, full, store, other)
 
 
+def test_a_store_changed_after_loading_read_it_is_read_again(demo, tmp_path: Path, monkeypatch) -> None:
+    """Loading reads the store before the run takes it; a run committed in between must not
+    leave the later run reusing what it read then."""
+    from idweave.linkage import _incremental as inc
+    from idweave.linkage import pipeline
+    from idweave.linkage.graph import Store
+
+    project, template = demo
+    frames = raw_frames(project)
+    store = copy_store(template, tmp_path / "inc.duckdb")
+    stale = pipeline._stored_index(store)  # read now, before another run changes the store
+    between = link(project, sources=batch_one(frames), store=store)
+    assert between.summary["removed_records"] > 0
+    with Store.open(store) as st:
+        assert not stale.current(st)
+        loaded = pipeline.load_records(pipeline.resolve_project(project, sources=frames), stored=stale.by_source)
+        with pytest.raises(inc.StaleReuse):
+            inc.compare(st, pipeline.resolve_project(project), loaded, stale)
+    monkeypatch.setattr(pipeline, "_stored_index", lambda path: stale)  # as if read before `between`
+    other = copy_store(store, tmp_path / "full.duckdb")
+    again = link(project, sources=frames, store=store)
+    assert again.summary["mode"] == "incremental"
+    assert again.summary["new_records"] == between.summary["removed_records"]  # what the batch left out
+    full = link(project, sources=frames, store=other, full=True)
+    assert partition(again.entities) == partition(full.entities)
+
+
 def test_blocks_crossing_their_cap_are_rebuilt(demo, tmp_path: Path) -> None:
     """With tiny block caps, new records push blocks of unchanged records over the cap (and
     removed ones bring them back under): those pairs vanish or appear as in a full run."""

@@ -519,19 +519,27 @@ def choose_threshold(probabilities: pl.Series, *, grid: Sequence[float] | None =
     With no labels, each scored pair counts as p of a true match: above a threshold t the
     expected true links are sum(p) and false links sum(1 - p); below it sum(p) are missed.
 
+    The sums are taken in fixed point (units of 2**-32, integers): exact, so the choice does
+    not depend on the order or batching of the probabilities (an incremental run holds the
+    same pairs as a full run, in another order, and must choose the same threshold).
+
     >>> choose_threshold(pl.Series([0.999, 0.998, 0.6, 0.01]))
+    0.5
+    >>> choose_threshold(pl.Series([0.01, 0.6, 0.998, 0.999]))
     0.5
     """
     p = probabilities.drop_nulls().cast(pl.Float64)
     if p.len() == 0:
         return 0.9
     grid = list(grid) if grid is not None else [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999]
-    total = float(p.sum())
+    unit = 2.0 ** 32  # 2**31 pairs of p = 1 still sum below 2**63
+    q = (p * unit).round().cast(pl.Int64)
+    total = int(q.sum()) / unit
     best_t, best_f = grid[0], -1.0
     for t in grid:
-        above = p.filter(p >= t)
-        tp = float(above.sum())
-        fp = float(above.len()) - tp
+        above = p >= t
+        tp = int(q.filter(above).sum()) / unit
+        fp = float(above.sum()) - tp
         fn = total - tp
         f = 2 * tp / (2 * tp + fp + fn) if tp > 0 else 0.0
         if f > best_f + 1e-12:

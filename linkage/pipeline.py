@@ -265,7 +265,6 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                 seeds = pl.concat([dirty, hit["rid_l"], hit["rid_r"], pairs["rid_l"], pairs["rid_r"], gone_neighbours])
                 derived_stored = kept.filter(pl.col("rule") == COMPLETION_RULE)
                 blocking = pl.concat([kept.filter(pl.col("rule") != COMPLETION_RULE), blocking])
-            blocking = blocking.sort("rid_l", "rid_r")
         with timer.stage("affected"):  # the threshold, and the part of the graph to cluster again
             thr = threshold if threshold is not None else proj.threshold
             chosen = thr is None

@@ -210,8 +210,8 @@ def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
         row = int(null_ids.arg_true()[0]) + 1
         problems.append(SourceError(f"{int(null_ids.sum())} record(s) have an empty id, first at data row {row}",
                                     file=label, column=src.id))
-    dup = ids.is_duplicated() & ~null_ids
-    if dup.any():
+    dup = (ids.is_duplicated() & ~null_ids) if ids.n_unique() < ids.len() else None
+    if dup is not None and dup.any():
         first = ids.filter(dup)[0]
         n_ids = ids.filter(dup).n_unique()
         problems.append(SourceError(f"duplicate record id ({int(dup.sum())} rows share {n_ids} "
@@ -284,16 +284,16 @@ def raw_hashes(df: pl.DataFrame, src: Source, kinds: dict[str, str], ids: pl.Ser
     """A 64-bit hash per row of what cleaning reads: the id, the raw mapped columns, the
     parsed dates, salted with the cleaning code, the polars version and the mapping (so a
     change to any of them makes every row look new, and it is cleaned again)."""
-    parts = [ids.fill_null("\x00")]
+    parts = [ids]
     for attr, kind in kinds.items():
         col = src.columns.get(attr)
         if col is None:
             continue
-        v = parsed[attr] if kind == "date" else df[col].cast(pl.Utf8)
-        parts.append(v.fill_null("\x00"))
-    key = pl.DataFrame(parts, schema=[f"c{i}" for i in range(len(parts))]) \
-        .select(pl.concat_str(pl.all(), separator="\x1f")).to_series()
-    return key.hash(seed=_cleaning_salt(src, kinds)).alias("raw_hash")
+        parts.append(parsed[attr] if kind == "date" else df[col].cast(pl.Utf8))
+    # polars' row hash (column hashes combined; nulls hash apart from every string): stable
+    # within a polars version, which the salt holds.
+    return pl.DataFrame(parts, schema=[f"c{i}" for i in range(len(parts))]) \
+        .hash_rows(seed=_cleaning_salt(src, kinds)).alias("raw_hash")
 
 
 def _cleaning_salt(src: Source, kinds: dict[str, str]) -> int:

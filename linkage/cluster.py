@@ -572,5 +572,7 @@ def completion_pairs(links: pl.DataFrame, rids: Sequence[int] | pl.Series, *, th
     pairs = (members.join(members, on="cluster", suffix="_r")
              .filter(pl.col("rid") < pl.col("rid_r"))
              .select(pl.col("rid").alias("rid_l"), pl.col("rid_r")))
-    have = links.select(pl.col("rid_l").cast(pl.Int64), pl.col("rid_r").cast(pl.Int64))
+    # Only links from a member can be among the pairs: a far smaller frame to join with.
+    have = links.select(pl.col("rid_l").cast(pl.Int64), pl.col("rid_r").cast(pl.Int64)) \
+        .filter(pl.col("rid_l").is_in(members["rid"].implode()))
     return pairs.join(have, on=["rid_l", "rid_r"], how="anti").sort("rid_l", "rid_r")

@@ -238,3 +238,27 @@ def test_any_sequence_of_batches_ends_where_a_full_run_does(tiny, tmp_path_facto
     assert partition(inc.entities) == partition(full.entities)
     assert read_table(store, "links").equals(read_table(before_last, "links"))
     assert inc.summary["events"] == full.summary["events"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(min_value=1, max_value=200), st.integers(min_value=0, max_value=400),
+       st.integers(min_value=0, max_value=10_000), st.booleans())
+def test_closure_is_the_union_of_the_seeds_components(n, m, seed, chain) -> None:
+    """The closure grown step by step (and finished by components past a long chain) is
+    exactly the components that hold a seed."""
+    import random
+
+    from idweave.linkage._incremental import closure
+    from idweave.linkage.cluster import components
+
+    rnd = random.Random(seed)
+    rids = rnd.sample(range(3 * n + 5), n)  # sparse, unordered rids
+    pairs = [(rnd.choice(rids), rnd.choice(rids)) for _ in range(m)]
+    if chain:  # a path longer than the stepwise growth goes
+        pairs += list(zip(rids, rids[1:]))
+    edges = pl.DataFrame(pairs or None, schema={"rid_l": pl.Int64, "rid_r": pl.Int64}, orient="row")
+    seeds = pl.Series([rnd.choice(rids) for _ in range(rnd.randint(0, 3))] + [10 ** 9], dtype=pl.Int64)
+    cc = components(edges, rids)
+    hit = set(cc.filter(pl.col("rid").is_in(seeds.implode()))["cluster"])
+    want = sorted(cc.filter(pl.col("cluster").is_in(list(hit)))["rid"])
+    assert closure(seeds, edges, pl.Series(rids)).to_list() == want

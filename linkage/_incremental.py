@@ -310,10 +310,11 @@ def stored_links(st: Store, records: pl.DataFrame, rule_index: dict[str, int], *
     rid_of = np.full(int(max(rk.max(), raw["rk_l"].max(), raw["rk_r"].max())) + 1, -1, dtype=np.int64)
     rid_of[rk] = records["rid"].to_numpy()
     a, b = rid_of[raw["rk_l"].to_numpy()], rid_of[raw["rk_r"].to_numpy()]
+    if (a > b).any():  # rk_l is written for the record first in rid order; never trust it blindly
+        a, b = np.minimum(a, b), np.maximum(a, b)
+    out = pl.DataFrame({"rid_l": a, "rid_r": b, "rule": raw["rule"], "match_probability": raw["match_probability"]})
     keep = (a >= 0) & (b >= 0)  # links of records this run no longer holds go
-    return pl.DataFrame({"rid_l": np.minimum(a, b)[keep], "rid_r": np.maximum(a, b)[keep],
-                         "rule": raw["rule"].to_numpy()[keep], "match_probability": raw["match_probability"].to_numpy()[keep]},
-                        schema=schema)
+    return (out if keep.all() else out.filter(pl.Series(keep))).cast(schema)
 
 
 def _query(st: Store, sql: str, params: list[Any] | None = None) -> pl.DataFrame:

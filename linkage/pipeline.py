@@ -259,8 +259,10 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                 stored = inc.stored_links(st, records, {n: i for i, n in rule_names.items()},
                                           derived=COMPLETION_RULE)
                 touches = _ends(stored, _rid_mask(records.height, dirty), both=False)
-                hit = pl.concat([stored.filter(touches), stored.join(flip_pairs, on=["rid_l", "rid_r"], how="semi")])
-                kept = stored.filter(~touches).join(flip_pairs, on=["rid_l", "rid_r"], how="anti")
+                hit, kept = stored.filter(touches), stored.filter(~touches)
+                if flip_pairs.height:
+                    hit = pl.concat([hit, stored.join(flip_pairs, on=["rid_l", "rid_r"], how="semi")])
+                    kept = kept.join(flip_pairs, on=["rid_l", "rid_r"], how="anti")
                 gone_neighbours = inc.removed_neighbours(st, records, delta.removed)
                 seeds = pl.concat([dirty, hit["rid_l"], hit["rid_r"], pairs["rid_l"], pairs["rid_r"], gone_neighbours])
                 derived_stored = kept.filter(pl.col("rule") == COMPLETION_RULE)

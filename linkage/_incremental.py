@@ -581,8 +581,7 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
         if out:
             df = pl.DataFrame(list(out.values()), schema=_ENTITY_SCHEMA)
             st.con.register("_ent", df.to_arrow())
-            st.con.execute("delete from entities where entity_id in (select entity_id from _ent)")
-            st.con.execute("insert into entities by name select * from _ent")
+            st.con.execute("insert or replace into entities by name select * from _ent")  # by primary key
             st.con.unregister("_ent")
         n_events = st.append_events(events, run_id=run_id)
         row = dict(w.row)

@@ -212,7 +212,8 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
         rules = project_rules(proj, present=inc.present_attributes(st, delta, list(proj.attributes)))
         with timer.stage("train"):
             trained, retrained = _model_for(proj, st, with_attributes, retrain)
-        sig = inc.signature(proj, rules, exclusive_sources, DEFAULT_MAX_BLOCK, trained.version,
+        version = trained.version  # a hash of the model and its term-frequency tables: once
+        sig = inc.signature(proj, rules, exclusive_sources, DEFAULT_MAX_BLOCK, version,
                             model_mod.splink_version(), method, min_average)
         prev = st.last_run_info()
         mode, why = _choose_mode(full, retrained, prev, sig,
@@ -246,7 +247,8 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                 # A new model's prior comes from its own candidate pairs (a retrain is always
                 # a full run, so every pair was scored).
                 trained, scored = model_mod.refine_prior(trained, scored, possible_pairs(records, exclusive_sources))
-                sig = inc.signature(proj, rules, exclusive_sources, DEFAULT_MAX_BLOCK, trained.version,
+                version = trained.version
+                sig = inc.signature(proj, rules, exclusive_sources, DEFAULT_MAX_BLOCK, version,
                                     model_mod.splink_version(), method, min_average)
             scored = inc.canonical_scores(scored, trained.prior)
             blocking = scored.select(light_cols)
@@ -333,7 +335,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                 drop_pairs=pl.concat([flip_pairs, derived_drop]), affected=affected, clusters=clusters,
                 new_keys=new_keys, joined=joined, reclustered_all=reclustered_all,
                 n_links_total=links.height, n_strong_total=n_strong, started=started,
-                row={"project_hash": proj.config_hash(), "model_version": trained.version, "threshold": thr,
+                row={"project_hash": proj.config_hash(), "model_version": version, "threshold": thr,
                      "clustering": method, "signature": sig,
                      "summary": json.dumps({"timings": timer.timings, "report": report.__dict__,
                                             "mode_reason": why})})
@@ -373,7 +375,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
         "links": n_strong,
         "entities": sizes.len(),
         "entity_sizes": {str(k): v for k, v in sizes.value_counts().sort(sizes.name).iter_rows()},
-        "model_version": trained.version,
+        "model_version": version,
         "retrained": retrained,
         "training_log": trained.training_log,
         "events": n_events,

@@ -20,10 +20,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import duckdb
 import polars as pl
 
-from idweave.linkage._db import query_pl
+from idweave.linkage._db import query_pl, scratch
 
 from idweave.linkage.errors import SourceError
 from idweave.linkage.kinds import clean_expr
@@ -398,11 +397,10 @@ def with_content_hash(records: pl.DataFrame, attributes: list[str]) -> pl.DataFr
     ...                   ["fn", "ln"])["content_hash"].str.len_chars().item()
     32
     """
-    con = duckdb.connect()
-    con.register("r", records.select(attributes).with_row_index("_i"))
     parts = ", ".join(f"coalesce(cast(\"{a}\" as varchar), '\x00')" for a in attributes)
-    hashes = query_pl(con, f"select md5(concat_ws('\x1f', {parts})) as h from r order by _i")["h"]
-    con.close()
+    with scratch() as con:
+        con.register("r", records.select(attributes).with_row_index("_i"))
+        hashes = query_pl(con, f"select md5(concat_ws('\x1f', {parts})) as h from r order by _i")["h"]
     return records.with_columns(hashes.alias("content_hash"))
 
 

@@ -60,18 +60,27 @@ def canonical_names(name: str | None) -> list[str]:
 
 def _phonetic(fn: Callable[[str], str]) -> Callable[[pl.Series], pl.Series]:
     def run(s: pl.Series) -> pl.Series:
-        # Phonetic coders want letters only; codes are memoised per distinct value.
+        # Phonetic coders want letters only; codes are computed once per distinct value and
+        # mapped back by a join (a join costs less than replace_strict on a small input).
         letters = s.str.replace_all(r"[^a-z]", "")
         uniq = letters.drop_nulls().unique()
-        codes = {v: (fn(v) or None) if v else None for v in uniq.to_list()}
-        return letters.replace_strict(codes, default=None, return_dtype=pl.Utf8)
+        codes = pl.DataFrame({"v": uniq, "code": [(fn(v) or None) if v else None for v in uniq.to_list()]},
+                             schema={"v": pl.Utf8, "code": pl.Utf8})
+        return letters.to_frame("v").join(codes, on="v", how="left", maintain_order="left")["code"]
     return run
 
 
-def _nickname(s: pl.Series) -> pl.Series:
-    uniq = s.drop_nulls().unique().to_list()
-    mapping = {v: canonical_names(v) for v in uniq}
-    return s.replace_strict(mapping, default=None, return_dtype=pl.List(pl.Utf8))
+def _nickname(df: pl.DataFrame) -> pl.DataFrame:
+    """Rows ``(row, key)`` -> one row per formal name each key may stand for, in order (a
+    join on a flat name -> formal name table: building a list column costs more)."""
+    names, formal = [], []
+    for v in df["key"].drop_nulls().unique().to_list():
+        for c in canonical_names(v):
+            names.append(v)
+            formal.append(c)
+    table = pl.DataFrame({"key": names, "_formal": formal}, schema={"key": pl.Utf8, "_formal": pl.Utf8})
+    return (df.join(table, on="key", how="inner", maintain_order="left_right")
+            .select("row", pl.col("_formal").alias("key")))
 
 
 def _district(s: pl.Series) -> pl.Series:
@@ -98,9 +107,9 @@ _SIMPLE: dict[str, Callable[[pl.Series], pl.Series]] = {
     "local_part": lambda s: s.str.split("@").list.first(),
     "district": _district,
 }
-# Scalar -> several values.
-_MULTI: dict[str, Callable[[pl.Series], pl.Series]] = {
-    "tokens": lambda s: s.str.split(" "),
+# Scalar -> several values: rows ``(row, key)`` -> rows, several per input row.
+_MULTI: dict[str, Callable[[pl.DataFrame], pl.DataFrame]] = {
+    "tokens": lambda df: df.with_columns(pl.col("key").str.split(" ")).explode("key"),
     "nickname": _nickname,
 }
 _PREFIX = re.compile(r"^prefix(\d+)$")
@@ -135,7 +144,7 @@ def key_values(s: pl.Series, transforms: tuple[str, ...]) -> pl.DataFrame:
     df = df.drop_nulls("key")
     for t in transforms:
         if t in _MULTI:
-            df = df.with_columns(_MULTI[t](df["key"]).alias("key")).explode("key")
+            df = _MULTI[t](df)
         else:
             df = df.with_columns(_one(df["key"], t).alias("key"))
         df = df.filter(pl.col("key").is_not_null() & (pl.col("key") != ""))

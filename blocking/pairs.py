@@ -20,9 +20,10 @@ from typing import Iterable, Sequence
 import polars as pl
 
 from idweave.blocking.keys import key_values
-from idweave.blocking.rules import Rule
+from idweave.blocking.rules import Key, Rule
 
-__all__ = ["generate_pairs", "count_pairs", "rule_pairs", "rule_keys", "PairStats", "DEFAULT_MAX_BLOCK"]
+__all__ = ["generate_pairs", "count_pairs", "rule_pairs", "rule_keys", "key_table", "pairs_from_keys",
+           "PairStats", "DEFAULT_MAX_BLOCK"]
 
 # A key value shared by more records than this makes too many pairs to be informative
 # (a very common name, a placeholder date): its block is skipped for that rule and counted.
@@ -39,19 +40,40 @@ class PairStats:
     skipped_records: list[int] = field(default_factory=list)
 
 
+class _KeyValues:
+    """The key values of one records frame per (attribute spec, transforms), each computed once
+    however many rules and sides use it."""
+
+    def __init__(self, records: pl.DataFrame) -> None:
+        self.records = records
+        self.memo: dict[tuple[str, tuple[str, ...]], pl.DataFrame] = {}
+        self.ids = (records.select("rid", "source").with_row_index("row")
+                    .with_columns(pl.col("row").cast(pl.Int64)).lazy())
+
+    def of(self, key: Key, side: str) -> pl.DataFrame:
+        """``row``, ``key``: :func:`key_values` of one side of a key."""
+        spec = key.left if side == "l" else key.right
+        kv = self.memo.get((spec, key.transforms))
+        if kv is None:
+            kv = self.memo[(spec, key.transforms)] = key_values(key.source_values(self.records, side), key.transforms)
+        return kv
+
+    def side(self, rule: Rule, side: str) -> pl.LazyFrame:
+        """``rid``, ``source``, ``key`` for one side of a rule; several rows for a record whose
+        keys have several values (every combination of its key values)."""
+        combined: pl.LazyFrame | None = None
+        for i, k in enumerate(rule.keys):
+            kv = self.of(k, side).lazy().rename({"key": f"k{i}"})
+            combined = kv if combined is None else combined.join(kv, on="row", how="inner")
+        assert combined is not None
+        cols = [f"k{i}" for i in range(len(rule.keys))]
+        key = pl.col(cols[0]) if len(cols) == 1 else pl.concat_str([pl.col(c) for c in cols], separator="\x1f")
+        return combined.select("row", key.alias("key")).join(self.ids, on="row").select("rid", "source", "key")
+
+
 def _key_frame(records: pl.DataFrame, rule: Rule, side: str) -> pl.DataFrame:
-    """``rid``, ``source``, ``key`` for one side of a rule; several rows for a record whose
-    keys have several values (every combination of its key values)."""
-    combined: pl.DataFrame | None = None
-    for i, k in enumerate(rule.keys):
-        kv = key_values(k.source_values(records, side), k.transforms).rename({"key": f"k{i}"})
-        combined = kv if combined is None else combined.join(kv, on="row", how="inner")
-    assert combined is not None
-    cols = [c for c in combined.columns if c != "row"]
-    key = pl.col(cols[0]) if len(cols) == 1 else pl.concat_str([pl.col(c) for c in cols], separator="\x1f")
-    frame = combined.select("row", key.alias("key"))
-    ids = records.select("rid", "source").with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
-    return frame.join(ids, on="row").select("rid", "source", "key")
+    """``rid``, ``source``, ``key`` for one side (``"l"`` or ``"r"``) of a rule."""
+    return _KeyValues(records).side(rule, side).collect()
 
 
 def rule_keys(records: pl.DataFrame, rule: Rule) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -63,8 +85,31 @@ def rule_keys(records: pl.DataFrame, rule: Rule) -> tuple[pl.DataFrame, pl.DataF
     >>> rule_keys(recs, Rule((Key("fn", "fn"),)))[0].rows()
     [(0, 'a', 'ann')]
     """
-    left = _key_frame(records, rule, "l")
-    return left, (left if rule.symmetric else _key_frame(records, rule, "r"))
+    kv = _KeyValues(records)
+    left = kv.side(rule, "l").collect()
+    return left, (left if rule.symmetric else kv.side(rule, "r").collect())
+
+
+def key_table(records: pl.DataFrame, rules: Sequence[Rule], *, seed: int | None = None) -> pl.DataFrame:
+    """Every rule's keys in one frame: ``rule`` (index), ``side`` (0: left, 1: right side of
+    an asymmetric rule; a symmetric rule has only side 0), ``rid``, ``source``, ``key``: the
+    rows of :func:`rule_keys` for every rule, each distinct (attribute, transforms) key value
+    computed once. ``seed``: the key hashed (UInt64) with that seed instead of its text.
+
+    >>> from idweave.blocking.rules import Key
+    >>> recs = pl.DataFrame({"rid": [0, 1], "source": ["a", "b"], "fn": ["ann", "lee"], "ln": ["lee", None]})
+    >>> key_table(recs, [Rule((Key("fn", "fn"),)), Rule((Key("fn", "ln"),))]).sort(pl.all()).rows()
+    [(0, 0, 0, 'a', 'ann'), (0, 0, 1, 'b', 'lee'), (1, 0, 0, 'a', 'ann'), (1, 0, 1, 'b', 'lee'), (1, 1, 0, 'a', 'lee')]
+    """
+    kv = _KeyValues(records)
+    key = pl.col("key") if seed is None else pl.col("key").hash(seed=seed)
+    parts = [kv.side(rule, s).select(pl.lit(i, pl.Int16).alias("rule"), pl.lit(side, pl.UInt8).alias("side"),
+                                     "rid", "source", key.alias("key"))
+             for i, rule in enumerate(rules) for side, s in ((0, "l"), (1, "r")) if side == 0 or not rule.symmetric]
+    if not parts:
+        return pl.DataFrame(schema={"rule": pl.Int16, "side": pl.UInt8, "rid": records.schema["rid"],
+                                    "source": pl.Utf8, "key": pl.Utf8 if seed is None else pl.UInt64})
+    return pl.concat(parts).collect()
 
 
 def rule_pairs(records: pl.DataFrame, rule: Rule, *, max_block: int = DEFAULT_MAX_BLOCK,
@@ -98,7 +143,8 @@ def rule_pairs(records: pl.DataFrame, rule: Rule, *, max_block: int = DEFAULT_MA
         left = left.join(keys, on="key", how="semi")
         right = right.join(keys, on="key", how="semi") if not rule.symmetric else left
     j = left.join(right, on="key", suffix="_r")
-    j = j.filter(pl.col("rid") != pl.col("rid_r"))
+    # A symmetric rule's join holds every pair both ways round: keep one.
+    j = j.filter(pl.col("rid") < pl.col("rid_r") if rule.symmetric else pl.col("rid") != pl.col("rid_r"))
     if excl:
         j = j.filter(~((pl.col("source") == pl.col("source_r")) & pl.col("source").is_in(excl)))
     pairs = j.select(
@@ -121,24 +167,75 @@ def generate_pairs(records: pl.DataFrame, rules: Sequence[Rule], *, max_block: i
     caller that needs them too (an incremental run).
     """
     excl = list(exclusive)
-    seen: pl.DataFrame | None = None
     parts = []
     for i, rule in enumerate(rules):
         p = rule_pairs(records, rule, max_block=max_block, exclusive=excl, restrict_to=restrict_to, stats=stats,
                        keys=keys[i] if keys is not None else None)
-        if seen is not None and seen.height:
-            new = p.join(seen, on=["rid_l", "rid_r"], how="anti")
-        else:
-            new = p
         if stats is not None:
             stats.raw.append(p.height)
-            stats.added.append(new.height)
-        parts.append(new.with_columns(pl.lit(i, pl.Int32).alias("rule")))
-        seen = new.select("rid_l", "rid_r") if seen is None else pl.concat([seen, new.select("rid_l", "rid_r")])
+        parts.append(p.with_columns(pl.lit(i, pl.Int32).alias("rule")))
     if not parts:
         return pl.DataFrame(schema={"rid_l": pl.Int64, "rid_r": pl.Int64, "rule": pl.Int32})
-    out = pl.concat(parts).sort("rid_l", "rid_r")
+    # Each pair once, with the first rule that makes it.
+    out = pl.concat(parts).group_by("rid_l", "rid_r").agg(pl.col("rule").min()).sort("rid_l", "rid_r")
+    if stats is not None:
+        added = dict(out["rule"].value_counts().iter_rows())
+        stats.added.extend(added.get(i, 0) for i in range(len(rules)))
     return out.with_columns(pl.col("rid_l").cast(pl.Int64), pl.col("rid_r").cast(pl.Int64))
+
+
+def pairs_from_keys(keys: pl.DataFrame, rules: Sequence[Rule], *, max_block: int = DEFAULT_MAX_BLOCK,
+                    exclusive: Iterable[str] = (), restrict_to: pl.Series | None = None) -> pl.DataFrame:
+    """:func:`generate_pairs` for every rule at once, from their keys in one frame
+    (``rule``, ``side``, ``rid``, ``source``, ``key``, as :func:`key_table` makes them): the
+    same pairs with the same first rule, block cap and exclusive sources, in a few joins
+    however many rules there are.
+
+    A block's size counts every record holding its key in ``keys``, so when ``restrict_to``
+    is given ``keys`` needs every holder of every key of those records (an incremental run
+    reads them from the store), and no others are needed.
+
+    >>> from idweave.blocking.rules import Key
+    >>> recs = pl.DataFrame({"rid": [0, 1, 2], "source": ["a", "a", "b"], "fn": ["ann", "ann", "anne"],
+    ...                      "ln": ["lee", "lee", "ann"]})
+    >>> rules = [Rule((Key("ln", "ln"),)), Rule((Key("fn", "ln"),))]
+    >>> pairs_from_keys(key_table(recs, rules), rules).rows()
+    [(0, 1, 0), (0, 2, 1), (1, 2, 1)]
+    >>> pairs_from_keys(key_table(recs, rules), rules, restrict_to=pl.Series([0])).rows()
+    [(0, 1, 0), (0, 2, 1)]
+    """
+    excl = list(exclusive)
+    out_schema = {"rid_l": pl.Int64, "rid_r": pl.Int64, "rule": pl.Int32}
+    if not rules or keys.height == 0:
+        return pl.DataFrame(schema=out_schema)
+    caps = pl.DataFrame({"rule": list(range(len(rules))),
+                         "cap": [r.max_block if r.max_block is not None else max_block for r in rules]},
+                        schema={"rule": keys.schema["rule"], "cap": pl.Int64}).lazy()
+    symmetric = [i for i, r in enumerate(rules) if r.symmetric]
+    k = keys.lazy().select("rule", "side", "key", "rid", "source")
+    # A block's size is the number of distinct records holding the key on either side.
+    big = (k.select("rule", "key", "rid").unique().group_by("rule", "key").len().join(caps, on="rule")
+           .filter(pl.col("len") > pl.col("cap")).select("rule", "key"))
+    k = k.join(big, on=["rule", "key"], how="anti")
+    sym = pl.col("rule").is_in(symmetric)
+    left = k.filter(pl.col("side") == 0).drop("side")
+    right = k.filter((pl.col("side") == 1) | sym).drop("side")  # a symmetric rule's left keys are its right keys
+    if restrict_to is None:
+        j = left.join(right, on=["rule", "key"], suffix="_r")
+    else:
+        new = pl.DataFrame({"rid": restrict_to.cast(keys.schema["rid"])}).lazy()
+        # Pairs with a restricted record on the left; and on the right for an asymmetric
+        # rule (a symmetric rule's are the same pairs the other way round).
+        j = pl.concat([left.join(new, on="rid", how="semi").join(right, on=["rule", "key"], suffix="_r"),
+                       left.join(right.filter(~sym).join(new, on="rid", how="semi"), on=["rule", "key"],
+                                 suffix="_r")])
+    j = j.filter(pl.col("rid") != pl.col("rid_r"))
+    if excl:
+        j = j.filter(~((pl.col("source") == pl.col("source_r")) & pl.col("source").is_in(excl)))
+    out = (j.group_by(pl.min_horizontal("rid", "rid_r").cast(pl.Int64).alias("rid_l"),
+                      pl.max_horizontal("rid", "rid_r").cast(pl.Int64).alias("rid_r"))
+           .agg(pl.col("rule").min().cast(pl.Int32)).sort("rid_l", "rid_r"))
+    return out.collect()
 
 
 def count_pairs(records: pl.DataFrame, rules: Sequence[Rule], *, max_block: int = DEFAULT_MAX_BLOCK,

@@ -10,17 +10,22 @@ the same hashes, so both kinds of run find exactly the same pairs.
 An incremental run computes keys only for its new and changed records and reads from the
 store just the holders of the keys it touches (:func:`plan_pairs`): the block sizes before
 and after the run, the blocks that crossed their size cap, and the complete key frames
-:func:`~idweave.blocking.pairs.generate_pairs` needs for the pairs of those records.
+:func:`~idweave.blocking.pairs.pairs_from_keys` needs for the pairs of those records (the
+pairs :func:`~idweave.blocking.pairs.generate_pairs` would make). A block that stays above
+its cap whatever the run adds makes no pair and flips nothing: its holders are dropped as
+soon as they are counted. All rules are handled together, so the cost follows the dirty
+records, not the number of rules.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Sequence
 
 import polars as pl
 
-from idweave.blocking.pairs import generate_pairs, rule_keys
+from idweave.blocking.pairs import key_table, pairs_from_keys, rule_keys
 from idweave.blocking.rules import Rule
 from idweave.linkage.graph import Store
 
@@ -45,15 +50,19 @@ def hashed_keys(records: pl.DataFrame, rule: Rule) -> tuple[pl.DataFrame, pl.Dat
 def key_rows(keys: Sequence[tuple[pl.DataFrame, pl.DataFrame]], rules: Sequence[Rule],
              rk_of: pl.DataFrame) -> pl.DataFrame:
     """The ``block_keys`` rows of key frames (``rk_of``: ``rid`` -> ``rk``)."""
-    parts = []
-    for i, (rule, (left, right)) in enumerate(zip(rules, keys)):
-        sides = [(0, left)] if rule.symmetric else [(0, left), (1, right)]
-        for side, frame in sides:
-            parts.append(frame.select("rid", pl.col("key").alias("h"))
-                         .with_columns(pl.lit(i, pl.Int16).alias("rule"), pl.lit(side, pl.UInt8).alias("side")))
+    parts = [frame.with_columns(pl.lit(i, pl.Int16).alias("rule"), pl.lit(side, pl.UInt8).alias("side"))
+             for i, (rule, (left, right)) in enumerate(zip(rules, keys))
+             for side, frame in ([(0, left)] if rule.symmetric else [(0, left), (1, right)])]
     if not parts:
         return pl.DataFrame(schema=_ROW_SCHEMA)
-    return (pl.concat(parts).join(rk_of.select("rid", "rk"), on="rid")
+    return _rows(pl.concat(parts), rk_of)
+
+
+def _rows(table: pl.DataFrame, rk_of: pl.DataFrame) -> pl.DataFrame:
+    """``block_keys`` rows of hashed keys (``rule``, ``side``, ``rid``, ``key``, as
+    :func:`~idweave.blocking.pairs.key_table` makes them)."""
+    return (table.select("rule", "side", pl.col("rid").cast(pl.Int64), pl.col("key").alias("h"))
+            .join(rk_of.select(pl.col("rid").cast(pl.Int64), "rk"), on="rid")
             .select("rule", "side", "h", "rk").sort("rule", "h"))
 
 
@@ -70,25 +79,43 @@ def write_delta(st: Store, gone_rks: pl.Series, rows: pl.DataFrame) -> None:
     st.append("block_keys", rows)
 
 
-def _stored(st: Store, on: str, want: pl.DataFrame) -> pl.DataFrame:
-    """The stored rows matching a row of ``want`` on the condition ``on`` (none if it is empty)."""
+def _holders(st: Store, keys: pl.DataFrame, rks: pl.Series, skip: pl.DataFrame) -> pl.DataFrame:
+    """Stored rows whose key hash is one of a key (``rule``, ``h``) of ``keys`` or of the
+    stored records ``rks``, leaving out the keys of ``skip``: a superset of the holders of
+    those keys (a hash may stand for a key of another rule too), for the caller to narrow
+    on (``rule``, ``h``). One query, joined on the hash alone: DuckDB then skips most of the
+    table with a filter on it before the join."""
     from idweave.linkage._db import query_pl
 
-    if want.height == 0:
+    want = keys.select("rule", "h").unique()
+    rk = pl.DataFrame({"rk": rks.cast(pl.Int64)}).unique()
+    of_rks = "select rule, h from block_keys where rk in (select rk from _rks)"
+    frames = [(n, f, q) for n, f, q in (("_want", want, "select rule, h from _want"), ("_rks", rk, of_rks))
+              if f.height]
+    if not frames:
         return pl.DataFrame(schema=_ROW_SCHEMA)
-    with st.registered("_want", want.unique()):
-        out = query_pl(st.con, f"select b.rule, b.side, b.h, b.rk from block_keys b semi join _want w on {on}")
+    wanted = " union ".join(q for _, _, q in frames)
+    if skip.height:
+        wanted = f"select rule, h from ({wanted}) except select rule, h from _skip"
+        frames.append(("_skip", skip.select("rule", "h"), ""))
+    with ExitStack() as stack:
+        for name, frame, _ in frames:  # only the frames the query reads (registering costs)
+            stack.enter_context(st.registered(name, frame))
+        out = query_pl(st.con, f"""
+            with k as ({wanted})
+            select b.rule, b.side, b.h, b.rk from block_keys b semi join (select distinct h from k) k on b.h = k.h""")
     return out.cast(_ROW_SCHEMA) if out.height else pl.DataFrame(schema=_ROW_SCHEMA)
 
 
-def _by_keys(st: Store, keys: pl.DataFrame) -> pl.DataFrame:
-    """Stored rows holding any of ``keys`` (``rule``, ``h``) on either side."""
-    return _stored(st, "b.rule = w.rule and b.h = w.h", keys)
-
-
-def _by_records(st: Store, rks: pl.Series) -> pl.DataFrame:
-    """Stored rows of the records ``rks``."""
-    return _stored(st, "b.rk = w.rk", pl.DataFrame({"rk": rks.cast(pl.Int64)}))
+def _split_big(rows: pl.DataFrame, gone: pl.DataFrame, caps: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``rows`` (every stored holder of their keys) without the keys held by more than their
+    rule's cap (``caps``: ``rule``, ``cap``) of records not in ``gone`` (``rk``); and those
+    keys (``rule``, ``h``). Such a block stays above its cap whatever the dirty records add
+    to it, so it makes no pair and flips no block: its holders are not needed."""
+    kept = rows.join(gone, on="rk", how="anti") if gone.height else rows
+    big = (kept.select("rule", "h", "rk").unique().group_by("rule", "h").len().join(caps, on="rule")
+           .filter(pl.col("len") > pl.col("cap")).select("rule", "h"))
+    return rows.join(big, on=["rule", "h"], how="anti"), big
 
 
 @dataclass
@@ -112,64 +139,63 @@ def plan_pairs(st: Store, records: pl.DataFrame, cur: pl.DataFrame, gone_rks: pl
     every record holding its key, so a record arriving or leaving can switch a block of
     unchanged records on or off (``max_block``): only the pairs inside such a block change
     for unchanged records.
+
+    Every rule is handled at once, in frames keyed by (``rule``, ``side``, ``h``): the cost
+    follows the number of dirty records and the blocks they touch, not the number of rules.
+    The pairs are :func:`~idweave.blocking.pairs.generate_pairs` restricted to the dirty
+    records, on the keys as they stand after the run (``pairs_from_keys``).
     """
     dirty = cur["rid"].cast(pl.Int64).unique().sort()
-    idx = records.select("rid", "source", "rk")
-    fresh = [hashed_keys(cur, rule) for rule in rules]
-    new_keys = key_rows(fresh, rules, idx)
+    idx = records.select(pl.col("rid").cast(pl.Int64), "source", "rk")
+    new_keys = _rows(key_table(cur, rules, seed=_SEED), idx)
     gone = pl.DataFrame({"rk": gone_rks.cast(pl.Int64)}).unique()
-    old_rows = _by_records(st, gone["rk"])
-    touched = pl.concat([new_keys.select("rule", "h"), old_rows.select("rule", "h")]).unique()
-    stored = _by_keys(st, touched)
+    caps = pl.DataFrame({"rule": list(range(len(rules))),
+                         "cap": [r.max_block if r.max_block is not None else max_block for r in rules]},
+                        schema={"rule": pl.Int16, "cap": pl.Int64})
+    no_keys = pl.DataFrame(schema={"rule": pl.Int16, "h": pl.UInt64})
+    rows = _holders(st, new_keys, gone["rk"], no_keys)
+    touched = pl.concat([new_keys.select("rule", "h"), rows.join(gone, on="rk", how="semi").select("rule", "h")]) \
+        .unique()
+    # Keys held by more than their cap of unchanged records are above it before and after
+    # the run: no pairs, no flip, and their holders are left out.
+    stored, big = _split_big(rows.join(touched, on=["rule", "h"], how="semi"), gone, caps)
 
-    def now_rows(stored_rows: pl.DataFrame) -> pl.DataFrame:
-        """The rows as they stand after this run: stored rows of records still here and
-        unchanged, plus the dirty records' fresh rows, with rid and source."""
-        kept = stored_rows.join(gone, on="rk", how="anti")
-        return pl.concat([kept, new_keys]).unique().join(idx, on="rk")
+    def kept(stored_rows: pl.DataFrame) -> pl.DataFrame:
+        """Stored rows of records still here and unchanged, with rid and source."""
+        return stored_rows.join(gone, on="rk", how="anti").join(idx, on="rk")
 
-    now = now_rows(stored)
-    flips, members = [], []
-    for i, rule in enumerate(rules):
-        cap = rule.max_block if rule.max_block is not None else max_block
-        before = stored.filter(pl.col("rule") == i).select("h", "rk").unique().group_by("h").len()
-        after = now.filter(pl.col("rule") == i).select("h", "rk").unique().group_by("h").len()
-        sizes = (touched.filter(pl.col("rule") == i).select("h")
-                 .join(before.rename({"len": "before"}), on="h", how="left")
-                 .join(after.rename({"len": "after"}), on="h", how="left").fill_null(0))
-        flipped = sizes.filter((pl.col("after") > cap) != (pl.col("before") > cap)).select("h")
-        if flipped.height:
-            m = now.filter(pl.col("rule") == i).join(flipped, on="h", how="semi").select("h", "rid").unique()
-            members.append(m["rid"])
-            flips.append(m.join(m, on="h", suffix="_r").filter(pl.col("rid") < pl.col("rid_r"))
-                         .select(pl.col("rid").alias("rid_l"), "rid_r"))
-    flip_members = pl.concat(members).unique() if members else dirty.clear()
-    flip_pairs = (pl.concat(flips).unique() if flips
-                  else pl.DataFrame(schema={"rid_l": pl.Int64, "rid_r": pl.Int64}))
+    # The rows as they stand after this run: those kept and the dirty records' fresh rows.
+    now = pl.concat([kept(stored), new_keys.join(big, on=["rule", "h"], how="anti").join(idx, on="rk")])
+
+    # Block sizes (distinct records per rule and key, either side) before and after the run.
+    def sizes(rows: pl.DataFrame, name: str) -> pl.DataFrame:
+        return rows.select("rule", "h", "rk").unique().group_by("rule", "h").len(name=name)
+
+    flipped = (touched.join(big, on=["rule", "h"], how="anti")
+               .join(sizes(stored, "before"), on=["rule", "h"], how="left")
+               .join(sizes(now, "after"), on=["rule", "h"], how="left").fill_null(0).join(caps, on="rule")
+               .filter((pl.col("after") > pl.col("cap")) != (pl.col("before") > pl.col("cap")))
+               .select("rule", "h"))
+    m = now.join(flipped, on=["rule", "h"], how="semi").select("rule", "h", "rid").unique()
+    flip_members = m["rid"].unique().sort()
+    flip_pairs = (m.join(m, on=["rule", "h"], suffix="_r").filter(pl.col("rid") < pl.col("rid_r"))
+                  .select(pl.col("rid").alias("rid_l"), "rid_r").unique().sort("rid_l", "rid_r"))
     restrict = pl.concat([dirty, flip_members]).unique().sort()
     if flip_members.len():
         # The flipped blocks' members pair again under every rule: their other keys' holders too.
-        member_rks = idx.filter(pl.col("rid").is_in(flip_members.implode()))["rk"]
-        extra = _by_records(st, member_rks).join(gone, on="rk", how="anti").select("rule", "h") \
+        member_rks = idx.filter(pl.col("rid").is_in(flip_members.implode())).select("rk")
+        rows = _holders(st, no_keys, member_rks["rk"], touched)
+        extra = rows.join(member_rks, on="rk", how="semi").join(gone, on="rk", how="anti").select("rule", "h") \
             .join(touched, on=["rule", "h"], how="anti").unique()
-        now = pl.concat([now, now_rows(_by_keys(st, extra))]).unique()
+        now = pl.concat([now, kept(_split_big(rows.join(extra, on=["rule", "h"], how="semi"), gone, caps)[0])])
     if restrict.len() == 0:
         pairs = pl.DataFrame(schema={"rid_l": pl.Int64, "rid_r": pl.Int64, "rule": pl.Int32})
     else:
-        keys = []
-        for i, rule in enumerate(rules):
-            rows = now.filter(pl.col("rule") == i)
-
-            def side(s: int) -> pl.DataFrame:
-                return rows.filter(pl.col("side") == s).select("rid", "source", pl.col("h").alias("key")) \
-                    .cast(_KEY_SCHEMA)
-
-            left = side(0)
-            keys.append((left, left if rule.symmetric else side(1)))
-        pairs = generate_pairs(records, rules, max_block=max_block, exclusive=exclusive, restrict_to=restrict,
-                               keys=keys)
-        touches = pl.col("rid_l").is_in(dirty.implode()) | pl.col("rid_r").is_in(dirty.implode())
-        in_flip = pairs.join(flip_pairs, on=["rid_l", "rid_r"], how="semi")
-        pairs = pl.concat([pairs.filter(touches), in_flip]).unique().sort("rid_l", "rid_r")
+        keys = now.select("rule", "side", "rid", "source", pl.col("h").alias("key"))
+        pairs = pairs_from_keys(keys, rules, max_block=max_block, exclusive=exclusive, restrict_to=restrict)
+        if flip_pairs.height:
+            touches = pl.col("rid_l").is_in(dirty.implode()) | pl.col("rid_r").is_in(dirty.implode())
+            pairs = pl.concat([pairs.filter(touches), pairs.join(flip_pairs, on=["rid_l", "rid_r"], how="semi")]) \
+                .unique().sort("rid_l", "rid_r")
     return PairPlan(pairs=pairs, dirty=dirty, flip_pairs=flip_pairs, flipped_members=int(flip_members.len()),
                     new_keys=new_keys)

@@ -1,8 +1,13 @@
 """Blocking: keys and rules as data, pair generation and counts on a hand-made frame
-(exact), exclusivity, the swapped-name key, the big-block cap, and derived rules."""
+(exact), exclusivity, the swapped-name key, the big-block cap, and derived rules; every rule
+at once (``key_table``, ``pairs_from_keys``) and an incremental run's pairs from stored keys
+(``_blockkeys.plan_pairs``), pinned to ``generate_pairs`` on the fixtures."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import polars as pl
 import pytest
 
@@ -10,7 +15,10 @@ from conftest import FIXTURES
 from idweave.blocking import (
     PairStats, Key, Rule, count_pairs, derive_rules, generate_pairs, parse_rules, rule_pairs,
 )
+from idweave.blocking.pairs import key_table, pairs_from_keys, rule_keys
+from idweave.linkage import _blockkeys as bk
 from idweave.linkage import load_project
+from idweave.linkage.graph import Store
 from idweave.linkage.pipeline import project_rules, with_rids
 from idweave.linkage.sources import load_records
 
@@ -225,3 +233,121 @@ def test_nothing_to_block_on() -> None:
 
 def test_derived_rules_are_deterministic() -> None:
     assert derive_rules(FULL) == derive_rules(dict(FULL))
+
+
+# ------------------------------------------------------------------ every rule at once, pinned to generate_pairs
+# Beyond the project's rules (one asymmetric): an asymmetric rule with a multi-valued key on
+# one side and its own small cap, and one key under two rules with different caps (the same
+# hashes under two rule indexes).
+EXTRA_RULES = [
+    Rule((Key("full_name", "first_name", ("tokens",)), Key("birth_date", "birth_date", ("year",))), max_block=6),
+    Rule((Key("last_name", "last_name", ("metaphone",)),), max_block=4),
+    Rule((Key("last_name", "last_name", ("metaphone",)),)),
+]
+
+
+@pytest.fixture(scope="module", params=["tiny", "demo"])
+def fixture_records(request) -> tuple[pl.DataFrame, list[Rule]]:
+    project = load_project(FIXTURES / request.param / "project.yaml")
+    records = with_rids(load_records(project))
+    return records, project_rules(project, records) + EXTRA_RULES
+
+
+def test_key_table_holds_each_rules_keys(fixture_records) -> None:
+    records, rules = fixture_records
+    table = key_table(records, rules)
+    hashed = key_table(records, rules, seed=7)
+    assert hashed.sort(pl.all()).equals(table.with_columns(pl.col("key").hash(seed=7)).sort(pl.all()))
+    for i, rule in enumerate(rules):
+        left, right = rule_keys(records, rule)
+        for side, frame in ((0, left), (1, right)):
+            got = table.filter((pl.col("rule") == i) & (pl.col("side") == side)).drop("rule", "side")
+            if side == 1 and rule.symmetric:
+                assert got.height == 0  # a symmetric rule's right keys are its left ones
+            else:
+                assert frame.height and got.sort(pl.all()).equals(frame.sort(pl.all())), (rule.name, side)
+
+
+@pytest.mark.parametrize("max_block", [400, 3])
+@pytest.mark.parametrize("exclusive", [[], ["tax"]])
+@pytest.mark.parametrize("share", [None, 0.02, 0.3])
+def test_pairs_from_keys_are_generate_pairs(fixture_records, max_block, exclusive, share) -> None:
+    records, rules = fixture_records
+    restrict = None if share is None else records["rid"].sample(fraction=share, seed=3).sort()
+    want = generate_pairs(records, rules, max_block=max_block, exclusive=exclusive, restrict_to=restrict)
+    assert want.height
+    for seed in (None, 11):  # on the keys' text and on their hashes
+        got = pairs_from_keys(key_table(records, rules, seed=seed), rules, max_block=max_block,
+                              exclusive=exclusive, restrict_to=restrict)
+        assert got.equals(want)
+    if restrict is not None:
+        # Only the keys the restricted records hold (with all their holders) are needed.
+        table = key_table(records, rules)
+        theirs = table.filter(pl.col("rid").is_in(restrict.implode())).select("rule", "key").unique()
+        held = table.join(theirs, on=["rule", "key"], how="semi")
+        assert held.height < table.height
+        assert pairs_from_keys(held, rules, max_block=max_block, exclusive=exclusive,
+                               restrict_to=restrict).equals(want)
+
+
+def test_pairs_from_keys_with_no_rules_or_keys() -> None:
+    empty = pl.DataFrame(schema={"rid_l": pl.Int64, "rid_r": pl.Int64, "rule": pl.Int32})
+    assert pairs_from_keys(key_table(RECORDS, []), []).equals(empty)
+    assert pairs_from_keys(key_table(RECORDS.clear(), RULES), RULES).equals(empty)
+    assert pairs_from_keys(key_table(RECORDS, RULES), RULES, restrict_to=pl.Series([], dtype=pl.Int64)).equals(empty)
+
+
+def _rk_pairs(pairs: pl.DataFrame, rk_of: pl.DataFrame) -> set[tuple[int, int, int]]:
+    """Pairs as (smaller rk, larger rk, rule)."""
+    named = (pairs.join(rk_of.select(pl.col("rid").alias("rid_l"), pl.col("rk").alias("a")), on="rid_l")
+             .join(rk_of.select(pl.col("rid").alias("rid_r"), pl.col("rk").alias("b")), on="rid_r"))
+    assert named.height == pairs.height
+    return {(min(a, b), max(a, b), r) for a, b, r in named.select("a", "b", "rule").iter_rows()}
+
+
+@pytest.mark.parametrize("max_block, exclusive, seed", [(400, [], 1), (400, ["tax"], 2), (5, [], 3),
+                                                        (5, ["tax"], 4), (8, ["tax"], 5)])
+def test_plan_pairs_makes_what_a_full_run_would(fixture_records, tmp_path: Path, max_block, exclusive, seed) -> None:
+    """Stored keys of a first set of records, then records added, removed and changed: the
+    stored pairs that stand (touching no dirty or removed record, in no flipped block) and
+    the plan's pairs are exactly the pairs of the second set, with the same first rules."""
+    records, rules = fixture_records
+    rng = np.random.default_rng(seed)
+    everyone = records.drop("rid").with_row_index("rk").with_columns(pl.col("rk").cast(pl.Int64))
+    n = everyone.height
+    roll = rng.random(n)
+    before = everyone.filter(pl.Series(roll < 0.8))
+    removed = set(before["rk"].sample(fraction=0.05, seed=seed).to_list())
+    staying = before.filter(~pl.col("rk").is_in(list(removed)))["rk"]
+    changed = set(staying.sample(fraction=0.08, seed=seed + 1).to_list())
+    added = set(everyone.filter(pl.Series((roll >= 0.8) & (roll < 0.9)))["rk"].to_list())
+    # A changed record takes another record's surname and birth date (a new block or an old one).
+    donors = everyone.sample(n=len(changed), seed=seed + 2, with_replacement=True)
+    new_values = pl.DataFrame({"rk": sorted(changed), "last_name": donors["last_name"],
+                               "birth_date": donors["birth_date"]})
+    after = (everyone.filter(pl.col("rk").is_in(before["rk"].implode()) | pl.col("rk").is_in(list(added)))
+             .filter(~pl.col("rk").is_in(list(removed)))
+             .update(new_values, on="rk"))
+    before = before.with_row_index("rid").with_columns(pl.col("rid").cast(pl.Int64))
+    after = after.sort("rk").with_row_index("rid").with_columns(pl.col("rid").cast(pl.Int64))
+    with Store.open(tmp_path / "store.duckdb") as st:
+        bk.write_all(st, bk.key_rows([bk.hashed_keys(before, r) for r in rules], rules, before))
+        cur = after.filter(pl.col("rk").is_in(list(added | changed)))
+        plan = bk.plan_pairs(st, after.select("rid", "source", "rk"), cur,
+                             pl.Series(sorted(removed | changed), dtype=pl.Int64), rules,
+                             max_block=max_block, exclusive=exclusive)
+    assert plan.dirty.to_list() == cur["rid"].to_list()
+    fresh = bk.key_rows([bk.hashed_keys(cur, r) for r in rules], rules, after)
+    assert plan.new_keys.sort(pl.all()).equals(fresh.sort(pl.all()))
+    full_before = _rk_pairs(generate_pairs(before, rules, max_block=max_block, exclusive=exclusive), before)
+    full_after = _rk_pairs(generate_pairs(after, rules, max_block=max_block, exclusive=exclusive), after)
+    flips = {p[:2] for p in _rk_pairs(plan.flip_pairs.with_columns(rule=pl.lit(0)), after)}
+    remade = _rk_pairs(plan.pairs, after)
+    stale = removed | changed | added
+    stand = {p for p in full_before if p[0] not in stale and p[1] not in stale and p[:2] not in flips}
+    assert stand.isdisjoint(remade)
+    assert stand | remade == full_after
+    # Every remade pair touches a dirty record or lies in a flipped block.
+    assert all(a in stale or b in stale or (a, b) in flips for a, b, _ in remade)
+    if max_block == 5:
+        assert plan.flipped_members > 0 and plan.flip_pairs.height > 0  # the cap was crossed both ways

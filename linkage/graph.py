@@ -13,6 +13,8 @@ Tables (the README's "Identity store" section describes every column):
                 moved / changed / removed; each names its run (or decision)
 * ``decisions`` human decisions (see review.py)
 * ``models``    every model version used, as Splink JSON, and ``model_tf`` its tf tables
+* ``model_sql`` what Splink made of each model for scoring (its SQL and weights), per Splink
+                version and compile key, so that a run reusing the model does not load Splink
 
 Persistent ids: every cluster of a run inherits the id of the old entity it holds the largest
 part of; when a cluster holds the largest part of several old entities the oldest id survives
@@ -32,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -71,6 +74,9 @@ create table if not exists models (
     version varchar primary key, created_run integer, created_at timestamp, splink_version varchar,
     settings json);
 create table if not exists model_tf (version varchar, "column" varchar, value varchar, tf double);
+create table if not exists model_sql (
+    version varchar, splink_version varchar, compile_key varchar, created_run integer, compiled json,
+    primary key (version, splink_version, compile_key));
 """
 
 _MIGRATIONS = (
@@ -355,7 +361,19 @@ class Store:
         return int(fetch_one(self.con, "select coalesce(max(run_id), 0) from runs")[0])
 
     def latest_model(self) -> tuple[dict[str, Any], dict[str, pl.DataFrame], str] | None:
-        """The model of the latest run that recorded one: (settings, tf tables, version)."""
+        """The model of the latest run that recorded one: (settings, tf tables, version).
+
+        If the store holds what Splink made of this model for scoring under the installed
+        Splink's version and the current compile key (``model_sql``, see :meth:`save_model`),
+        this process takes it (:func:`~idweave.linkage.model.adopt_compiled`): scoring with
+        the model then neither imports nor runs Splink.
+
+        >>> store = Store.open("out/doctest.duckdb")
+        >>> got = store.latest_model()
+        >>> got is None or got[2] == store.last_run_info()["model_version"]
+        True
+        >>> store.close()
+        """
         row = fetch_one(self.con, 
             "select m.version, m.settings from runs r join models m on m.version = r.model_version "
             "order by r.run_id desc limit 1")
@@ -365,7 +383,33 @@ class Store:
         tf = query_pl(self.con, 'select "column", value, tf from model_tf where version = ?', [version])
         tables = {c: tf.filter(pl.col("column") == c).select(pl.col("value").alias(c), pl.col("tf").alias(f"tf_{c}"))
                   for c in tf["column"].unique().to_list()}
-        return json.loads(settings), tables, version
+        settings = json.loads(settings)
+        self._adopt_compiled(version, settings)
+        return settings, tables, version
+
+    def _compiled_key(self, version: str) -> list[str] | None:
+        """The ``model_sql`` key of model ``version`` compiled in this process: the installed
+        Splink's version and the compile key (None: nothing is kept or reused)."""
+        from idweave.linkage import model as model_mod
+
+        key = model_mod.compile_key()
+        if key is None or not self.has_table("model_sql"):  # a read-only store from before model_sql
+            return None
+        return [version, model_mod.splink_version(), key]
+
+    def _adopt_compiled(self, version: str, settings: dict[str, Any]) -> None:
+        """Hand the stored compiled form of model ``version`` (if any) to the model module."""
+        from idweave.linkage import model as model_mod
+
+        key = self._compiled_key(version)
+        row = key and fetch_one(self.con, "select compiled from model_sql where version = ? and splink_version = ? "
+                                          "and compile_key = ?", key)
+        if not row:
+            return
+        try:
+            model_mod.adopt_compiled(settings, row[0])
+        except (ValueError, KeyError, TypeError, IndexError):  # unreadable: compiled again when needed
+            pass
 
     def resolve(self, entity_id: str) -> str | None:
         """Follow merges: the active entity an id now stands for (None if unknown)."""
@@ -442,16 +486,47 @@ class Store:
 
     def save_model(self, version: str, settings: dict[str, Any], tf_tables: dict[str, pl.DataFrame],
                    run_id: int, splink_version: str) -> None:
-        if fetch_one(self.con, "select count(*) from models where version = ?", [version])[0]:
+        """Record the model a run scored with (once per version), and what Splink made of it
+        for scoring (``model_sql``, once per version, Splink version and compile key), inside
+        the caller's transaction.
+
+        The compiled form is the one this process scored with; if it did not (no pair was
+        scored), it is made now only when Splink is loaded already (a run that trained), so
+        that a run reusing a stored model still never imports Splink. A later run stores it.
+
+        >>> import tempfile
+        >>> from idweave.linkage.model import build_settings, compiled_text, splink_version
+        >>> from idweave.linkage.project import load_project
+        >>> s = build_settings(load_project("fixtures/tiny/project.yaml"))
+        >>> _ = compiled_text(s, compile=True)  # as scoring with it does
+        >>> store = Store.open(Path(tempfile.mkdtemp()) / "store.duckdb")
+        >>> store.begin(); store.save_model("v1", s, {}, 1, splink_version()); store.commit()
+        >>> fetch_one(store.con, "select version, created_run from model_sql")
+        ('v1', 1)
+        >>> store.close()
+        """
+        if not fetch_one(self.con, "select count(*) from models where version = ?", [version])[0]:
+            self.con.execute("insert into models values (?, ?, ?, ?, ?)",
+                             [version, run_id, _now(), splink_version, json.dumps(settings, default=str)])
+            for col, tf in tf_tables.items():
+                t = tf.select(pl.col(col).cast(pl.Utf8).alias("value"), pl.col(f"tf_{col}").alias("tf"))
+                t = t.with_columns(pl.lit(version).alias("version"), pl.lit(col).alias("column"))
+                self.con.register("_tf", t.select("version", "column", "value", "tf").to_arrow())
+                self.con.execute("insert into model_tf select * from _tf")
+                self.con.unregister("_tf")
+        self._save_compiled(version, settings, run_id)
+
+    def _save_compiled(self, version: str, settings: dict[str, Any], run_id: int) -> None:
+        """The ``model_sql`` row of model ``version``, unless the store has it already."""
+        from idweave.linkage import model as model_mod
+
+        key = self._compiled_key(version)
+        if key is None or fetch_one(self.con, "select count(*) from model_sql where version = ? "
+                                              "and splink_version = ? and compile_key = ?", key)[0]:
             return
-        self.con.execute("insert into models values (?, ?, ?, ?, ?)",
-                         [version, run_id, _now(), splink_version, json.dumps(settings, default=str)])
-        for col, tf in tf_tables.items():
-            t = tf.select(pl.col(col).cast(pl.Utf8).alias("value"), pl.col(f"tf_{col}").alias("tf"))
-            t = t.with_columns(pl.lit(version).alias("version"), pl.lit(col).alias("column"))
-            self.con.register("_tf", t.select("version", "column", "value", "tf").to_arrow())
-            self.con.execute("insert into model_tf select * from _tf")
-            self.con.unregister("_tf")
+        text = model_mod.compiled_text(settings, compile="splink" in sys.modules)
+        if text is not None:
+            self.con.execute("insert into model_sql values (?, ?, ?, ?, ?)", [*key, run_id, text])
 
 
 def _check_writable(path: Path) -> None:

@@ -27,6 +27,7 @@ import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -41,16 +42,27 @@ from idweave.linkage.project import Project
 
 __all__ = [
     "TrainedModel", "build_settings", "train", "score_pairs", "comparison_columns",
-    "model_attributes", "splink_version",
+    "model_attributes", "splink_version", "compile_key", "compiled_text", "adopt_compiled",
 ]
 
 log = logging.getLogger("idweave.model")
 
 
 def splink_version() -> str:
-    import splink
+    """The installed Splink's version, read from its package metadata: no ``import splink``
+    (a third of a second), so a run that reuses a stored model never loads Splink.
 
-    return splink.__version__
+    >>> splink_version().split(".")[0]
+    '5'
+    """
+    return _dist_version("splink")
+
+
+@lru_cache(maxsize=None)
+def _dist_version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
 
 
 # --------------------------------------------------------------------------------------
@@ -140,12 +152,15 @@ def prepare(records: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
             uniq = records[base].drop_nulls().unique()
             # The lists go to polars as one arrow list array (values and offsets): building
             # them one Python list at a time took most of the time of scoring a few pairs.
+            # Values and offsets become arrow through polars: pyarrow's own ``pa.array`` of a
+            # Python list imports pandas (half a second) to check whether it was given one.
             flat: list[str] = []
             offsets = [0]
             for v in uniq.to_list():
                 flat += canonical_names(v)
                 offsets.append(len(flat))
-            lists = pl.Series(pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, pa.string())))
+            lists = pl.Series(pa.ListArray.from_arrays(pl.Series(offsets, dtype=pl.Int32).to_arrow(),
+                                                       pl.Series(flat, dtype=pl.Utf8).to_arrow()))
             table = pl.DataFrame([uniq.alias("value"), lists.alias("formal")])
             formal = records.select(pl.col(base).alias("value")).join(table, on="value", how="left",
                                                                        maintain_order="left")["formal"]
@@ -825,7 +840,8 @@ def score_pairs(records: pl.DataFrame, pairs: pl.DataFrame, model: TrainedModel,
 
     On DuckDB the pairs are scored by one query made of Splink's own prediction SQL for the
     model (its level CASE statements, match weights and term-frequency adjustments), which
-    Splink writes once per model and this process keeps (:func:`_compiled`): the same numbers
+    Splink writes once per model and this process and the store keep (:func:`_compiled`; a
+    process scoring with a model read from a store runs no Splink at all): the same numbers
     as a Splink linker's ``predict``, bit for bit, without building a linker each call
     (``tests/test_scoring.py`` checks it against :func:`_score_pairs_splink`).
 
@@ -997,16 +1013,48 @@ _COMPILED_MAX = 8
 _COMPILED_LOCK = threading.Lock()
 
 
-def _compiled(settings: dict[str, Any]) -> _Compiled:
-    """Splink's reading of a model's settings (comparisons parsed, levels numbered, weights
-    and tf adjustments written as its prediction SQL writes them), made once per model in
-    this process: the key is the settings JSON, which holds every trained parameter."""
-    key = json.dumps(settings, sort_keys=True, default=str)
+def _settings_key(settings: dict[str, Any]) -> str:
+    """The in-process cache's key: the settings JSON, which holds every trained parameter."""
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def _cached(key: str) -> _Compiled | None:
     with _COMPILED_LOCK:
         hit = _COMPILED.get(key)
         if hit is not None:
             _COMPILED.move_to_end(key)
-            return hit
+        return hit
+
+
+def _remember(key: str, compiled: _Compiled) -> _Compiled:
+    """Keep ``compiled`` for ``key`` (one already kept wins: both are the same); returns the kept one."""
+    with _COMPILED_LOCK:
+        kept = _COMPILED.setdefault(key, compiled)
+        _COMPILED.move_to_end(key)
+        while len(_COMPILED) > _COMPILED_MAX:
+            _COMPILED.popitem(last=False)
+        return kept
+
+
+def _compiled(settings: dict[str, Any]) -> _Compiled:
+    """Splink's reading of a model's settings (comparisons parsed, levels numbered, weights
+    and tf adjustments written as its prediction SQL writes them), made once per model in
+    this process: the key is the settings JSON, which holds every trained parameter.
+
+    A store keeps what was made for each model (``model_sql``): reading the model from it
+    (:meth:`~idweave.linkage.graph.Store.latest_model`) puts it here (:func:`adopt_compiled`),
+    so a process scoring with a stored model neither imports nor runs Splink."""
+    key = _settings_key(settings)
+    hit = _cached(key)
+    if hit is not None:
+        return hit
+    return _remember(key, _compile(settings))
+
+
+def _compile(settings: dict[str, Any]) -> _Compiled:
+    """What :func:`_compiled` keeps, made by Splink (this imports it). The output is a pure
+    function of the settings, Splink's (and sqlglot's) version and this code: see
+    :func:`compile_key`."""
     from splink.internals.predict import predict_from_comparison_vectors_sqls_using_settings
     from splink.internals.settings_creator import SettingsCreator
 
@@ -1039,8 +1087,105 @@ def _compiled(settings: dict[str, Any]) -> _Compiled:
         predict_sql=(mw_parts["sql"], predict["sql"]),
         outputs=tuple((cc.output_column_name, cc._gamma_column_name, cc._mw_column_name,
                        cc._mw_tf_adj_column_name if cc._has_tf_adjustments else None) for cc in s.comparisons))
-    with _COMPILED_LOCK:
-        _COMPILED[key] = out
-        while len(_COMPILED) > _COMPILED_MAX:
-            _COMPILED.popitem(last=False)
     return out
+
+
+# The stored form of a compiled model (``model_sql``): bump it when what the stored JSON means
+# changes in a way the code hash of :func:`compile_key` would not catch.
+_COMPILE_FORMAT = 1
+# The functions whose output the stored form is: changing any of them changes compile_key, so
+# a store's compiled models from before the change are not reused (they are made again).
+_COMPILE_CODE = ("_compile", "_compiled_to_json", "_compiled_from_json", "input_columns", "_tf_columns")
+
+
+@lru_cache(maxsize=1)
+def compile_key() -> str | None:
+    """What a compiled model depends on besides the model itself and Splink's version: the
+    format of its stored form, the source of the code that makes and reads it, and the
+    version of sqlglot (through which Splink writes its SQL). A store keeps compiled models
+    under (model version, Splink version, this key), so a change to any of them compiles
+    again instead of reusing stale SQL. None when the code's source cannot be read: then
+    nothing is stored or reused.
+
+    >>> len(compile_key()), compile_key() == compile_key()
+    (16, True)
+    """
+    import inspect
+    from importlib.metadata import PackageNotFoundError
+
+    h = hashlib.sha256(f"format {_COMPILE_FORMAT}\n".encode())
+    try:
+        h.update(f"sqlglot {_dist_version('sqlglot')}\n".encode())
+    except PackageNotFoundError:
+        h.update(b"sqlglot ?\n")
+    try:
+        for name in _COMPILE_CODE:
+            h.update(inspect.getsource(globals()[name]).encode())
+    except (OSError, TypeError):  # no source (a frozen or byte-code-only install)
+        return None
+    return h.hexdigest()[:16]
+
+
+def _compiled_to_json(c: _Compiled) -> str:
+    """A compiled model as JSON text. Floats are written as their repr, which reads back to
+    the same bits (infinities as ``Infinity``); tuples become lists, int keys pairs."""
+    p = c.parts
+    return json.dumps({
+        "parts": {"gamma_sql": p.gamma_sql, "columns": p.columns, "tf_columns": p.tf_columns,
+                  "comparisons": [{"name": x["name"], "weights": [[g, w] for g, w in x["weights"].items()],
+                                   "tf": [[g, *v] for g, v in x["tf"].items()], "tf_column": x["tf_column"]}
+                                  for x in p.comparisons],
+                  "prior": p.prior},
+        "tf_columns": c.tf_columns, "tf_joins": c.tf_joins, "uid": c.uid, "blocking_columns": c.blocking_columns,
+        "vector_columns": c.vector_columns, "predict_sql": c.predict_sql, "outputs": c.outputs,
+    })
+
+
+def _compiled_from_json(text: str) -> _Compiled:
+    """:func:`_compiled_to_json` read back: equal to what was written."""
+    d = json.loads(text)
+    p = d["parts"]
+    comps = [{"name": x["name"], "weights": {int(g): float(w) for g, w in x["weights"]},
+              "tf": {int(g): (float(a), float(b), float(m)) for g, a, b, m in x["tf"]}, "tf_column": x["tf_column"]}
+             for x in p["comparisons"]]
+    parts = ScoringParts(gamma_sql=list(p["gamma_sql"]), columns=list(p["columns"]),
+                         tf_columns=list(p["tf_columns"]), comparisons=comps, prior=float(p["prior"]))
+    return _Compiled(
+        parts=parts, tf_columns=tuple(d["tf_columns"]), tf_joins=tuple((a, b) for a, b in d["tf_joins"]),
+        uid=d["uid"], blocking_columns=tuple(d["blocking_columns"]), vector_columns=tuple(d["vector_columns"]),
+        predict_sql=(d["predict_sql"][0], d["predict_sql"][1]),
+        outputs=tuple((n, g, mw, adj) for n, g, mw, adj in d["outputs"]))
+
+
+def compiled_text(settings: dict[str, Any], *, compile: bool = False) -> str | None:
+    """What Splink makes of a model's settings (:func:`_compiled`) as JSON text, as a store
+    keeps it (``model_sql``): the one this process holds, or, with ``compile``, one made
+    now (which imports Splink); else None. :func:`adopt_compiled` reads it back, bit for bit.
+
+    >>> from idweave.linkage.project import load_project
+    >>> s = build_settings(load_project("fixtures/tiny/project.yaml"))
+    >>> text = compiled_text(s, compile=True)
+    >>> compiled_text(s) == text, json.loads(text)["uid"]
+    (True, '"rid"')
+    """
+    hit = _cached(_settings_key(settings))
+    if hit is None:
+        if not compile:
+            return None
+        hit = _compiled(settings)
+    return _compiled_to_json(hit)
+
+
+def adopt_compiled(settings: dict[str, Any], text: str) -> None:
+    """Take ``text`` (:func:`compiled_text` of these very settings, made by this Splink with
+    this :func:`compile_key`, as a store keeps it) as this process's compiled form of
+    ``settings``: scoring with them (:func:`score_pairs`, :func:`scoring_parts`) then runs
+    no Splink. Nothing checks that the text belongs to the settings: the caller's key does.
+
+    >>> from idweave.linkage.project import load_project
+    >>> s = build_settings(load_project("fixtures/tiny/project.yaml"))
+    >>> adopt_compiled(s, compiled_text(s, compile=True))
+    >>> scoring_parts(s).comparisons[0]["name"]
+    'first_name'
+    """
+    _remember(_settings_key(settings), _compiled_from_json(text))

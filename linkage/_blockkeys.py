@@ -47,6 +47,29 @@ def hashed_keys(records: pl.DataFrame, rule: Rule) -> tuple[pl.DataFrame, pl.Dat
                 right.select(pl.col("rid").cast(pl.Int64), "source", pl.col("key").hash(seed=_SEED)))
 
 
+def all_keys(records: pl.DataFrame, rules: Sequence[Rule]
+             ) -> tuple[list[tuple[pl.DataFrame, pl.DataFrame]], pl.DataFrame]:
+    """Every rule's hashed key frames (as :func:`hashed_keys` gives them, for
+    :func:`~idweave.blocking.pairs.generate_pairs`) and their ``block_keys`` rows, from one
+    :func:`~idweave.blocking.pairs.key_table` (each distinct key value computed once): a
+    full run's keys.
+
+    >>> from idweave.blocking.rules import Key
+    >>> recs = pl.DataFrame({"rid": [0, 1], "source": ["a", "b"], "fn": ["ann", "ann"], "rk": [7, 9]})
+    >>> keys, rows = all_keys(recs, [Rule((Key("fn", "fn"),))])
+    >>> keys[0][0]["rid"].to_list(), rows["rk"].to_list(), rows["h"].n_unique()
+    ([0, 1], [7, 9], 1)
+    """
+    table = key_table(records, rules, seed=_SEED).with_columns(pl.col("rid").cast(pl.Int64))
+    parts = table.partition_by("rule", "side", as_dict=True)
+    empty = pl.DataFrame(schema=_KEY_SCHEMA)
+    keys = []
+    for i, rule in enumerate(rules):
+        left = parts.get((i, 0), empty).select("rid", "source", "key").sort("rid")
+        keys.append((left, left if rule.symmetric else parts.get((i, 1), empty).select("rid", "source", "key").sort("rid")))
+    return keys, _rows(table, records)
+
+
 def key_rows(keys: Sequence[tuple[pl.DataFrame, pl.DataFrame]], rules: Sequence[Rule],
              rk_of: pl.DataFrame) -> pl.DataFrame:
     """The ``block_keys`` rows of key frames (``rk_of``: ``rid`` -> ``rk``)."""

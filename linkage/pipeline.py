@@ -235,10 +235,9 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                 pairs, dirty, flip_pairs, flipped = plan.pairs, plan.dirty, plan.flip_pairs, plan.flipped_members
                 new_keys = plan.new_keys
             else:
-                keys = [bk.hashed_keys(records, rule) for rule in rules]
+                keys, new_keys = bk.all_keys(records, rules)
                 pairs = generate_pairs(records, rules, exclusive=exclusive_sources, stats=stats, keys=keys)
                 dirty, flip_pairs, flipped = records["rid"], no_pairs, 0
-                new_keys = bk.key_rows(keys, rules, records)
                 del keys
         with timer.stage("score"):
             scored = model_mod.score_pairs(inc.records_of(records, pairs, st, delta), pairs, trained,

@@ -351,3 +351,18 @@ def test_plan_pairs_makes_what_a_full_run_would(fixture_records, tmp_path: Path,
     assert all(a in stale or b in stale or (a, b) in flips for a, b, _ in remade)
     if max_block == 5:
         assert plan.flipped_members > 0 and plan.flip_pairs.height > 0  # the cap was crossed both ways
+
+
+def test_a_full_runs_keys_from_one_key_table_equal_the_keys_rule_by_rule() -> None:
+    """``_blockkeys.all_keys`` (one key table) gives every rule's hashed key frames as
+    ``hashed_keys`` gives them one rule at a time, and the same ``block_keys`` rows."""
+    from idweave.linkage import _blockkeys as bk
+
+    project = load_project(FIXTURES / "demo" / "project.yaml")
+    records = with_rids(load_records(project)).with_columns(pl.col("rid").alias("rk"))
+    rules = project_rules(project, records)
+    keys, rows = bk.all_keys(records, rules)
+    one_by_one = [bk.hashed_keys(records, rule) for rule in rules]
+    for (l1, r1), (l2, r2) in zip(keys, one_by_one):
+        assert l1.sort(pl.all()).equals(l2.sort(pl.all())) and r1.sort(pl.all()).equals(r2.sort(pl.all()))
+    assert rows.sort(pl.all()).equals(bk.key_rows(one_by_one, rules, records).sort(pl.all()))

@@ -574,29 +574,15 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
     return model
 
 
-# One in-memory DuckDB per process for fast scoring (see :func:`_scoring_engine`).
-_SCORING_DB: tuple[int, duckdb.DuckDBPyConnection] | None = None
-_SCORING_DB_LOCK = threading.Lock()
-
-
 @contextmanager
 def _scoring_engine() -> Iterator[duckdb.DuckDBPyConnection]:
-    """:func:`_engine` for :func:`score_pairs`' one query: a cursor of an in-memory DuckDB kept
-    for the process (a new database costs ~20 ms a call; a cursor well under one). A cursor
-    is a connection of its own: what it registers, no other cursor sees, and its tables go
-    with it. Default threads, as :func:`_engine`; a forked child makes its own database."""
-    import os
+    """:func:`_engine` for :func:`score_pairs`' one query: a cursor of the process's scratch
+    DuckDB (:func:`idweave.linkage._db.scratch`; a new database costs ~20 ms a call, a
+    cursor well under one), default threads as :func:`_engine`."""
+    from idweave.linkage._db import scratch
 
-    global _SCORING_DB
-    with _SCORING_DB_LOCK:
-        if _SCORING_DB is None or _SCORING_DB[0] != os.getpid():
-            _SCORING_DB = (os.getpid(), duckdb.connect())
-        con = _SCORING_DB[1].cursor()
-    try:
-        with _engine_errors("scoring"):
-            yield con
-    finally:
-        con.close()
+    with scratch() as con, _engine_errors("scoring"):
+        yield con
 
 
 @contextmanager

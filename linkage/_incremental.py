@@ -429,6 +429,10 @@ class RunWrite:
     reclustered_all: bool = True
 
 
+# How often an incremental run lets DuckDB compact row groups when it checkpoints (see write_run).
+VACUUM_EVERY = 16
+
+
 def _rks(records: pl.DataFrame, rids: pl.Series) -> pl.Series:
     return records.filter(pl.col("rid").is_in(rids.implode()))["rk"].cast(pl.Int64)
 
@@ -592,6 +596,11 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
         cols = list(row)
         st.con.execute(f"insert into runs ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})",
                        [row[c] for c in cols])
+        # At a checkpoint DuckDB merges a table's small last row groups (vacuum): after a small
+        # append to a wide table that rewrites whole row groups (links at 50k records: 0.54 s
+        # for 28k new rows, 0.04 s without). Incremental runs leave that to every
+        # VACUUM_EVERY-th run; full runs rewrite their tables anyway.
+        st.con.execute(f"set max_vacuum_tasks = {0 if not full and run_id % VACUUM_EVERY else 100}")
         st.commit()
     except BaseException:
         st.rollback()

@@ -254,6 +254,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
             derived_stored = blocking.clear()
             seeds = dirty
             gone_neighbours = dirty.clear()
+            flip_old = blocking.clear()
             if incremental:
                 # Stored links stand unless they touch a new or changed record or lie in a
                 # block that crossed its cap; the ends of those that go are re-clustered.
@@ -262,7 +263,8 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                 touches = _ends(stored, _rid_mask(records.height, dirty), both=False)
                 hit, kept = stored.filter(touches), stored.filter(~touches)
                 if flip_pairs.height:
-                    hit = pl.concat([hit, stored.join(flip_pairs, on=["rid_l", "rid_r"], how="semi")])
+                    flip_old = stored.join(flip_pairs, on=["rid_l", "rid_r"], how="semi")
+                    hit = pl.concat([hit, flip_old])
                     kept = kept.join(flip_pairs, on=["rid_l", "rid_r"], how="anti")
                 gone_neighbours = inc.removed_neighbours(st, records, delta.removed)
                 seeds = pl.concat([dirty, hit["rid_l"], hit["rid_r"], pairs["rid_l"], pairs["rid_r"], gone_neighbours])
@@ -318,7 +320,14 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                 # Replay the last run's joins: only decisions touching a record whose links
                 # may differ from the last run's are made again (see cluster()); every other
                 # record's links among the re-clustered ones are as they were.
-                changed_links = pl.concat([flip_pairs, derived_drop, derived.select("rid_l", "rid_r")])
+                # A link of a flipped block changed only if it is not the same pair with the
+                # same probability before and after (most are: another rule still makes them).
+                flip_new = pl.concat([scored.select(light_cols), derived_light]).join(
+                    flip_pairs, on=["rid_l", "rid_r"], how="semi")
+                on = ["rid_l", "rid_r", "match_probability"]
+                flip_changed = pl.concat([flip_old.join(flip_new, on=on, how="anti").select("rid_l", "rid_r"),
+                                          flip_new.join(flip_old, on=on, how="anti").select("rid_l", "rid_r")])
+                changed_links = pl.concat([flip_changed, derived_drop, derived.select("rid_l", "rid_r")])
                 replay = {"previous_joined": inc.stored_joins(st, records, affected),
                           "dirty": pl.concat([dirty, changed_links["rid_l"], changed_links["rid_r"],
                                               gone_neighbours, constrained]).unique()}

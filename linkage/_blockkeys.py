@@ -1,7 +1,7 @@
 """Stored blocking keys: what lets an incremental run block new records without recomputing
 the keys of every stored record.
 
-A full run computes every rule's key values for every record (:func:`rule_keys`, hashed to
+A full run computes every rule's key values for every record (:func:`all_keys`, hashed to
 64 bits) and keeps them in the store's ``block_keys`` table (``rule``, ``side``, ``h``,
 ``rk``: rule index, 0 for a rule's left side and 1 for the right side of an asymmetric
 rule, key hash, and the record's persistent integer key ``records.rk``). Full runs block on
@@ -25,7 +25,7 @@ from typing import Sequence
 
 import polars as pl
 
-from idweave.blocking.pairs import key_table, pairs_from_keys, rule_keys
+from idweave.blocking.pairs import key_table, pairs_from_keys
 from idweave.blocking.rules import Rule
 from idweave.linkage.graph import Store
 
@@ -38,18 +38,9 @@ _KEY_SCHEMA = {"rid": pl.Int64, "source": pl.Utf8, "key": pl.UInt64}
 _ROW_SCHEMA = {"rule": pl.Int16, "side": pl.UInt8, "h": pl.UInt64, "rk": pl.Int64}  # a block_keys row
 
 
-def hashed_keys(records: pl.DataFrame, rule: Rule) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """:func:`~idweave.blocking.pairs.rule_keys` with each key hashed (``rid``, ``source``,
-    ``key`` as UInt64); the same frame twice for a symmetric rule."""
-    left, right = rule_keys(records, rule)
-    lh = left.select(pl.col("rid").cast(pl.Int64), "source", pl.col("key").hash(seed=_SEED))
-    return lh, (lh if rule.symmetric else
-                right.select(pl.col("rid").cast(pl.Int64), "source", pl.col("key").hash(seed=_SEED)))
-
-
 def all_keys(records: pl.DataFrame, rules: Sequence[Rule]
              ) -> tuple[list[tuple[pl.DataFrame, pl.DataFrame]], pl.DataFrame]:
-    """Every rule's hashed key frames (as :func:`hashed_keys` gives them, for
+    """Every rule's key frames (``rid``, ``source``, ``key`` hashed to UInt64, for
     :func:`~idweave.blocking.pairs.generate_pairs`) and their ``block_keys`` rows, from one
     :func:`~idweave.blocking.pairs.key_table` (each distinct key value computed once): a
     full run's keys.
@@ -68,17 +59,6 @@ def all_keys(records: pl.DataFrame, rules: Sequence[Rule]
         left = parts.get((i, 0), empty).select("rid", "source", "key").sort("rid")
         keys.append((left, left if rule.symmetric else parts.get((i, 1), empty).select("rid", "source", "key").sort("rid")))
     return keys, _rows(table, records)
-
-
-def key_rows(keys: Sequence[tuple[pl.DataFrame, pl.DataFrame]], rules: Sequence[Rule],
-             rk_of: pl.DataFrame) -> pl.DataFrame:
-    """The ``block_keys`` rows of key frames (``rk_of``: ``rid`` -> ``rk``)."""
-    parts = [frame.with_columns(pl.lit(i, pl.Int16).alias("rule"), pl.lit(side, pl.UInt8).alias("side"))
-             for i, (rule, (left, right)) in enumerate(zip(rules, keys))
-             for side, frame in ([(0, left)] if rule.symmetric else [(0, left), (1, right)])]
-    if not parts:
-        return pl.DataFrame(schema=_ROW_SCHEMA)
-    return _rows(pl.concat(parts), rk_of)
 
 
 def _rows(table: pl.DataFrame, rk_of: pl.DataFrame) -> pl.DataFrame:

@@ -96,7 +96,7 @@ class Delta:
     stored: pl.DataFrame   # record_index() of the store before this run
     new: pl.Series         # rids
     changed: pl.Series     # rids
-    removed: pl.DataFrame  # source, record_id, entity_id of stored records that are gone
+    removed: pl.DataFrame  # source, record_id, entity_id, rk of stored records that are gone
     prior: pl.DataFrame    # per rid (in rid order): source, record_id and the stored entity_id,
                            # first_seen_run, last_seen_run (null for new records)
     # Loaded reusing stored cleaning: ``records`` then has no attribute columns; ``fresh``
@@ -105,17 +105,17 @@ class Delta:
     fresh: pl.DataFrame | None = None
     attribute_schema: dict[str, pl.DataType] | None = None
 
-    @property
-    def first_run(self) -> bool:
-        return self.stored.height == 0
+    @cached_property
+    def dirty_rids(self) -> pl.Series:
+        """New and changed records: cleaned this run, every pair touching one made again."""
+        return pl.concat([self.new, self.changed])
 
     @cached_property
     def gone_rks(self) -> pl.Series:
         """The rks of stored records whose stored keys, links and joins are stale: changed and
         removed ones."""
         changed = self.records.filter(pl.col("rid").is_in(self.changed.implode()))["rk"]
-        removed = self.removed.join(self.stored.select("source", "record_id", "rk"), on=["source", "record_id"])["rk"]
-        return pl.concat([changed.cast(pl.Int64), removed.cast(pl.Int64)]).drop_nulls()
+        return pl.concat([changed.cast(pl.Int64), self.removed["rk"].cast(pl.Int64)]).drop_nulls()
 
 
 class StaleReuse(Exception):
@@ -249,7 +249,7 @@ def compare(st: Store, project: Project, loaded: pl.DataFrame, index: StoredInde
     changed = j.filter(pl.col("_old").is_not_null() & (pl.col("_old") != pl.col("content_hash")))["rid"]
     matched = np.zeros(stored.height, dtype=bool)
     matched[pos[hit]] = True
-    removed = stored.filter(pl.Series(~matched)).select("source", "record_id", "entity_id")
+    removed = stored.filter(pl.Series(~matched)).select("source", "record_id", "entity_id", "rk")
     prior = j.select("rid", "source", "record_id", "entity_id", "first_seen_run", "last_seen_run")
     return Delta(records=records, seen=seen, stored=stored, new=new, changed=changed, removed=removed, prior=prior,
                  fresh=fresh, attribute_schema=attr_schema)
@@ -323,80 +323,21 @@ def _query(st: Store, sql: str, params: list[Any] | None = None) -> pl.DataFrame
     return query_pl(st.con, sql, params)
 
 
-def closure(seeds: pl.Series, edges: pl.DataFrame, rids: pl.Series) -> pl.Series:
-    """Every rid (of ``rids``) connected to one of ``seeds`` along ``edges`` (``rid_l``,
-    ``rid_r``), seeds included, sorted.
-
-    Grown from the seeds one step along every edge at a time (vectorised; an edge whose two
-    ends are both reached is dropped), so the cost follows the reached part; past a few
-    dozen steps (long chains) it finishes with connected components.
-
-    >>> edges = pl.DataFrame({"rid_l": [0, 1, 5], "rid_r": [1, 2, 6]})
-    >>> closure(pl.Series([2]), edges, pl.Series(range(8))).to_list()
-    [0, 1, 2]
-    """
-    import numpy as np
-
-    order = np.sort(rids.cast(pl.Int64).to_numpy())
-    n = len(order)
-
-    def dense(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        i = np.searchsorted(order, values)
-        ok = i < n
-        ok[ok] &= order[i[ok]] == values[ok]
-        return i, ok
-
-    u, ok_u = dense(edges["rid_l"].cast(pl.Int64).to_numpy())
-    v, ok_v = dense(edges["rid_r"].cast(pl.Int64).to_numpy())
-    keep = ok_u & ok_v
-    u, v = u[keep], v[keep]
-    s, ok_s = dense(seeds.cast(pl.Int64).to_numpy())
-    reached = np.zeros(n, dtype=bool)
-    reached[s[ok_s]] = True
-    for _ in range(48):
-        ru, rv = reached[u], reached[v]
-        cross = ru != rv
-        if not cross.any():
-            return pl.Series("rid", order[reached])
-        reached[u[cross]] = True
-        reached[v[cross]] = True
-        live = ~(ru & rv) & ~cross  # not yet reached on either end: may be reached later
-        u, v = u[live], v[live]
-    # A long chain: label the rest by components (edges between reached records are gone,
-    # which changes no component: both ends are already in).
-    from idweave.linkage.cluster import components
-
-    cc = components(pl.DataFrame({"rid_l": order[u], "rid_r": order[v]}), pl.Series(order))
-    hit = cc.filter(pl.Series(reached))["cluster"].unique()
-    more = cc.filter(pl.col("cluster").is_in(hit.implode()))["rid"].to_numpy()
-    reached[np.searchsorted(order, more)] = True
-    return pl.Series("rid", order[reached])
-
-
 def summary_counts(delta: Delta) -> dict[str, Any]:
     return {"new_records": int(delta.new.len()), "changed_records": int(delta.changed.len()),
             "removed_records": int(delta.removed.height)}
 
 
 def removed_neighbours(st: Store, records: pl.DataFrame, removed: pl.DataFrame) -> pl.Series:
-    """Rids of this run's records that had a stored link to a removed record."""
-    if removed.height == 0 or not st.has_table("links"):
+    """Rids of this run's records that had a stored link to a removed record (``removed``
+    holds its ``rk``)."""
+    rks = removed["rk"].drop_nulls()
+    if rks.len() == 0 or not st.has_table("links"):
         return pl.Series("rid", [], dtype=pl.Int64)
-    from idweave.linkage._db import query_pl
-
-    st.con.register("_removed", removed.select("source", "record_id").to_arrow())
-    try:
-        other = query_pl(st.con, """
-            select l.source_r as source, l.record_id_r as record_id from links l
-              join _removed x on x.source = l.source_l and x.record_id = l.record_id_l
-            union
-            select l.source_l, l.record_id_l from links l
-              join _removed x on x.source = l.source_r and x.record_id = l.record_id_r""")
-    finally:
-        st.con.unregister("_removed")
-    if other.height == 0:
-        return pl.Series("rid", [], dtype=pl.Int64)
-    return records.select("rid", "source", "record_id").join(other, on=["source", "record_id"])["rid"]
+    with st.registered("_removed", pl.DataFrame({"rk": rks.cast(pl.Int64)})):
+        other = _query(st, "select rk_r as rk from links where rk_l in (select rk from _removed) union "
+                           "select rk_l from links where rk_r in (select rk from _removed)")
+    return records.join(other, on="rk", how="semi")["rid"]
 
 
 # --------------------------------------------------------------------------------------
@@ -499,7 +440,7 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
     entities = final.select("source", "record_id", "entity_id")  # rid order: (source, record_id)
 
     events = list(assignment.events)
-    for s, r, e in delta.removed.sort("source", "record_id").iter_rows():
+    for s, r, e in delta.removed.sort("source", "record_id").select("source", "record_id", "entity_id").iter_rows():
         events.append({"type": "record_removed", "entity_id": e, "source": s, "record_id": r})
     changed_keys = _keys(records, delta.changed).join(entities, on=["source", "record_id"])
     for s, r, e in changed_keys.sort("source", "record_id").iter_rows():
@@ -517,8 +458,8 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
     extra = [c for c in ("raw_hash",) if c in records.columns]
     rows = records
     if not full:  # only new and changed rows are written whole; unseen ones keep their last_seen_run
-        rows = records.filter(pl.col("rid").is_in(pl.concat([delta.new, delta.changed]).implode()) | ~w.seen)
-        if delta.fresh is not None and any(a not in rows.columns for a in attrs):
+        rows = records.filter(pl.col("rid").is_in(delta.dirty_rids.implode()) | ~w.seen)
+        if not has_attributes(rows, delta):
             # New and changed records were cleaned this run; of unseen ones only the keys are used.
             rows = rows.join(delta.fresh, on="rid", how="left")
     rec_rows = (rows.select("rid", "source", "record_id", *attrs, "content_hash", *extra, "rk")
@@ -559,10 +500,8 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
         if full:
             ent_old = query_pl(st.con, "select * from entities")
         else:
-            st.con.register("_ids", pl.DataFrame({"entity_id": sorted(size_ids)}, schema={"entity_id": pl.Utf8})
-                            .to_arrow())
-            ent_old = query_pl(st.con, "select e.* from entities e join _ids using (entity_id)")
-            st.con.unregister("_ids")
+            with st.registered("_ids", pl.DataFrame({"entity_id": sorted(size_ids)}, schema={"entity_id": pl.Utf8})):
+                ent_old = query_pl(st.con, "select e.* from entities e join _ids using (entity_id)")
         rows = {r["entity_id"]: r for r in ent_old.iter_rows(named=True)}
         out: dict[str, dict[str, Any]] = {}
         for eid, split_from in assignment.created:
@@ -583,10 +522,8 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
                     r["changed_run"] = run_id
                 out[eid] = r
         if out:
-            df = pl.DataFrame(list(out.values()), schema=_ENTITY_SCHEMA)
-            st.con.register("_ent", df.to_arrow())
-            st.con.execute("insert or replace into entities by name select * from _ent")  # by primary key
-            st.con.unregister("_ent")
+            with st.registered("_ent", pl.DataFrame(list(out.values()), schema=_ENTITY_SCHEMA)):
+                st.con.execute("insert or replace into entities by name select * from _ent")  # by primary key
         n_events = st.append_events(events, run_id=run_id)
         row = dict(w.row)
         row.update(run_id=run_id, started_at=w.started, finished_at=_now(), mode=w.mode,
@@ -612,13 +549,10 @@ def _write_records_delta(st: Store, records: pl.DataFrame, delta: Delta, rec_row
                          final: pl.DataFrame, run_id: int, *, all_seen: bool) -> None:
     """Records of an incremental run: drop removed and changed rows, insert new and changed
     ones, move the others whose entity changed, mark what the sources held as seen."""
-    gone = pl.concat([delta.removed.select("source", "record_id"), _keys(records, delta.changed)])
-    if gone.height:
-        st.con.register("_gone", gone.to_arrow())
-        st.con.execute("delete from records where exists (select 1 from _gone g where g.source = records.source "
-                       "and g.record_id = records.record_id)")
-        st.con.unregister("_gone")
-    dirty = pl.concat([delta.new, delta.changed]).implode()
+    if delta.gone_rks.len():
+        with st.registered("_gone", pl.DataFrame({"rk": delta.gone_rks})):
+            st.con.execute("delete from records where rk in (select rk from _gone)")
+    dirty = delta.dirty_rids.implode()
     fresh = rec_rows.filter(pl.col("rid").is_in(dirty))
     st.append("records", fresh.drop("rid", "_seen"))
     if delta.fresh is not None and "raw_hash" in records.columns:
@@ -647,12 +581,9 @@ def _write_records_delta(st: Store, records: pl.DataFrame, delta: Delta, rec_row
         st.con.execute("update records set last_seen_run = ? where last_seen_run is distinct from ?",
                        [run_id, run_id])
     else:
-        kept = rec_rows.filter(~pl.col("_seen")).select("source", "record_id")
-        st.con.register("_kept", kept.to_arrow())
-        st.con.execute("update records set last_seen_run = ? where last_seen_run is distinct from ? and not exists "
-                       "(select 1 from _kept k where k.source = records.source and k.record_id = records.record_id)",
-                       [run_id, run_id])
-        st.con.unregister("_kept")
+        with st.registered("_kept", rec_rows.filter(~pl.col("_seen")).select("rk")):
+            st.con.execute("update records set last_seen_run = ? where last_seen_run is distinct from ? "
+                           "and rk not in (select rk from _kept)", [run_id, run_id])
 
 
 def _write_joins_delta(st: Store, records: pl.DataFrame, affected: pl.Series, gone: pl.Series,
@@ -730,11 +661,13 @@ def records_of(records: pl.DataFrame, pairs: pl.DataFrame, st: Store | None = No
     touch most records): scoring reads every record it is given, so a few pairs should not
     pay for a million. ``records`` without attributes (an incremental run's): they come from
     :func:`attributes` (``st``, ``delta``)."""
-    lazy = delta is not None and delta.fresh is not None and any(
-        a not in records.columns for a in (delta.attribute_schema or {}))
-    if pairs.height == 0 or (pairs.height > records.height and not lazy):
-        return records if not lazy else attributes(st, delta, records["rid"].clear())  # type: ignore[arg-type]
     ids = pl.concat([pairs["rid_l"], pairs["rid_r"]]).unique()
-    if lazy:
+    if delta is not None and not has_attributes(records, delta):
         return attributes(st, delta, ids)  # type: ignore[arg-type]
     return records.filter(pl.col("rid").is_in(ids.implode())) if ids.len() < records.height // 2 else records
+
+
+def has_attributes(records: pl.DataFrame, delta: Delta) -> bool:
+    """Does ``records`` carry the attributes (a full run's), or only keys (an incremental
+    run's, whose attributes :func:`attributes` gives)?"""
+    return delta.fresh is None or all(a in records.columns for a in (delta.attribute_schema or {}))

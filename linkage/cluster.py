@@ -30,8 +30,8 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 import polars as pl
 
-__all__ = ["cluster", "Clustering", "components", "choose_threshold", "completion_pairs", "MAX_COMPLETION_SIZE",
-           "DEFAULT_CLUSTERING"]
+__all__ = ["cluster", "Clustering", "components", "closure", "choose_threshold", "completion_pairs",
+           "MAX_COMPLETION_SIZE", "DEFAULT_CLUSTERING"]
 
 
 # Average linkage (with cluster completion) is the default: plain connected components
@@ -497,20 +497,45 @@ def components(links: pl.DataFrame, rids: Sequence[int] | pl.Series, threshold: 
     >>> components(links, [9, 7, 5, 3], threshold=0.5)["cluster"].to_list()
     [9, 5, 5, 3]
     """
-    rid = (rids if isinstance(rids, pl.Series) else pl.Series(list(rids), dtype=pl.Int64)).cast(pl.Int64)
-    order = np.sort(rid.to_numpy())
+    rid = _ints(rids)
+    dense = _Dense(rid)  # indices in rid order: a component's smallest index is its smallest rid
     edges = links if "match_probability" not in links.columns else \
         links.filter(pl.col("match_probability") >= threshold)
-    l = edges["rid_l"].cast(pl.Int64).to_numpy()
-    r = edges["rid_r"].cast(pl.Int64).to_numpy()
-    # Dense indices in rid order, so the smallest index of a component is its smallest rid.
-    il, ir = np.searchsorted(order, l), np.searchsorted(order, r)
-    n = len(order)
-    ok = (il < n) & (ir < n)
-    ok[ok] &= (order[il[ok]] == l[ok]) & (order[ir[ok]] == r[ok])
-    parent = _roots(n, il[ok], ir[ok])
-    label = order[parent[np.searchsorted(order, rid.to_numpy())]]
+    a, b, _ = _pairs(edges.select("rid_l", "rid_r"), dense)
+    label = dense.uniq[_roots(len(dense.uniq), a, b)[dense(rid)]]
     return pl.DataFrame({"rid": rid, "cluster": label}, schema={"rid": pl.Int64, "cluster": pl.Int64})
+
+
+def closure(seeds: Sequence[int] | pl.Series, links: pl.DataFrame, rids: Sequence[int] | pl.Series) -> pl.Series:
+    """Every rid (of ``rids``) in a connected component of ``links`` (``rid_l``, ``rid_r``:
+    all of them count) that holds one of ``seeds``, sorted: the records the components of
+    :func:`components` holding a seed would give, found without labelling every component.
+
+    Grown from the seeds one step along every link at a time (an edge whose two ends are
+    reached is dropped), so the cost follows the reached part; past a few dozen steps (a
+    long chain) the rest is labelled by components.
+
+    >>> links = pl.DataFrame({"rid_l": [0, 1, 5], "rid_r": [1, 2, 6]})
+    >>> closure([2], links, range(8)).to_list()
+    [0, 1, 2]
+    """
+    dense = _Dense(_ints(rids))
+    u, v, _ = _pairs(links.select("rid_l", "rid_r"), dense)
+    s = dense(_ints(seeds))
+    reached = np.zeros(len(dense.uniq), dtype=bool)
+    reached[s[s >= 0]] = True
+    for _ in range(48):
+        ru, rv = reached[u], reached[v]
+        cross = ru != rv
+        if not cross.any():
+            return pl.Series("rid", dense.uniq[reached])
+        reached[u[cross]] = reached[v[cross]] = True
+        live = ~(ru | rv)  # neither end reached before this step: may be reached later
+        u, v = u[live], v[live]
+    # Edges between reached records are gone, which changes no component (both ends are in).
+    root = _roots(len(reached), u, v)
+    reached |= np.isin(root, root[reached])
+    return pl.Series("rid", dense.uniq[reached])
 
 
 def choose_threshold(probabilities: pl.Series, *, grid: Sequence[float] | None = None) -> float:

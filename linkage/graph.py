@@ -509,11 +509,9 @@ class Store:
             self.con.execute("insert into models values (?, ?, ?, ?, ?)",
                              [version, run_id, _now(), splink_version, json.dumps(settings, default=str)])
             for col, tf in tf_tables.items():
-                t = tf.select(pl.col(col).cast(pl.Utf8).alias("value"), pl.col(f"tf_{col}").alias("tf"))
-                t = t.with_columns(pl.lit(version).alias("version"), pl.lit(col).alias("column"))
-                self.con.register("_tf", t.select("version", "column", "value", "tf").to_arrow())
-                self.con.execute("insert into model_tf select * from _tf")
-                self.con.unregister("_tf")
+                self.append("model_tf", tf.select(pl.lit(version).alias("version"), pl.lit(col).alias("column"),
+                                                  pl.col(col).cast(pl.Utf8).alias("value"),
+                                                  pl.col(f"tf_{col}").alias("tf")))
         self._save_compiled(version, settings, run_id)
 
     def _save_compiled(self, version: str, settings: dict[str, Any], run_id: int) -> None:

@@ -11,6 +11,7 @@ run either lands whole or not at all, and bad input never creates or touches a s
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from idweave.blocking import derive_rules, generate_pairs, parse_rules
 from idweave.blocking.pairs import PairStats
 from idweave.blocking.rules import Rule
 from idweave.linkage import model as model_mod
-from idweave.linkage.cluster import DEFAULT_CLUSTERING, choose_threshold, cluster, completion_pairs
+from idweave.linkage.cluster import DEFAULT_CLUSTERING, choose_threshold, closure, cluster, completion_pairs
 from idweave.linkage.errors import IdweaveError, StoreBusyError
 from idweave.linkage.graph import Store, _now
 from idweave.linkage.project import Project, load_project, project_from_dict
@@ -198,17 +199,11 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
             except inc.StaleReuse:  # the store changed after loading read it: load again
                 report = LoadReport()
                 index = inc.StoredIndex.read(st)
-                reuse = index.by_source if not full else inc.StoredIndex.empty().by_source
-                delta = inc.compare(st, proj, load_records(proj, report=report, stored=reuse), index)
+                delta = inc.compare(st, proj, load_records(proj, report=report, stored=index.by_source), index)
         # In an incremental run the records carry no attributes: those of the records cleaned
         # now are in delta.fresh, the others stay in the store until a pair needs them.
         records = delta.records
-        everything: list[pl.DataFrame] = []  # every record with its attributes, read once if needed
-
-        def with_attributes() -> pl.DataFrame:
-            if not everything:
-                everything.append(inc.attributes(st, delta))
-            return everything[0]
+        with_attributes = functools.cache(lambda: inc.attributes(st, delta))  # every record's, read once if needed
         rules = project_rules(proj, present=inc.present_attributes(st, delta, list(proj.attributes)))
         with timer.stage("train"):
             trained, retrained = _model_for(proj, st, with_attributes, retrain)
@@ -229,8 +224,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
         no_pairs = pl.DataFrame(schema={"rid_l": pl.Int64, "rid_r": pl.Int64})
         with timer.stage("block"):
             if incremental:
-                dirty_rids = pl.concat([delta.new, delta.changed])
-                plan = bk.plan_pairs(st, records, inc.attributes(st, delta, dirty_rids), delta.gone_rks,
+                plan = bk.plan_pairs(st, records, inc.attributes(st, delta, delta.dirty_rids), delta.gone_rks,
                                      rules, max_block=DEFAULT_MAX_BLOCK, exclusive=exclusive_sources)
                 pairs, dirty, flip_pairs, flipped = plan.pairs, plan.dirty, plan.flip_pairs, plan.flipped_members
                 new_keys = plan.new_keys
@@ -283,7 +277,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
             else:
                 strong = pl.concat([blocking.filter(pl.col("match_probability") >= thr).select("rid_l", "rid_r"),
                                     pl.DataFrame(must, schema={"rid_l": pl.Int64, "rid_r": pl.Int64}, orient="row")])
-                affected = inc.closure(pl.concat([seeds.cast(pl.Int64), constrained]), strong, records["rid"])
+                affected = closure(pl.concat([seeds.cast(pl.Int64), constrained]), strong, records["rid"])
         aff = affected.implode()
         aff_mask = _rid_mask(records.height, affected)
         blocking_affected = blocking.filter(_ends(blocking, aff_mask, both=True))

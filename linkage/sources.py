@@ -189,7 +189,7 @@ def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
     are left null, its ``content_hash`` is the stored one and ``_stored_rk`` names the
     stored row that holds its cleaned values (null for rows cleaned now). The result then
     has ``raw_hash`` and ``_stored_rk`` too. An incremental run reads a reused row's
-    attributes from the store only if it needs them (``_incremental.Delta.attributes``).
+    attributes from the store only if it needs them (``_incremental.attributes``).
 
     >>> from idweave.linkage.project import load_project
     >>> src = load_project("fixtures/tiny/project.yaml").sources["census"]

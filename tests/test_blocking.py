@@ -331,13 +331,13 @@ def test_plan_pairs_makes_what_a_full_run_would(fixture_records, tmp_path: Path,
     before = before.with_row_index("rid").with_columns(pl.col("rid").cast(pl.Int64))
     after = after.sort("rk").with_row_index("rid").with_columns(pl.col("rid").cast(pl.Int64))
     with Store.open(tmp_path / "store.duckdb") as st:
-        bk.write_all(st, bk.key_rows([bk.hashed_keys(before, r) for r in rules], rules, before))
+        bk.write_all(st, bk.all_keys(before, rules)[1])
         cur = after.filter(pl.col("rk").is_in(list(added | changed)))
         plan = bk.plan_pairs(st, after.select("rid", "source", "rk"), cur,
                              pl.Series(sorted(removed | changed), dtype=pl.Int64), rules,
                              max_block=max_block, exclusive=exclusive)
     assert plan.dirty.to_list() == cur["rid"].to_list()
-    fresh = bk.key_rows([bk.hashed_keys(cur, r) for r in rules], rules, after)
+    fresh = bk.all_keys(cur, rules)[1]
     assert plan.new_keys.sort(pl.all()).equals(fresh.sort(pl.all()))
     full_before = _rk_pairs(generate_pairs(before, rules, max_block=max_block, exclusive=exclusive), before)
     full_after = _rk_pairs(generate_pairs(after, rules, max_block=max_block, exclusive=exclusive), after)
@@ -353,16 +353,22 @@ def test_plan_pairs_makes_what_a_full_run_would(fixture_records, tmp_path: Path,
         assert plan.flipped_members > 0 and plan.flip_pairs.height > 0  # the cap was crossed both ways
 
 
-def test_a_full_runs_keys_from_one_key_table_equal_the_keys_rule_by_rule() -> None:
-    """``_blockkeys.all_keys`` (one key table) gives every rule's hashed key frames as
-    ``hashed_keys`` gives them one rule at a time, and the same ``block_keys`` rows."""
-    from idweave.linkage import _blockkeys as bk
-
+def test_a_full_runs_keys_are_each_rules_keys_hashed() -> None:
+    """``_blockkeys.all_keys`` (one key table for all rules) gives every rule's key frames
+    as ``rule_keys`` gives them one rule at a time, hashed with the stored seed, and one
+    ``block_keys`` row per (rule, side, key, record)."""
     project = load_project(FIXTURES / "demo" / "project.yaml")
-    records = with_rids(load_records(project)).with_columns(pl.col("rid").alias("rk"))
+    records = with_rids(load_records(project)).with_columns((pl.col("rid") + 1000).alias("rk"))
     rules = project_rules(project, records)
     keys, rows = bk.all_keys(records, rules)
-    one_by_one = [bk.hashed_keys(records, rule) for rule in rules]
-    for (l1, r1), (l2, r2) in zip(keys, one_by_one):
-        assert l1.sort(pl.all()).equals(l2.sort(pl.all())) and r1.sort(pl.all()).equals(r2.sort(pl.all()))
-    assert rows.sort(pl.all()).equals(bk.key_rows(one_by_one, rules, records).sort(pl.all()))
+    want_rows = []
+    for i, (rule, (left, right)) in enumerate(zip(rules, keys)):
+        sides = rule_keys(records, rule)
+        for side, got, want in ((0, left, sides[0]), (1, right, sides[1])):
+            want = want.select(pl.col("rid").cast(pl.Int64), "source", pl.col("key").hash(seed=bk._SEED))
+            assert got.sort(pl.all()).equals(want.sort(pl.all())), (rule.name, side)
+            if side == 0 or not rule.symmetric:
+                want_rows.append(want.select(pl.lit(i, pl.Int16).alias("rule"), pl.lit(side, pl.UInt8).alias("side"),
+                                             pl.col("key").alias("h"), (pl.col("rid") + 1000).alias("rk")))
+    assert sum(not r.symmetric for r in rules) > 0  # the demo's derived rules include an asymmetric one
+    assert rows.sort(pl.all()).equals(pl.concat(want_rows).sort(pl.all()))

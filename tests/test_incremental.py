@@ -276,7 +276,7 @@ def test_closure_is_the_union_of_the_seeds_components(n, m, seed, chain) -> None
     exactly the components that hold a seed."""
     import random
 
-    from idweave.linkage._incremental import closure
+    from idweave.linkage.cluster import closure
     from idweave.linkage.cluster import components
 
     rnd = random.Random(seed)

@@ -36,13 +36,16 @@ import json
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import polars as pl
 
 from idweave.blocking.rules import Rule
 from idweave.linkage.graph import Store
 from idweave.linkage.project import Project
+
+if TYPE_CHECKING:
+    from idweave.linkage.sources import Reused
 
 __all__: list[str] = []
 
@@ -156,35 +159,44 @@ class StoredIndex:
         return self.frame.filter(pl.col("source") == name).select("record_id", "raw_hash", "rk", "content_hash")
 
 
-def compare(st: Store, project: Project, loaded: pl.DataFrame, index: StoredIndex | None = None) -> Delta:
+def compare(st: Store, project: Project, loaded: "pl.DataFrame | Reused", index: StoredIndex | None = None) -> Delta:
     """Compare the sources' records with the store (by record id and content hash).
 
-    ``loaded`` may come from :func:`~idweave.linkage.sources.load_records` with ``stored``
-    from ``index`` (rows reusing stored cleaning have ``_stored_rk`` and no attribute
-    values): the records then carry no attributes and :func:`attributes` gives them. Raises
-    :class:`StaleReuse` if the store changed since ``index`` was read.
+    ``loaded`` may be a :class:`~idweave.linkage.sources.Reused` from
+    :func:`~idweave.linkage.sources.load_records` with ``stored`` from ``index`` (rows
+    reusing stored cleaning have ``_stored_rk``): the records then carry no attributes and
+    :func:`attributes` gives them. Raises :class:`StaleReuse` if the store changed since
+    ``index`` was read.
     """
     import numpy as np
 
-    lazy = "_stored_rk" in loaded.columns
+    from idweave.linkage.sources import Reused
+
+    lazy = isinstance(loaded, Reused)
     if index is None or not index.current(st):
-        if lazy and loaded["_stored_rk"].is_not_null().any():
+        if lazy and loaded.keys["_stored_rk"].is_not_null().any():
             raise StaleReuse()
         index = StoredIndex.read(st)
     stored = index.frame
     attrs = list(project.attributes)
     fresh_rows, attr_schema = None, None
     if lazy:
-        fresh_rows = loaded.filter(pl.col("_stored_rk").is_null()).select("source", "record_id", *attrs)
-        attr_schema = dict(loaded.select(attrs).schema)
-        loaded = loaded.drop(attrs)
+        fresh_rows = loaded.fresh.select("source", "record_id", *attrs)
+        attr_schema = dict(fresh_rows.select(attrs).schema)
+        loaded = loaded.keys
     records = loaded
     append = [s.name for s in project.sources.values() if s.mode == "append"]
-    kept_keys = stored.filter(pl.col("source").is_in(append)).select("source", "record_id") \
-        .join(loaded.select("source", "record_id"), on=["source", "record_id"], how="anti")
+    kept_keys = stored.filter(pl.col("source").is_in(append)).select("source", "record_id")
+    if kept_keys.height:
+        kept_keys = kept_keys.join(loaded.select("source", "record_id"), on=["source", "record_id"], how="anti")
+    if lazy:
+        # The rows cleaned now, numbered in the order of ``fresh_rows`` (the same order).
+        loaded = loaded.with_columns(pl.when(pl.col("_stored_rk").is_null())
+                                     .then(pl.col("_stored_rk").is_null().cum_sum().cast(pl.Int64) - 1).alias("_fresh"))
     if kept_keys.height:
         if lazy:  # their attributes stay in the store, like those of reused rows
-            kept = stored.join(kept_keys, on=["source", "record_id"]).with_columns(pl.col("rk").alias("_stored_rk"))
+            kept = stored.join(kept_keys, on=["source", "record_id"]).with_columns(
+                pl.col("rk").alias("_stored_rk"), pl.lit(None, pl.Int64).alias("_fresh"))
         else:
             have_cols = set(st.columns("records"))
             cols = ["source", "record_id", *[a for a in attrs if a in have_cols], "content_hash",
@@ -224,19 +236,17 @@ def compare(st: Store, project: Project, loaded: pl.DataFrame, index: StoredInde
             found = rest.join(stored.select("source", "record_id").with_row_index("_pos"), on=["source", "record_id"])
             pos[found["rid"].to_numpy()] = found["_pos"].cast(pl.Int64).to_numpy()
     hit = pos >= 0
-    take = pl.Series(np.where(hit, pos, 0))
-    known = pl.Series(hit)
     cols = stored.select(pl.col("content_hash").alias("_old"), "rk", "entity_id", "first_seen_run", "last_seen_run")
-    if stored.height:
-        meta = cols[take].select(pl.when(known).then(pl.col(c)).alias(c) for c in cols.columns)
+    if stored.height:  # a null index gathers a null: new records have no stored values
+        meta = cols.select(pl.all().gather(pl.Series(pos).set(pl.Series(~hit), None)))
     else:
         meta = pl.select(pl.repeat(None, n, dtype=t).alias(c) for c, t in cols.schema.items())
     j = pl.concat([records.select("rid", "source", "record_id", "content_hash"), meta], how="horizontal")
     fresh = None
     if lazy:
-        records = records.drop("_stored_rk")
-        fresh = records.select("rid", "source", "record_id").join(fresh_rows, on=["source", "record_id"]) \
-            .select("rid", *attrs).sort("rid")
+        at = records.filter(pl.col("_fresh").is_not_null()).select("rid", "_fresh")  # in rid order
+        fresh = pl.concat([at.select("rid"), fresh_rows.select(attrs)[at["_fresh"]]], how="horizontal")
+        records = records.drop("_stored_rk", "_fresh")
     # rk: the record's persistent integer key (block_keys refer to it); new records get the
     # next ones, in rid order.
     top = stored["rk"].max() if stored.height else None
@@ -399,11 +409,12 @@ def _link_table(links: pl.DataFrame, records: pl.DataFrame, rule_names: dict[int
 
 
 def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_version: str,
-              ) -> tuple[pl.DataFrame, int, int]:
+              ) -> tuple[pl.DataFrame, pl.Series, int, int]:
     """Assign persistent ids to the re-clustered records and write the run in one transaction.
 
     Returns the entities of every record of the run (``source``, ``record_id``,
-    ``entity_id``), the run id and the number of events written.
+    ``entity_id``), the number of records of each entity, the run id and the number of
+    events written.
     """
     from idweave.linkage import _blockkeys as bk
     from idweave.linkage._db import query_pl
@@ -434,9 +445,10 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
     moved_to = pl.DataFrame({"source": [k[0] for k in assignment.entity_of],
                              "record_id": [k[1] for k in assignment.entity_of],
                              "_new": list(assignment.entity_of.values())},
-                            schema={"source": pl.Utf8, "record_id": pl.Utf8, "_new": pl.Utf8})
-    final = (before.join(moved_to, on=["source", "record_id"], how="left", maintain_order="left")
-             .with_columns(pl.coalesce("_new", "entity_id").alias("entity_id")))
+                            schema={"source": pl.Utf8, "record_id": pl.Utf8, "_new": pl.Utf8}) \
+        .join(lab.select("source", "record_id", "rid"), on=["source", "record_id"])
+    # ``before`` is in rid order (row i is rid i): the new ids go to their rows by position.
+    final = before.with_columns(before["entity_id"].scatter(moved_to["rid"], moved_to["_new"]))
     entities = final.select("source", "record_id", "entity_id")  # rid order: (source, record_id)
 
     events = list(assignment.events)
@@ -454,7 +466,6 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
         events.append({"type": "entity_retired", "entity_id": e})
 
     attrs = list(project.attributes)
-    seen = records.select("rid").with_columns(w.seen.alias("_seen"))
     extra = [c for c in ("raw_hash",) if c in records.columns]
     rows = records
     if not full:  # only new and changed rows are written whole; unseen ones keep their last_seen_run
@@ -462,9 +473,10 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
         if not has_attributes(rows, delta):
             # New and changed records were cleaned this run; of unseen ones only the keys are used.
             rows = rows.join(delta.fresh, on="rid", how="left")
-    rec_rows = (rows.select("rid", "source", "record_id", *attrs, "content_hash", *extra, "rk")
-                .join(final.select("rid", "entity_id", "first_seen_run", "last_seen_run"), on="rid")
-                .join(seen, on="rid")
+    # final and w.seen are in rid order: gathered by rid rather than joined.
+    rec_rows = (pl.concat([rows.select("rid", "source", "record_id", *attrs, "content_hash", *extra, "rk"),
+                           final.select("entity_id", "first_seen_run", "last_seen_run")[rows["rid"]],
+                           w.seen.gather(rows["rid"]).alias("_seen").to_frame()], how="horizontal")
                 .with_columns(pl.col("first_seen_run").fill_null(run_id).cast(pl.Int32),
                               pl.when(pl.col("_seen")).then(pl.lit(run_id)).otherwise(pl.col("last_seen_run"))
                               .cast(pl.Int32).alias("last_seen_run")))
@@ -473,6 +485,7 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
     touched = assignment.touched | set(retired) | set(merged_away)
     size_ids = touched | candidates | set(assignment.entity_of.values())
     sizes = dict(entities.filter(pl.col("entity_id").is_in(list(size_ids))).group_by("entity_id").len().iter_rows())
+    entity_sizes = entities.group_by("entity_id").len()["len"]
     try:
         st.begin()
         st.save_model(trained.version, trained.settings, trained.tf_tables, run_id, splink_version)
@@ -480,7 +493,8 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
             st.replace_table("records", rec_rows.drop("rid", "_seen").sort("source", "record_id"))
             st.replace_table("links", link_rows)
         else:
-            _write_records_delta(st, records, delta, rec_rows, final, run_id, all_seen=bool(w.seen.all()))
+            _write_records_delta(st, records, delta, rec_rows, moved_to.select("rid", "_new"), run_id,
+                                 all_seen=bool(w.seen.all()))
             _write_links_delta(st, records, delta, w, link_rows)
         if w.joined is not None:
             rk = records.select("rid", "rk")
@@ -529,7 +543,7 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
         row.update(run_id=run_id, started_at=w.started, finished_at=_now(), mode=w.mode,
                    n_records=records.height, n_new=int(delta.new.len()), n_changed=int(delta.changed.len()),
                    n_removed=delta.removed.height, n_pairs=w.n_links_total, n_links=w.n_strong_total,
-                   n_entities=entities["entity_id"].n_unique(), n_events=n_events)
+                   n_entities=entity_sizes.len(), n_events=n_events)
         cols = list(row)
         st.con.execute(f"insert into runs ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})",
                        [row[c] for c in cols])
@@ -542,13 +556,14 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
     except BaseException:
         st.rollback()
         raise
-    return entities, run_id, n_events
+    return entities, entity_sizes, run_id, n_events
 
 
 def _write_records_delta(st: Store, records: pl.DataFrame, delta: Delta, rec_rows: pl.DataFrame,
-                         final: pl.DataFrame, run_id: int, *, all_seen: bool) -> None:
+                         assigned: pl.DataFrame, run_id: int, *, all_seen: bool) -> None:
     """Records of an incremental run: drop removed and changed rows, insert new and changed
-    ones, move the others whose entity changed, mark what the sources held as seen."""
+    ones, move the others whose entity changed (``assigned``: ``rid`` and ``_new`` entity id
+    of the records given ids this run), mark what the sources held as seen."""
     if delta.gone_rks.len():
         with st.registered("_gone", pl.DataFrame({"rk": delta.gone_rks})):
             st.con.execute("delete from records where rk in (select rk from _gone)")
@@ -563,10 +578,11 @@ def _write_records_delta(st: Store, records: pl.DataFrame, delta: Delta, rec_row
         if redone.height:
             with st.registered("_redone", redone):
                 st.con.execute("update records set raw_hash = x.raw_hash from _redone x where records.rk = x.rk")
-    moved = (final.filter(pl.col("_new").is_not_null())
-             .join(delta.prior.select("rid", pl.col("entity_id").alias("_old")), on="rid")
+    # delta.prior and records are in rid order: gather by rid.
+    moved = (assigned.with_columns(delta.prior["entity_id"].gather(assigned["rid"]).alias("_old"),
+                                   records["rk"].gather(assigned["rid"]).alias("rk"))
              .filter(pl.col("_new") != pl.col("_old"))  # new records (no _old) were inserted whole
-             .join(records.select("rid", "rk"), on="rid").select("rk", pl.col("_new").alias("entity_id")))
+             .select("rk", pl.col("_new").alias("entity_id")))
     if moved.height:
         # Deleted and inserted again rather than updated: DuckDB rewrites a whole column of
         # every row group an update touches when it checkpoints (~0.4 s at a million records),

@@ -293,9 +293,11 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
             with timer.stage("complete"):
                 extra = completion_pairs(blocking_affected, affected, threshold=thr)
                 old = derived_stored.filter(touches_affected)
-                derived_reused = old.join(extra, on=["rid_l", "rid_r"], how="semi")
-                derived_drop = old.join(extra, on=["rid_l", "rid_r"], how="anti").select("rid_l", "rid_r")
-                extra = extra.join(old, on=["rid_l", "rid_r"], how="anti")
+                old_key, extra_key = _pair_key(old, records.height), _pair_key(extra, records.height)
+                wanted = old_key.is_in(extra_key.implode())
+                derived_reused = old.filter(wanted)
+                derived_drop = old.filter(~wanted).select("rid_l", "rid_r")
+                extra = extra.filter(~extra_key.is_in(old_key.implode()))
                 if extra.height:
                     derived = inc.canonical_scores(model_mod.score_pairs(
                         inc.records_of(records, extra, st, delta),
@@ -341,7 +343,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                      "clustering": method, "signature": sig,
                      "summary": json.dumps({"timings": timer.timings, "report": report.__dict__,
                                             "mode_reason": why})})
-            entities, run_id, n_events = inc.write_run(st, proj, write, trained, model_mod.splink_version())
+            entities, sizes, run_id, n_events = inc.write_run(st, proj, write, trained, model_mod.splink_version())
         if retrained or not proj.model_file.exists():
             trained.save(proj.model_file)
 
@@ -352,7 +354,6 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                 .join(key.rename({"rid": "rid_l", "source": "source_l", "record_id": "record_id_l"}), on="rid_l")
                 .join(key.rename({"rid": "rid_r", "source": "source_r", "record_id": "record_id_r"}), on="rid_r")
                 .select("source_l", "record_id_l", "source_r", "record_id_r", "match_probability"))
-    sizes = entities.group_by("entity_id").len()["len"]
     per_rule = dict(blocking.group_by("rule").len().iter_rows())
     summary = {
         "run_id": run_id,
@@ -400,6 +401,12 @@ def _stored_index(store: Path | None) -> "inc.StoredIndex":
         except IdweaveError:
             pass  # busy or not a store: the run itself says so
     return inc.StoredIndex.empty()
+
+
+def _pair_key(pairs: pl.DataFrame, n: int) -> pl.Series:
+    """One int64 per pair (``rid_l``, ``rid_r`` < ``n``): set tests on pairs without a
+    two-column join."""
+    return pairs["rid_l"].cast(pl.Int64) * n + pairs["rid_r"].cast(pl.Int64)
 
 
 def _rid_mask(n: int, rids: pl.Series) -> "np.ndarray":

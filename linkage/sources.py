@@ -29,7 +29,7 @@ from idweave.linkage.kinds import clean_expr
 from idweave.linkage.project import Project, Source
 
 __all__ = ["read_pair_labels", "load_records", "source_columns", "read_source", "parse_dates", "LoadReport",
-           "records_from_frame", "DATE_FORMATS"]
+           "records_from_frame", "Reused", "DATE_FORMATS"]
 
 # Tried in this order when a source gives no date_format; the one that parses the most
 # values wins, so day-first and month-first data are told apart by their days > 12.
@@ -136,8 +136,14 @@ def parse_dates(values: pl.Series, fmt: str | None) -> tuple[pl.Series, str]:
     >>> dates.to_list(), used
     (['1980-03-25', '1945-02-01'], '%d/%m/%y')
     """
+    parsed, used = _parse_dates(values, fmt)
+    return _iso(parsed), used
+
+
+def _parse_dates(values: pl.Series, fmt: str | None) -> tuple[pl.Series, str]:
+    """:func:`parse_dates` before formatting: a ``Date`` series."""
     if values.dtype in (pl.Date, pl.Datetime):
-        return values.cast(pl.Date).dt.strftime("%Y-%m-%d"), "native"
+        return values.cast(pl.Date), "native"
     s = values.cast(pl.Utf8).str.strip_chars()
     s = s.replace("", None)
     formats = (fmt,) if fmt else DATE_FORMATS
@@ -152,7 +158,11 @@ def parse_dates(values: pl.Series, fmt: str | None) -> tuple[pl.Series, str]:
         if fmt is None and n == s.is_not_null().sum():
             break
     assert best is not None
-    return best.dt.strftime("%Y-%m-%d"), best_fmt
+    return best, best_fmt
+
+
+def _iso(dates: pl.Series) -> pl.Series:
+    return dates.dt.strftime("%Y-%m-%d")
 
 
 def _strptime(s: pl.Series, fmt: str) -> pl.Series:
@@ -176,8 +186,24 @@ def _strptime(s: pl.Series, fmt: str) -> pl.Series:
     return frame["d"].alias(s.name)
 
 
+@dataclass
+class Reused:
+    """Records loaded reusing the store's cleaning (:func:`load_records` with ``stored``).
+
+    ``keys`` has a row per source row: ``source``, ``record_id``, ``content_hash``,
+    ``raw_hash`` and ``_stored_rk`` (the stored row whose cleaned values this row reuses;
+    null for a row cleaned now). ``fresh`` holds the rows cleaned now, whole (``source``,
+    ``record_id``, the attributes, ``content_hash``). A reused row's attributes stay in the
+    store until a run needs them (``_incremental.attributes``).
+    """
+
+    keys: pl.DataFrame
+    fresh: pl.DataFrame
+
+
 def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
-                       report: LoadReport | None = None, *, stored: pl.DataFrame | None = None) -> pl.DataFrame:
+                       report: LoadReport | None = None, *, stored: pl.DataFrame | None = None,
+                       ) -> pl.DataFrame | Reused:
     """Map and clean one source's raw frame into records (checks ids and dates).
 
     Every problem of the source is reported at once (empty or duplicate ids, unreadable
@@ -185,11 +211,8 @@ def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
 
     ``stored`` (``record_id``, ``raw_hash``, ``rk``, ``content_hash`` of this source's
     records in the store): a row whose :func:`raw_hashes` equals its stored one is not
-    cleaned again (cleaning is most of the time of reading a large source): its attributes
-    are left null, its ``content_hash`` is the stored one and ``_stored_rk`` names the
-    stored row that holds its cleaned values (null for rows cleaned now). The result then
-    has ``raw_hash`` and ``_stored_rk`` too. An incremental run reads a reused row's
-    attributes from the store only if it needs them (``_incremental.attributes``).
+    cleaned again (cleaning is most of the time of reading a large source); the result is
+    then a :class:`Reused` (keys of every row, attributes of the rows cleaned now).
 
     >>> from idweave.linkage.project import load_project
     >>> src = load_project("fixtures/tiny/project.yaml").sources["census"]
@@ -209,16 +232,21 @@ def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
         row = int(null_ids.arg_true()[0]) + 1
         problems.append(SourceError(f"{int(null_ids.sum())} record(s) have an empty id, first at data row {row}",
                                     file=label, column=src.id))
-    dup = (ids.is_duplicated() & ~null_ids) if ids.n_unique() < ids.len() else None
-    if dup is not None and dup.any():
-        first = ids.filter(dup)[0]
-        n_ids = ids.filter(dup).n_unique()
-        problems.append(SourceError(f"duplicate record id ({int(dup.sum())} rows share {n_ids} "
-                                    f"id{'s' if n_ids > 1 else ''}); record ids must be unique within a source",
-                                    file=label, column=src.id, row=first))
+    # Distinct 64-bit hashes prove distinct ids (and count far faster than strings); only a
+    # shared hash needs the exact check.
+    if ids.hash().n_unique() < ids.len() and ids.n_unique() < ids.len():
+        dup = ids.is_duplicated() & ~null_ids
+        if dup.any():
+            first = ids.filter(dup)[0]
+            n_ids = ids.filter(dup).n_unique()
+            problems.append(SourceError(f"duplicate record id ({int(dup.sum())} rows share {n_ids} "
+                                        f"id{'s' if n_ids > 1 else ''}); record ids must be unique within a source",
+                                        file=label, column=src.id, row=first))
     out = {"source": pl.repeat(src.name, df.height, dtype=pl.Utf8, eager=True).alias("source"), "record_id": ids}
     # Dates first: their format is chosen on the whole column, and the parsed value is part
-    # of what decides whether a stored row can be reused.
+    # of what decides whether a stored row can be reused. Kept as dates until the rows to
+    # clean are known (formatting a million dates costs more than parsing them).
+    dates: dict[str, pl.Series] = {}
     for attr, kind in kinds.items():
         col = src.columns.get(attr)
         if col is None:
@@ -226,7 +254,7 @@ def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
                                   eager=True).alias(attr)
         elif kind == "date":
             raw = df[col]
-            parsed, used = parse_dates(raw, src.date_format)
+            parsed, used = _parse_dates(raw, src.date_format)
             present = raw.cast(pl.Utf8).str.strip_chars().replace("", None).is_not_null()
             n_present = int(present.sum())
             bad = present & parsed.is_null()
@@ -243,39 +271,50 @@ def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
             if n_bad:
                 report.unparsed_dates[f"{src.name}.{col}"] = n_bad
             report.date_formats[f"{src.name}.{col}"] = used
-            out[attr] = parsed.alias(attr)
+            dates[attr] = parsed.alias(attr)
     if problems:
         raise _combined(problems)
     report.rows[src.name] = df.height
-    todo = df
-    if stored is not None:
-        out["raw_hash"] = raw_hashes(df, src, kinds, ids, out)
-        # The raw hash covers the record id: join on it alone (a 64-bit key joins far faster
-        # than an id string), then check the id; a hash two stored rows share is not reused.
-        cand = stored.filter(pl.col("raw_hash").is_not_null()) \
-            .select(pl.col("record_id").alias("_id"), "raw_hash", "rk", "content_hash")
-        cand = cand.filter(~pl.col("raw_hash").is_duplicated())
-        known = pl.DataFrame({"record_id": ids, "raw_hash": out["raw_hash"]}) \
-            .join(cand, on="raw_hash", how="left", maintain_order="left")
-        reuse = (known["_id"] == known["record_id"]).fill_null(False)
-        known = known.select(pl.when(reuse).then(pl.col(c)).alias(c) for c in ("rk", "content_hash"))
-        todo = df.filter(~reuse)
     cleaned_now = [a for a, k in kinds.items() if k != "date" and src.columns.get(a) is not None]
-    for attr in cleaned_now:
-        out[attr] = todo[src.columns[attr]].to_frame("v").select(clean_expr(kinds[attr], pl.col("v"))) \
-            .to_series().alias(attr)
+
+    def clean(rows: pl.DataFrame, keep: pl.Series | None) -> dict[str, pl.Series]:
+        """The attributes of ``rows`` (the rows of ``df`` where ``keep``, or all)."""
+        cols = {}
+        for a in kinds:
+            if a in cleaned_now:
+                cols[a] = rows[src.columns[a]].to_frame("v").select(clean_expr(kinds[a], pl.col("v"))) \
+                    .to_series().alias(a)
+            elif a in dates:
+                cols[a] = _iso(dates[a] if keep is None else dates[a].filter(keep))
+            else:
+                cols[a] = out[a] if keep is None else out[a].filter(keep)
+        return cols
+
     if stored is None:
-        return pl.DataFrame({k: out[k] for k in ("source", "record_id", *kinds)})
-    # Rows cleaned now go back to their places among the reused rows (whose attributes stay null).
-    fresh = _finish(pl.DataFrame({a: (out[a] if a in cleaned_now else out[a].filter(~reuse)) for a in kinds}), kinds)
-    at = reuse.not_().arg_true()
-    cols = {"source": out["source"], "record_id": ids}
-    for a in kinds:
-        cols[a] = pl.repeat(None, df.height, dtype=fresh.schema[a], eager=True).alias(a).scatter(at, fresh[a])
-    cols["content_hash"] = known["content_hash"].scatter(at, fresh["content_hash"])
-    cols["raw_hash"] = out["raw_hash"]
-    cols["_stored_rk"] = known["rk"].cast(pl.Int64).alias("_stored_rk")
-    return pl.DataFrame(cols)
+        return pl.DataFrame({"source": out["source"], "record_id": ids, **clean(df, None)})
+    raw_hash = raw_hashes(df, src, kinds, ids, dates)
+    # The raw hash covers the record id: join on it alone (a 64-bit key joins far faster
+    # than an id string), then check the id. A hash two stored rows share is not reused
+    # (the join would give its row twice: then they are dropped first).
+    cand = stored.filter(pl.col("raw_hash").is_not_null()) \
+        .select(pl.col("record_id").alias("_id"), "raw_hash", "rk", "content_hash")
+    here = pl.DataFrame({"record_id": ids, "raw_hash": raw_hash})
+    known = here.join(cand, on="raw_hash", how="left", maintain_order="left")
+    if known.height != df.height:
+        known = here.join(cand.filter(~pl.col("raw_hash").is_duplicated()), on="raw_hash", how="left",
+                          maintain_order="left")
+    reuse = (known["_id"] == known["record_id"]).fill_null(False)
+    todo = ~reuse
+    fresh = _finish(pl.DataFrame({"source": out["source"].filter(todo), "record_id": ids.filter(todo),
+                                  **clean(df.filter(todo), todo)}), kinds)
+    at = todo.arg_true()
+    keys = pl.DataFrame({
+        "source": out["source"], "record_id": ids,
+        "content_hash": known["content_hash"].scatter(at, fresh["content_hash"]),
+        "raw_hash": raw_hash,
+        "_stored_rk": known["rk"].cast(pl.Int64).scatter(at, None),
+    })
+    return Reused(keys=keys, fresh=fresh)
 
 
 def raw_hashes(df: pl.DataFrame, src: Source, kinds: dict[str, str], ids: pl.Series,
@@ -327,14 +366,15 @@ def _combined(problems: list[SourceError]) -> SourceError:
 
 def load_records(project: Project, *, report: LoadReport | None = None,
                  extra_columns: Iterable[str] = (),
-                 stored: Callable[[str], pl.DataFrame] | None = None) -> pl.DataFrame:
+                 stored: Callable[[str], pl.DataFrame] | None = None) -> Any:
     """Read every source of a project into one records frame (see module docstring).
 
     ``extra_columns`` are carried through raw where a source has them (for example a truth
     column for :func:`idweave.linkage.evaluate.evaluate`), null where it has not.
     ``stored``: source name -> its records in the store (see :func:`records_from_frame`):
-    rows whose raw input did not change are not cleaned again (their attributes stay null,
-    ``_stored_rk`` names the stored row holding them), and the records get ``raw_hash``.
+    rows whose raw input did not change are not cleaned again, and the result is a
+    :class:`Reused` (every row's keys and ``raw_hash``; the attributes of the rows cleaned
+    now) instead of a frame.
 
     >>> from idweave.linkage.project import load_project
     >>> recs = load_records(load_project("fixtures/tiny/project.yaml"), extra_columns=["true_person"])
@@ -343,6 +383,8 @@ def load_records(project: Project, *, report: LoadReport | None = None,
     """
     kinds = {a.name: a.kind for a in project.attributes.values()}
     extra = list(extra_columns)
+    if extra and stored is not None:
+        raise ValueError("extra_columns are read without a store (stored=None)")
     frames = []
     problems: list[SourceError] = []
     for src in project.sources.values():
@@ -359,8 +401,10 @@ def load_records(project: Project, *, report: LoadReport | None = None,
         frames.append(recs)
     if problems:
         raise _combined(problems)
-    records = pl.concat(frames, how="vertical_relaxed")
-    return records if stored is not None else _finish(records, kinds)
+    if stored is not None:
+        return Reused(keys=pl.concat([f.keys for f in frames], how="vertical_relaxed"),
+                      fresh=pl.concat([f.fresh for f in frames], how="vertical_relaxed"))
+    return _finish(pl.concat(frames, how="vertical_relaxed"), kinds)
 
 
 def derive_names(records: pl.DataFrame, kinds: dict[str, str]) -> pl.DataFrame:

@@ -24,6 +24,7 @@ the affected components and still equal a full run.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from itertools import compress
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
@@ -71,12 +72,12 @@ class _Dense:
         uniq, n = self.uniq, len(self.uniq)
         if n == 0:
             return np.full(len(values), -1, np.int64)
+        if self.lut is not None and (not len(values) or (values.min() >= uniq[0] and values.max() <= uniq[-1])):
+            return self.lut[values - uniq[0]].astype(np.int64)
         inside = (values >= uniq[0]) & (values <= uniq[-1])
         if self.lut is None:
             at = np.minimum(np.searchsorted(uniq, values), n - 1)
             return np.where(inside & (uniq[at] == values), at, -1)
-        if inside.all():
-            return self.lut[values - uniq[0]].astype(np.int64)
         out = np.full(len(values), -1, np.int64)
         out[inside] = self.lut[values[inside] - uniq[0]]
         return out
@@ -95,10 +96,15 @@ def _pairs(frame: pl.DataFrame | Iterable[tuple[int, int]], dense: _Dense, *extr
         frame = pl.DataFrame([(int(x), int(y)) for x, y in frame], schema=list(_PAIR_SCHEMA.items()), orient="row")
     absent = int(dense.uniq[0]) - 1 if len(dense.uniq) else 0
     ia, ib = (dense(_ints(frame[c].fill_null(absent) if frame[c].null_count() else frame[c])) for c in _PAIR_SCHEMA)
-    ok = (ia >= 0) & (ib >= 0)
-    ia, ib = ia[ok], ib[ok]
-    return (np.minimum(ia, ib), np.maximum(ia, ib),
-            *(frame[c].cast(pl.Float64).to_numpy()[ok] for c in extra), ok)
+    # (All there, as in the pipeline's links: no copies then.)
+    every = not len(ia) or (ia.min() >= 0 and ib.min() >= 0)
+    ok = np.ones(len(ia), bool) if every else (ia >= 0) & (ib >= 0)
+    if not every:
+        ia, ib = ia[ok], ib[ok]
+    if not (ia <= ib).all():
+        ia, ib = np.minimum(ia, ib), np.maximum(ia, ib)
+    cols = (frame[c].cast(pl.Float64).to_numpy() for c in extra)
+    return (ia, ib, *(cols if every else (col[ok] for col in cols)), ok)
 
 
 def _roots(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -236,12 +242,15 @@ def cluster(
     uniq = dense.uniq
     n = len(uniq)
     a, b, p, _ = _pairs(links, dense, "match_probability")
-    # The strong links in processing order: probability desc, then rids.
-    s = np.flatnonzero((p >= threshold) & (a != b))
-    if (np.diff(a[s] * n + b[s]) > 0).all():  # already by rids, as the pipeline gives them
-        s = s[np.argsort(-p[s], kind="stable")]
-    else:
-        s = s[np.lexsort((b[s], a[s], -p[s]))]
+    key = a * n + b
+    if not (key[1:] >= key[:-1]).all():  # the pipeline gives the links sorted by rids
+        order = np.argsort(key, kind="stable")
+        a, b, p, key = a[order], b[order], p[order], key[order]
+    # The strong links in processing order: probability desc, then rids (``s_key``: by rids,
+    # the order of the links; ``by_p`` takes one to the other).
+    s_key = np.flatnonzero((p >= threshold) & (a != b))
+    by_p = _descending(p[s_key])
+    s = s_key[by_p]
     sa, sb, sp = a[s], b[s], p[s]
     ma, mb, _ = _pairs(must_link, dense)
     # No cluster spans two components of the strong links and must-links.
@@ -255,13 +264,12 @@ def cluster(
         # link was re-scored) happened somewhere in the previous walk: its ends start dirty.
         with_p = "match_probability" in previous_joined.columns
         pa, pb, *pp, ok = _pairs(previous_joined, dense, *(["match_probability"] if with_p else []))
-        on = ["k", "p"] if with_p else ["k"]
-        now = pl.DataFrame({"k": sa * n + sb, "p": sp, "i": np.arange(len(s))})
-        prev = pl.DataFrame({"k": pa * n + pb, "p": pp[0] if with_p else np.zeros(len(pa))}).unique(on)
-        match = prev.join(now, on=on, how="left")
-        gone = match.filter(pl.col("i").is_null())["k"].to_numpy()
+        first = _first_strong(key[s_key], p[s_key], pa * n + pb, pp[0] if with_p else None)
+        gone = (pa * n + pb)[first < 0]
         # (Only the first strong link of a pair can join it.)
-        was[match.drop_nulls("i").group_by("k").agg(pl.col("i").min())["i"].to_numpy()] = True
+        was_by_key = np.zeros(len(s), bool)
+        was_by_key[first[first >= 0]] = True
+        was = was_by_key[by_p]
         rest = previous_joined.filter(pl.Series(~ok))  # a previous join with a record gone
         seeds = np.concatenate([dense(_ints(dirty if dirty is not None else ())), gone // n, gone % n,
                                 *(dense(_ints(rest[c])) for c in _PAIR_SCHEMA)])
@@ -270,41 +278,39 @@ def cluster(
         walked = np.zeros(n, bool)
         walked[comp[seeds]] = True
         walked = walked[comp]
-    # The walk runs on the records of ``walked`` only, renumbered 0..m-1 in rid order.
+    # The walk runs on the records of ``walked`` only (other records stay singletons in it).
     on_walk = np.flatnonzero(walked)
-    local = np.full(n, -1, np.int64)
-    local[on_walk] = np.arange(len(on_walk))
     in_walk = walked[sa]
-    walk = _Walk(len(on_walk), method == "average", min_average)
-    walk.constraints(local, dense, exclusive or {}, cannot_link)
+    walk = _Walk(n, on_walk, method == "average", min_average)
+    walk.constraints(dense, walked, exclusive or {}, cannot_link)
     if walk.average:
-        intra = (p > 0) & (a != b) & walked[a] & (comp[a] == comp[b])
-        walk.links(local[a[intra]], local[b[intra]], p[intra])
-    for x, y in zip(local[ma].tolist(), local[mb].tolist()):
-        if x >= 0 and walk.root[x] != walk.root[y]:
+        walk.links(key, b, p)
+    for x, y in zip(ma.tolist(), mb.tolist()):
+        if walked[x] and walk.root[x] != walk.root[y]:
             walk.union(walk.root[x], walk.root[y])
     pos = np.flatnonzero(in_walk)
-    wa, wb = local[sa[pos]], local[sb[pos]]
+    wa, wb = sa[pos], sb[pos]
     if previous_joined is None:
-        walk.dirty = bytearray(b"\x01") * len(on_walk)
+        walk.dirty = bytearray(b"\x01") * n
         active = bytearray(b"\x01") * len(pos)
     else:
-        for x in local[seeds].tolist():
+        for x in seeds.tolist():
             walk.dirty[walk.root[x]] = 1
         # The walk visits the previous joins and the links of records in dirty clusters.
         soiled = np.frombuffer(walk.dirty, np.uint8)[np.asarray(walk.root, np.int64)].astype(bool)
         active = bytearray((was[pos] | soiled[wa] | soiled[wb]).astype(np.uint8).tobytes())
         walk.strong_by_record(wa, wb, active)
-    joined = pos[np.asarray(walk.run(wa.tolist(), wb.tolist(), sp[pos].tolist(),
+    # (memoryviews: the walk reads only the links it visits, each as a Python number.)
+    joined = pos[np.asarray(walk.run(memoryview(wa), memoryview(wb), memoryview(np.ascontiguousarray(sp[pos])),
                                      bytearray(was[pos].astype(np.uint8).tobytes()), active), np.int64)]
     # Elsewhere the clusters are those of the must-links and the previous joins.
     clean = np.flatnonzero(was & ~in_walk)
     outside = ~walked[ma]
     label = _roots(n, np.concatenate([sa[clean], ma[outside]]), np.concatenate([sb[clean], mb[outside]]))
-    root = np.asarray(walk.root, np.int64)
-    first = np.full(len(on_walk), len(on_walk), np.int64)  # a root's smallest member, hence smallest rid
-    np.minimum.at(first, root, np.arange(len(on_walk)))
-    label[on_walk] = on_walk[first[root]]
+    root = np.asarray(walk.root, np.int64)[on_walk]
+    first = np.full(n, n, np.int64)  # a root's smallest member, hence smallest rid
+    np.minimum.at(first, root, on_walk)
+    label[on_walk] = first[root]
     out = pl.DataFrame({"rid": rid_arr, "cluster": uniq[label[dense(rid_arr)]]},
                        schema={"rid": pl.Int64, "cluster": pl.Int64})
     if not with_trace:
@@ -315,75 +321,121 @@ def cluster(
     return Clustering(out, trace)
 
 
+def _descending(p: np.ndarray) -> np.ndarray:
+    """``np.argsort(-p, kind="stable")`` (ties in index order), from two unstable sorts: a
+    third of the time of numpy's stable sort of floats."""
+    order = np.argsort(-p)
+    v = p[order]
+    tie = np.cumsum(np.concatenate(([0], v[1:] != v[:-1])))  # equal probabilities share a number
+    return np.sort(tie * len(p) + order) % len(p) if len(p) else order
+
+
+def _first_strong(key: np.ndarray, p: np.ndarray, want: np.ndarray, want_p: np.ndarray | None) -> np.ndarray:
+    """For each wanted pair (``want``, a pair key, with the probability ``want_p`` when given),
+    the position in ``key`` (the strong links' pair keys, sorted stably, with probabilities
+    ``p``) of the pair's first strong link in processing order (probability desc, then
+    position) among those with that probability; -1 where there is none."""
+    if not len(key):
+        return np.full(len(want), -1, np.int64)
+    order = np.argsort(want)  # sorted needles: searched in a third of the time
+    lo = np.empty_like(order)
+    lo[order] = np.searchsorted(key, want[order])
+    at = np.minimum(lo, len(key) - 1)
+    there = key[at] == want
+    found = np.where(there, lo, -1)
+    several = there & (lo + 1 < len(key)) & (key[np.minimum(lo + 1, len(key) - 1)] == want)
+    if want_p is not None:
+        found[p[at] != want_p] = -1
+        several &= found < 0  # (else the first with that probability is found)
+    # A pair with several strong links (rare): the first of the most probable, or of those
+    # with the wanted probability.
+    for t in np.flatnonzero(several).tolist():
+        of_pair = p[lo[t]:np.searchsorted(key, want[t], "right")]
+        match = np.flatnonzero(of_pair == (of_pair.max() if want_p is None else want_p[t]))
+        found[t] = lo[t] + match[0] if len(match) else -1
+    return found
+
+
 class _Walk:
     """Union-find over dense indices 0..n-1 with the bookkeeping of :func:`cluster`.
 
     ``root[i]`` is kept exact (the smaller side is relabelled on a union), ``members[r]``
-    lists a root's records, ``dirty[r]`` flags a root whose membership may differ from the
-    previous run's at the same point of the walk.
+    lists a root's records (None for a record the walk never reaches), ``dirty[r]`` flags a
+    root whose membership may differ from the previous run's at the same point of the walk.
     """
 
     # Above this many cross pairs, an average is summed by scanning the links of both
     # clusters in numpy rather than by looking up each pair.
-    PAIRS = 512
+    PAIRS = 128
 
-    def __init__(self, n: int, average: bool, min_average: float):
+    def __init__(self, n: int, walked: np.ndarray, average: bool, min_average: float):
+        """``walked`` lists the records the walk can reach: only they get a ``members`` list
+        (fewer objects for the garbage collector to track)."""
         self.root = list(range(n))
-        self.members: list[list[int] | None] = [[i] for i in range(n)]
+        self.members: list[list[int] | None] = [None] * n
+        for i in walked.tolist():
+            self.members[i] = [i]
         self.dirty = bytearray(n)
         self.average = average
         self.min_average = min_average
         self.ex: dict[int, set[str]] = {}
         self.cannot: dict[int, set[int]] = {}
-        # Rejections by (root, root) -> the two sizes then: a root's size changes whenever its
-        # membership does, so an unchanged pair of (root, size) is the same decision.
-        self.rejected: dict[tuple[int, int], tuple[int, int]] = {}
+        # Rejections as (root, size, root, size): a root's membership only grows while it is a
+        # root, so a (root, size) names one membership, and a pair of them one decision.
+        self.rejected: set[tuple[int, int, int, int]] = set()
 
-    def constraints(self, local: np.ndarray, dense: _Dense, exclusive: Mapping[int, str],
+    def constraints(self, dense: _Dense, walked: np.ndarray, exclusive: Mapping[int, str],
                     cannot_link: Iterable[tuple[int, int]]) -> None:
-        """``local`` maps a dense index to the walk's (-1: not walked)."""
+        """The constraints on the records of ``walked`` (a mask of the dense indices)."""
         at = dense(_ints(exclusive))
-        for i, source in zip(local[at[at >= 0]].tolist(), compress(exclusive.values(), (at >= 0).tolist())):
-            if i >= 0:
-                self.ex[i] = {source}
+        keep = at >= 0
+        keep[keep] = walked[at[keep]]
+        for i, source in zip(at[keep].tolist(), compress(exclusive.values(), keep.tolist())):
+            self.ex[i] = {source}
         ca, cb, _ = _pairs(cannot_link, dense)
-        for x, y in zip(local[ca].tolist(), local[cb].tolist()):
-            if x >= 0 and y >= 0:
-                self.cannot.setdefault(x, set()).add(y)
-                self.cannot.setdefault(y, set()).add(x)
+        # (Those with an unwalked end are kept: harmless, no cluster of the walk holds one.)
+        for x, y in zip(ca.tolist(), cb.tolist()):
+            self.cannot.setdefault(x, set()).add(y)
+            self.cannot.setdefault(y, set()).add(x)
 
-    def links(self, a: np.ndarray, b: np.ndarray, p: np.ndarray) -> None:
-        """The links that can count in an average (``a < b``, ``p > 0``), indexed by their
-        smaller end: ``fwd[a]`` maps ``b`` to ``p`` (built on demand)."""
+    def links(self, key: np.ndarray, b: np.ndarray, p: np.ndarray) -> None:
+        """Index all the links (``a <= b``; ``key`` is ``a * n + b``, sorted) by their smaller
+        end: those of ``a`` are ``to[off[a]:off[a + 1]]`` (sorted; a pair linked twice is
+        there twice) with the probabilities ``p`` at the same positions.
+
+        Only links between two clusters of the walk are ever read (hence only links inside a
+        component of the walk), and only those with ``p > 0`` count: no need to filter them
+        here."""
         n = len(self.root)
-        key = a * n + b
-        if not (key[1:] >= key[:-1]).all():
-            order = np.argsort(key)
-            key, b, p = key[order], b[order], p[order]
         self.off_np = np.searchsorted(key, np.arange(n + 1) * n)
         self.off = self.off_np.tolist()
-        self.to, self.p = b, p
-        # A pair linked twice counts twice, which a map of pair -> probability cannot hold.
-        self.twice = bool((key[1:] == key[:-1]).any())
-        self.fwd: list[dict[int, float] | None] = [None] * n
+        self.to, self.p = np.ascontiguousarray(b, np.int64), np.ascontiguousarray(p, np.float64)
+        # Read element by element (as Python ints and floats) by the pair lookups: no copy.
+        self.to_at, self.p_at = memoryview(self.to), memoryview(self.p)
         self.mark = np.zeros(n, np.int8)
-
-    def _fwd(self, x: int) -> dict[int, float]:
-        s, e = self.off[x], self.off[x + 1]
-        d = self.fwd[x] = dict(zip(self.to[s:e].tolist(), self.p[s:e].tolist()))
-        return d
 
     def cross_sum(self, ra: int, rb: int) -> float:
         """The exact sum of the link probabilities between two clusters."""
         A, B = self.members[ra], self.members[rb]
-        if len(A) * len(B) > self.PAIRS or self.twice:  # type: ignore[arg-type]
+        if len(A) * len(B) > self.PAIRS:  # type: ignore[arg-type]
             return self._scan(A, B)  # type: ignore[arg-type]
-        fwd, get = self.fwd, self._fwd
-        da = [(x, fwd[x] if fwd[x] is not None else get(x)) for x in A]  # type: ignore[union-attr]
-        db = [(y, fwd[y] if fwd[y] is not None else get(y)) for y in B]  # type: ignore[union-attr]
-        # A link is under its smaller end.
-        return math.fsum([v for x, fx in da for y, fy in db
-                          if (v := fx.get(y) if x < y else fy.get(x)) is not None])  # type: ignore[union-attr]
+        # Each cross pair is looked up by a binary search among the links of its smaller end.
+        off, to, p = self.off, self.to_at, self.p_at
+        found = []
+        for x in A:  # type: ignore[union-attr]
+            sx, ex = off[x], off[x + 1]
+            for y in B:  # type: ignore[union-attr]
+                if x < y:
+                    s, e, t = sx, ex, y
+                else:
+                    s, e, t = off[y], off[y + 1], x
+                i = bisect_left(to, t, s, e)
+                while i < e and to[i] == t:  # a pair linked twice counts twice
+                    v = p[i]
+                    if v > 0:
+                        found.append(v)
+                    i += 1
+        return math.fsum(found)
 
     def _scan(self, A: list[int], B: list[int]) -> float:
         """:meth:`cross_sum` by scanning the links under each member of either cluster."""
@@ -395,7 +447,8 @@ class _Walk:
         at = np.repeat(start - np.cumsum(size) + size, size) + np.arange(int(size.sum()))
         hit = np.repeat(mark[ends], size) + mark[self.to[at]] == 3  # one end in each
         mark[a], mark[b] = 0, 0
-        return math.fsum(self.p[at[hit]].tolist())
+        v = self.p[at[hit]]
+        return math.fsum(v[v > 0].tolist())
 
     def allowed(self, ra: int, rb: int) -> bool:
         ea, eb = self.ex.get(ra), self.ex.get(rb)
@@ -412,17 +465,17 @@ class _Walk:
     def joins(self, ra: int, rb: int, p: float) -> bool:
         """The from-scratch decision for two clusters (a function of their members only), at
         a strong link of probability ``p`` between them."""
-        key = (ra, rb) if ra < rb else (rb, ra)
-        sizes = (len(self.members[key[0]]), len(self.members[key[1]]))  # type: ignore[arg-type]
-        if self.rejected.get(key) == sizes:
+        na, nb = len(self.members[ra]), len(self.members[rb])  # type: ignore[arg-type]
+        seen = (ra, na, rb, nb) if ra < rb else (rb, nb, ra, na)
+        if seen in self.rejected:
             return False
-        pairs = sizes[0] * sizes[1]
+        pairs = na * nb
         # The sum is at least p (and rounding is monotone): when p alone reaches the mean,
         # so does the sum.
-        ok = self.allowed(ra, rb) and (not self.average or p / pairs >= self.min_average
-                                       or self.cross_sum(ra, rb) / pairs >= self.min_average)
+        ok = (not (self.ex or self.cannot) or self.allowed(ra, rb)) and (
+            not self.average or p / pairs >= self.min_average or self.cross_sum(ra, rb) / pairs >= self.min_average)
         if not ok:
-            self.rejected[key] = sizes
+            self.rejected.add(seen)
         return ok
 
     def union(self, ra: int, rb: int) -> int:
@@ -447,10 +500,11 @@ class _Walk:
 
     def strong_by_record(self, sa: np.ndarray, sb: np.ndarray, active: bytearray) -> None:
         """Index the strong links (positions in the walk) by record, for :meth:`soil`."""
-        ends = np.concatenate([sa, sb])
-        order = np.argsort(ends)
-        self.s_at = np.concatenate([np.arange(len(sa))] * 2)[order]
-        self.s_off = np.searchsorted(ends[order], np.arange(len(self.root) + 1)).tolist()
+        m = len(sa)
+        # Sorted by record, then position: a sort of values, twice as fast as an argsort.
+        by = np.sort(np.concatenate([sa, sb]) * m + np.tile(np.arange(m), 2))
+        self.s_at = by % m if m else by
+        self.s_off = np.searchsorted(by, np.arange(len(self.root) + 1) * m).tolist()
         self.active = np.frombuffer(active, np.uint8)
 
     def soil(self, r: int) -> None:
@@ -460,7 +514,7 @@ class _Walk:
         for m in self.members[r]:  # type: ignore[union-attr]
             active[at[off[m]:off[m + 1]]] = 1
 
-    def run(self, a_list: list[int], b_list: list[int], p_list: list[float], was: bytearray,
+    def run(self, a_list: Sequence[int], b_list: Sequence[int], p_list: Sequence[float], was: bytearray,
             active: bytearray) -> list[int]:
         """Walk the ``active`` strong links in order (more become active as clusters turn
         dirty); returns the positions of those that joined."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from idweave.linkage.cluster import Clustering, _Walk, choose_threshold, cluster, components
+from idweave.linkage.cluster import (Clustering, _descending, _first_strong, _Walk, choose_threshold, cluster,
+                                     components)
 
 
 def links(*edges: tuple[int, int, float]) -> pl.DataFrame:
@@ -242,6 +244,40 @@ def test_a_pair_linked_twice_counts_twice(pairs: int, monkeypatch: pytest.Monkey
     assert labels(pl.concat([once, links((2, 0, 0.25))]), [0, 1, 2], method="average", threshold=0.5) == [0, 0, 0]
 
 
+@pytest.mark.parametrize("with_p", [True, False])
+@pytest.mark.parametrize("order", [[0, 1, 2], [1, 0, 2], [2, 1, 0]])
+def test_a_pair_strong_twice_replays_the_link_that_joined(order: list[int], with_p: bool) -> None:
+    # (0, 1) is strong twice: the previous run joined it at 0.99, which the replay must find
+    # (not the 0.95 link of the same pair) to keep {0} and {1} joined before 2 arrives.
+    rows = [(0, 1, 0.95), (0, 1, 0.99), (1, 2, 0.97)]
+    before = links(*rows[:2])
+    full = cluster(before, [0, 1], **AVG)
+    assert full.joined.rows() == [(0, 1, 0.99)]
+    joined = full.joined if with_p else full.joined.drop("match_probability")
+    after = links(*(rows[i] for i in order))
+    replay = cluster(after, [0, 1, 2], previous_joined=joined, dirty=[2], **AVG)
+    scratch = cluster(after, [0, 1, 2], **AVG)
+    assert replay.clusters.equals(scratch.clusters) and replay.joined.equals(scratch.joined)
+
+
+def test_first_strong_finds_the_first_link_with_the_probability() -> None:
+    key = np.array([3, 5, 5, 5, 9])
+    p = np.array([0.9, 0.95, 0.99, 0.99, 0.97])
+    want = np.array([5, 9, 5, 4, 3, 12, 5])
+    want_p = np.array([0.99, 0.97, 0.95, 0.9, 0.8, 0.9, 0.5])
+    assert _first_strong(key, p, want, want_p).tolist() == [2, 4, 1, -1, -1, -1, -1]
+    # Without probabilities: the first in processing order, the most probable.
+    assert _first_strong(key, p, want, None).tolist() == [2, 4, 2, -1, 0, -1, 2]
+    assert _first_strong(key[:0], p[:0], want, want_p).tolist() == [-1] * 7
+
+
+def test_descending_is_a_stable_sort() -> None:
+    rng = np.random.default_rng(3)
+    for size in (0, 1, 7, 1000):
+        p = rng.choice([0.5, 0.9, 0.9, 0.99, 1.0, 0.0], size)
+        assert _descending(p).tolist() == np.argsort(-p, kind="stable").tolist()
+
+
 def test_rids_far_apart_or_negative() -> None:
     rng = random.Random(5)
     edges = [(a, b, rng.choice([0.2, 0.6, 0.95, 0.99])) for a in range(12) for b in range(a + 1, 12)
@@ -364,6 +400,12 @@ def test_a_replay_equals_a_run_from_scratch(runs: dict, method: str, min_average
     everything = cluster(runs["links"], runs["after"], **runs["now"], **kw, previous_joined=joined,
                          dirty=runs["after"])
     assert everything.clusters.rows() == scratch.clusters.rows()
+    # Links as the pipeline gives them (ends ordered, rows sorted by rids) take no sort inside.
+    tidy = runs["links"].select(pl.min_horizontal("rid_l", "rid_r").alias("rid_l"),
+                                pl.max_horizontal("rid_l", "rid_r").alias("rid_r"),
+                                "match_probability").sort("rid_l", "rid_r", maintain_order=True)
+    again = cluster(tidy, runs["after"], **runs["now"], **kw, previous_joined=joined, dirty=runs["dirty"])
+    assert again.clusters.rows() == scratch.clusters.rows() and again.joined.rows() == scratch.joined.rows()
     if scan:  # both ways of summing an average agree
         monkeypatch.setattr(_Walk, "PAIRS", PAIR_SUMS)
         assert cluster(runs["links"], runs["after"], **runs["now"], **kw).joined.rows() == scratch.joined.rows()

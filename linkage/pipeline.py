@@ -257,9 +257,10 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                 touches = _ends(stored, _rid_mask(records.height, dirty), both=False)
                 hit, kept = stored.filter(touches), stored.filter(~touches)
                 if flip_pairs.height:
-                    flip_old = stored.join(flip_pairs, on=["rid_l", "rid_r"], how="semi")
+                    flip_key = _pair_key(flip_pairs, records.height).implode()
+                    flip_old = stored.filter(_pair_key(stored, records.height).is_in(flip_key))
                     hit = pl.concat([hit, flip_old])
-                    kept = kept.join(flip_pairs, on=["rid_l", "rid_r"], how="anti")
+                    kept = kept.filter(~_pair_key(kept, records.height).is_in(flip_key))
                 gone_neighbours = inc.removed_neighbours(st, records, delta.removed)
                 seeds = pl.concat([dirty, hit["rid_l"], hit["rid_r"], pairs["rid_l"], pairs["rid_r"], gone_neighbours])
                 derived_stored = kept.filter(pl.col("rule") == COMPLETION_RULE)

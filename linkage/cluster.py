@@ -23,10 +23,12 @@ the affected components and still equal a full run.
 
 from __future__ import annotations
 
+import gc
 import math
 from bisect import bisect_left
+from contextlib import contextmanager
 from itertools import compress
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import polars as pl
@@ -301,8 +303,9 @@ def cluster(
         active = bytearray((was[pos] | soiled[wa] | soiled[wb]).astype(np.uint8).tobytes())
         walk.strong_by_record(wa, wb, active)
     # (memoryviews: the walk reads only the links it visits, each as a Python number.)
-    joined = pos[np.asarray(walk.run(memoryview(wa), memoryview(wb), memoryview(np.ascontiguousarray(sp[pos])),
-                                     bytearray(was[pos].astype(np.uint8).tobytes()), active), np.int64)]
+    with _gc_paused():
+        joined = pos[np.asarray(walk.run(memoryview(wa), memoryview(wb), memoryview(np.ascontiguousarray(sp[pos])),
+                                         bytearray(was[pos].astype(np.uint8).tobytes()), active), np.int64)]
     # Elsewhere the clusters are those of the must-links and the previous joins.
     clean = np.flatnonzero(was & ~in_walk)
     outside = ~walked[ma]
@@ -319,6 +322,19 @@ def cluster(
     trace = pl.DataFrame({"rid_l": uniq[sa[joined]], "rid_r": uniq[sb[joined]], "match_probability": sp[joined]},
                          schema={**_PAIR_SCHEMA, "match_probability": pl.Float64})
     return Clustering(out, trace)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection for the block: the walk makes many small lists (no
+    cycles) and collections triggered by them would rescan every object the process holds."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _descending(p: np.ndarray) -> np.ndarray:

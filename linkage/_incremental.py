@@ -409,12 +409,12 @@ def _link_table(links: pl.DataFrame, records: pl.DataFrame, rule_names: dict[int
 
 
 def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_version: str,
-              ) -> tuple[pl.DataFrame, pl.Series, int, int]:
+              ) -> tuple[pl.DataFrame, dict[int, int], int, int]:
     """Assign persistent ids to the re-clustered records and write the run in one transaction.
 
     Returns the entities of every record of the run (``source``, ``record_id``,
-    ``entity_id``), the number of records of each entity, the run id and the number of
-    events written.
+    ``entity_id``), how many entities have each size (records per entity), the run id and
+    the number of events written.
     """
     from idweave.linkage import _blockkeys as bk
     from idweave.linkage._db import query_pl
@@ -485,7 +485,6 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
     touched = assignment.touched | set(retired) | set(merged_away)
     size_ids = touched | candidates | set(assignment.entity_of.values())
     sizes = dict(entities.filter(pl.col("entity_id").is_in(list(size_ids))).group_by("entity_id").len().iter_rows())
-    entity_sizes = entities.group_by("entity_id").len()["len"]
     try:
         st.begin()
         st.save_model(trained.version, trained.settings, trained.tf_tables, run_id, splink_version)
@@ -539,11 +538,15 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
             with st.registered("_ent", pl.DataFrame(list(out.values()), schema=_ENTITY_SCHEMA)):
                 st.con.execute("insert or replace into entities by name select * from _ent")  # by primary key
         n_events = st.append_events(events, run_id=run_id)
+        # Every entity's size is kept in the table (the run wrote those that changed): the
+        # sizes of the graph are counted there, not by grouping a million record ids.
+        size_counts = dict(st.con.execute("select size, count(*) from entities where status = 'active' and size > 0 "
+                                          "group by size order by size").fetchall())
         row = dict(w.row)
         row.update(run_id=run_id, started_at=w.started, finished_at=_now(), mode=w.mode,
                    n_records=records.height, n_new=int(delta.new.len()), n_changed=int(delta.changed.len()),
                    n_removed=delta.removed.height, n_pairs=w.n_links_total, n_links=w.n_strong_total,
-                   n_entities=entity_sizes.len(), n_events=n_events)
+                   n_entities=sum(size_counts.values()), n_events=n_events)
         cols = list(row)
         st.con.execute(f"insert into runs ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})",
                        [row[c] for c in cols])
@@ -556,7 +559,7 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
     except BaseException:
         st.rollback()
         raise
-    return entities, entity_sizes, run_id, n_events
+    return entities, size_counts, run_id, n_events
 
 
 def _write_records_delta(st: Store, records: pl.DataFrame, delta: Delta, rec_rows: pl.DataFrame,

@@ -75,6 +75,26 @@ def read_table(store: Path, table: str, *, order: bool = True) -> pl.DataFrame:
         con.close()
 
 
+def entity_sizes_hold(store: Path, summary: dict | None = None) -> bool:
+    """The store's entities table agrees with its records: every entity that holds records
+    is active with ``size`` = its record count, every other one has size 0 (and, given a
+    run's ``summary``, its entity counts are those of the records)."""
+    con = duckdb.connect(str(store), read_only=True)
+    try:
+        bad = con.execute("select count(*) from entities e full join "
+                          "(select entity_id, count(*) as n from records group by entity_id) r using (entity_id) "
+                          "where e.entity_id is null or coalesce(e.size, -1) != coalesce(r.n, 0) "
+                          "or (r.n > 0) != (e.status = 'active')").fetchone()[0]
+        counts = dict(con.execute("select n, count(*) from (select count(*) as n from records group by entity_id) "
+                                  "group by n").fetchall())
+    finally:
+        con.close()
+    if summary is not None and (summary["entities"] != sum(counts.values())
+                                or summary["entity_sizes"] != {str(k): v for k, v in sorted(counts.items())}):
+        return False
+    return bad == 0
+
+
 TABLES = ("meta", "runs", "entities", "events", "decisions", "models", "model_tf", "records", "links")
 
 

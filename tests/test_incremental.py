@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from identity_helpers import copy_store, linked_copy, partition, project_copy, raw_frames, read_table
+from identity_helpers import (copy_store, entity_sizes_hold, linked_copy, partition, project_copy, raw_frames,
+                              read_table)
 from idweave.linkage import link
 
 
@@ -262,7 +263,9 @@ def batches_end_where_a_full_run_does(fixture, tmp: Path, data) -> None:
             batch[n] = part.filter(pl.col("_i").is_in(keep)).drop("_i")
         before_last = copy_store(store, tmp / "full.duckdb") if last else None
         inc = link(project, sources=batch, store=store)
+        assert entity_sizes_hold(store, inc.summary)
     full = link(project, sources=batch, store=before_last, full=True)
+    assert entity_sizes_hold(before_last, full.summary)
     assert partition(inc.entities) == partition(full.entities)
     assert read_table(store, "links").equals(read_table(before_last, "links"))
     assert inc.summary["events"] == full.summary["events"]

@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 
 from conftest import snapshot
+from identity_helpers import entity_sizes_hold, store_of
 from idweave.linkage import link, load_project
 from idweave.linkage._db import query_pl
 from idweave.linkage.errors import IdweaveError
@@ -147,6 +148,7 @@ def test_merge_keeps_the_older_id_and_survives_a_rerun(linked_copy: Path, kind: 
 
     summary = rerun(linked_copy, kind)
     again = state(linked_copy)
+    assert entity_sizes_hold(store_of(linked_copy), summary)
     assert {again[r] for r in m[a] | m[b]} == {survivor}
     if kind != "retrain":
         # The decision was applied as the next run computes it: that run changes nothing.
@@ -180,6 +182,7 @@ def test_split_gives_the_records_a_new_id_and_survives_a_rerun(linked_copy: Path
 
     summary = rerun(linked_copy, kind)
     again = state(linked_copy)
+    assert entity_sizes_hold(store_of(linked_copy), summary)
     assert again[one] == new
     assert not {again[r] for r in rest} & {new}
     if kind != "retrain":

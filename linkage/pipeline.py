@@ -254,13 +254,12 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                 # block that crossed its cap; the ends of those that go are re-clustered.
                 stored = inc.stored_links(st, records, {n: i for i, n in rule_names.items()},
                                           derived=COMPLETION_RULE)
-                touches = _ends(stored, _rid_mask(records.height, dirty), both=False)
-                hit, kept = stored.filter(touches), stored.filter(~touches)
+                goes = _ends(stored, _rid_mask(records.height, dirty), both=False)
                 if flip_pairs.height:
-                    flip_key = _pair_key(flip_pairs, records.height).implode()
-                    flip_old = stored.filter(_pair_key(stored, records.height).is_in(flip_key))
-                    hit = pl.concat([hit, flip_old])
-                    kept = kept.filter(~_pair_key(kept, records.height).is_in(flip_key))
+                    in_flip = _pair_key(stored, records.height).is_in(_pair_key(flip_pairs, records.height).implode())
+                    flip_old = stored.filter(in_flip)
+                    goes = goes | in_flip
+                hit, kept = stored.filter(goes), stored.filter(~goes)
                 gone_neighbours = inc.removed_neighbours(st, records, delta.removed)
                 seeds = pl.concat([dirty, hit["rid_l"], hit["rid_r"], pairs["rid_l"], pairs["rid_r"], gone_neighbours])
                 derived_stored = kept.filter(pl.col("rule") == COMPLETION_RULE)

@@ -277,8 +277,9 @@ def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
     report.rows[src.name] = df.height
     cleaned_now = [a for a, k in kinds.items() if k != "date" and src.columns.get(a) is not None]
 
-    def clean(rows: pl.DataFrame, keep: pl.Series | None) -> dict[str, pl.Series]:
-        """The attributes of ``rows`` (the rows of ``df`` where ``keep``, or all)."""
+    def clean(keep: pl.Series | None) -> dict[str, pl.Series]:
+        """The attributes of the rows of ``df`` where ``keep`` (all rows if None)."""
+        rows = df if keep is None else df.filter(keep)
         cols = {}
         for a in kinds:
             if a in cleaned_now:
@@ -291,7 +292,7 @@ def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
         return cols
 
     if stored is None:
-        return pl.DataFrame({"source": out["source"], "record_id": ids, **clean(df, None)})
+        return pl.DataFrame({"source": out["source"], "record_id": ids, **clean(None)})
     raw_hash = raw_hashes(df, src, kinds, ids, dates)
     # The raw hash covers the record id: join on it alone (a 64-bit key joins far faster
     # than an id string), then check the id. A hash two stored rows share is not reused
@@ -306,7 +307,7 @@ def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
     reuse = (known["_id"] == known["record_id"]).fill_null(False)
     todo = ~reuse
     fresh = _finish(pl.DataFrame({"source": out["source"].filter(todo), "record_id": ids.filter(todo),
-                                  **clean(df.filter(todo), todo)}), kinds)
+                                  **clean(todo)}), kinds)
     at = todo.arg_true()
     keys = pl.DataFrame({
         "source": out["source"], "record_id": ids,
@@ -366,7 +367,7 @@ def _combined(problems: list[SourceError]) -> SourceError:
 
 def load_records(project: Project, *, report: LoadReport | None = None,
                  extra_columns: Iterable[str] = (),
-                 stored: Callable[[str], pl.DataFrame] | None = None) -> Any:
+                 stored: Callable[[str], pl.DataFrame] | None = None) -> pl.DataFrame | Reused:
     """Read every source of a project into one records frame (see module docstring).
 
     ``extra_columns`` are carried through raw where a source has them (for example a truth

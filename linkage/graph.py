@@ -206,6 +206,10 @@ class Store:
             raise StoreError("no store yet: run `idweave link` first", file=str(path))
         if not read_only:
             _check_writable(path)
+            if path.exists() and path.stat().st_size > 0:
+                # Looked at read-only first: a file that is not an idweave store is refused
+                # before anything could write to it (it stays byte for byte as it was).
+                _check_marker(path, wait)
         if not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + wait
@@ -221,9 +225,9 @@ class Store:
                         continue
                     raise StoreBusyError("the store is in use by another idweave run; wait for it to finish "
                                          "(or pass --wait SECONDS)", file=str(path)) from None
-                raise StoreError(f"cannot open the store: {msg.splitlines()[0]}", file=str(path)) from None
+                raise StoreError(_open_problem(msg), file=str(path)) from None
             except duckdb.Error as exc:
-                raise StoreError(f"cannot open the store: {str(exc).splitlines()[0]}", file=str(path)) from None
+                raise StoreError(_open_problem(str(exc)), file=str(path)) from None
         store = cls(path, con, read_only)
         if not read_only:
             store._ensure_schema()
@@ -254,7 +258,7 @@ class Store:
         try:
             v = fetch_one(self.con, "select value from meta where key = 'schema_version'")
         except duckdb.CatalogException:
-            raise StoreError("not an idweave store (no meta table)", file=str(self.path)) from None
+            raise StoreError(_NOT_A_STORE + " (it has no meta table)", file=str(self.path)) from None
         if v is None or int(v[0]) != SCHEMA_VERSION:
             raise StoreError(f"store schema version {v and v[0]} is not {SCHEMA_VERSION}", file=str(self.path))
 
@@ -525,6 +529,92 @@ class Store:
         text = model_mod.compiled_text(settings, compile="splink" in sys.modules)
         if text is not None:
             self.con.execute("insert into model_sql values (?, ?, ?, ?, ?)", [*key, run_id, text])
+
+
+# Every table a store of this schema version holds. A file holding only these (and at least
+# the tables every store has) but no ``meta`` marker is taken for an idweave store whose
+# marker was lost (e.g. copied table by table): the marker is added when it is opened for
+# writing. Any other table, or a ``records`` table without the marker, means the file is
+# somebody else's: it is refused and left untouched.
+STORE_TABLES = frozenset({"meta", "runs", "entities", "events", "decisions", "models", "model_tf", "model_sql",
+                          "records", "links", "block_keys", "joins"})
+_CORE_TABLES = frozenset({"runs", "entities", "events", "decisions"})
+_NOT_A_STORE = "not an idweave store"
+
+
+def store_marker_problem(tables: Iterable[str], version: str | None) -> str | None:
+    """Why a DuckDB file with these ``tables`` (main schema) and marker ``version`` (the
+    ``meta`` table's ``schema_version``; None if it has none) is not an idweave store of
+    this version, or None when it is one (or is empty, and may become one).
+
+    >>> store_marker_problem([], None) is None
+    True
+    >>> store_marker_problem(["meta", "runs", "records"], "1") is None
+    True
+    >>> store_marker_problem(["records"], None)
+    "not an idweave store: it holds a table 'records' but no idweave marker (meta table); use another store path"
+    >>> store_marker_problem(["patients"], None)
+    'not an idweave store: it holds 1 other table(s); use another store path'
+    """
+    tables = set(tables)
+    if not tables:
+        return None
+    if "meta" in tables:
+        if version is None:
+            return f"{_NOT_A_STORE}: its meta table has no schema_version; use another store path"
+        if version != str(SCHEMA_VERSION):
+            return f"store schema version {version} is not {SCHEMA_VERSION}; this idweave cannot use it"
+        return None
+    if tables <= STORE_TABLES and _CORE_TABLES <= tables:
+        return None  # an idweave store without its marker: adopted (see STORE_TABLES)
+    if "records" in tables:
+        return (f"{_NOT_A_STORE}: it holds a table 'records' but no idweave marker (meta table); "
+                "use another store path")
+    return f"{_NOT_A_STORE}: it holds {len(tables - STORE_TABLES) or len(tables)} other table(s); use another store path"
+
+
+def _check_marker(path: Path, wait: float) -> None:
+    """Raise :class:`StoreError` unless the existing, non-empty file at ``path`` is an
+    idweave store (or an empty DuckDB database): read-only, so nothing is written."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=True)
+            break
+        except duckdb.IOException as exc:
+            msg = str(exc)
+            if "lock" in msg.lower() or "conflicting" in msg.lower():
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                raise StoreBusyError("the store is in use by another idweave run; wait for it to finish "
+                                     "(or pass --wait SECONDS)", file=str(path)) from None
+            raise StoreError(_open_problem(msg), file=str(path)) from None
+        except duckdb.Error as exc:
+            raise StoreError(_open_problem(str(exc)), file=str(path)) from None
+    try:
+        tables = [t for (t,) in con.execute("select table_name from information_schema.tables "
+                                           "where table_schema = 'main'").fetchall()]
+        version = None
+        if "meta" in tables:
+            try:
+                row = fetch_one(con, "select value from meta where key = 'schema_version'")
+                version = None if row is None else str(row[0])
+            except duckdb.Error:
+                version = None
+    finally:
+        con.close()
+    problem = store_marker_problem(tables, version)
+    if problem:
+        raise StoreError(problem, file=str(path))
+
+
+def _open_problem(msg: str) -> str:
+    """Why DuckDB cannot open a file, in one line without its bytes."""
+    first = msg.splitlines()[0] if msg else ""
+    if "not a valid duckdb database" in first.lower() or "magic" in first.lower():
+        return f"{_NOT_A_STORE}: the file is not a DuckDB database; use another store path"
+    return "cannot open the store: " + "".join(c if c.isprintable() else "?" for c in first[:200])
 
 
 def _check_writable(path: Path) -> None:

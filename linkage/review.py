@@ -1354,7 +1354,9 @@ def export_labels(project: ProjectLike, out: str | Path | None = None) -> pl.Dat
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(out.name + ".tmp")
-            df.write_csv(tmp)
+            from idweave.linkage.export import write_csv  # formulas neutralised, as every CSV
+
+            write_csv(df, tmp)
             tmp.replace(out)
         except OSError as exc:
             raise IdweaveError(f"cannot write the labels: {exc.strerror}", file=str(out)) from None

@@ -504,9 +504,6 @@ def project_from_dict(
     )
 
 
-def _store_path_problem(store: Path) -> str | None:
-    """Why a store can never live at ``store`` (whatever the command), or None.
-
 @lru_cache(maxsize=1)
 def sql_keywords() -> frozenset[str]:
     """The words that cannot name an attribute: DuckDB's reserved keywords and those it keeps
@@ -553,6 +550,9 @@ def _source_file_problem(f: Path) -> str | None:
     return None
 
 
+def _store_path_problem(store: Path) -> str | None:
+    """Why a store can never live at ``store`` (whatever the command), or None.
+
     Writability itself is checked when a command opens the store for writing: read-only
     commands (export, explain) must work on a store in a read-only folder.
     """
@@ -577,12 +577,12 @@ def _read_problem(src: Source, exc: Exception) -> str:
 
 
 def _resolve(base: Path, p: str) -> Path:
-    q = Path(p).expanduser()
-    return Path(os.path.normpath(q if q.is_absolute() else base / q))
-
     """``p`` against ``base``, with ``..`` folded (messages print ``out/demo.duckdb``, not
     ``fixtures/demo/../../out/demo.duckdb``)."""
     import os
+
+    q = Path(p).expanduser()
+    return Path(os.path.normpath(q if q.is_absolute() else base / q))
 
 
 def _check_blocking(blocking: Any, attributes: dict[str, Attribute]) -> list[str]:

@@ -42,6 +42,7 @@ EVENT_TYPES = {
     "record_changed": "a record's content changed (it stayed in this entity)",
     "record_removed": "a record is no longer in its source (it left this entity)",
     "decision": "a human decision (detail: the action)",
+    "record_erased": "a record was erased by `idweave forget` (detail: the reason; no attribute value)",
 }
 
 _EVENT_COLS = ["event_id", "run_id", "decision_id", "happened_at", "type", "entity_id", "other_entity_id",

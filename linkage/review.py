@@ -58,7 +58,7 @@ from idweave.linkage.project import Project
 __all__ = [
     "queue", "QueueItem", "REASONS", "show", "EntityView", "diff_spans",
     "merge", "split", "keep_apart", "confirm", "undo", "DecisionResult", "decisions",
-    "constraints", "export_labels", "entity_digest", "default_author", "CONFLICT_PROBABILITY",
+    "constraints", "export_labels", "entity_digest", "default_author", "CONFLICT_PROBABILITY", "apply_decision",
 ]
 
 Rec = tuple[str, str]
@@ -590,6 +590,15 @@ def _apply(st: Store, proj: Project, action: str, *, payload: dict[str, Any], au
 # --------------------------------------------------------------------------------------
 # the decisions
 # --------------------------------------------------------------------------------------
+def apply_decision(st: Store, proj: Project, action: str, *, payload: dict[str, Any], author: str, reason: str,
+                   seeds: set[Rec], main: tuple[str | None, str | None] = (None, None)) -> DecisionResult:
+    """The decision write path for another verb (``forget``): record ``action`` and
+    re-cluster the part of the graph around ``seeds`` from the stored links, exactly as a
+    decision does (see :func:`merge`). ``st`` may hold an outer transaction (a store whose
+    ``begin``/``commit`` do nothing): the caller's changes and this one then commit together."""
+    return _apply(st, proj, action, payload=payload, author=author, reason=reason, seeds=seeds, main=main)
+
+
 def _author(author: str | None) -> str:
     return author if author else default_author()
 
@@ -730,6 +739,8 @@ def undo(project: ProjectLike, decision_id: int, *, author: str | None = None, r
             raise IdweaveError(f"no decision #{decision_id} in the store")
         if d["action"] == "undo":
             raise IdweaveError(f"decision #{decision_id} is an undo; make the original decision again instead")
+        if d["action"] == "erase":
+            raise IdweaveError(f"decision #{decision_id} is an erasure (idweave forget); it cannot be undone")
         if d["undone_by"] is not None:
             raise IdweaveError(f"decision #{decision_id} was already undone by #{d['undone_by']}")
         p = d["payload"]

@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from idweave.cli._common import console
+from idweave.cli._common import cell, console, safe, term
 from idweave.cli.app import app
 
 PROJECT = typer.Argument(..., help="The project file (YAML).", exists=False)
@@ -67,9 +67,9 @@ def lookup_cmd(
             ev = sorted(((c, r[f"level_{c}"], r[f"w_{c}"]) for c in comps if r[f"level_{c}"] != "null"),
                         key=lambda e: -abs(e[2]))
             evidence = ", ".join(f"{c} {lvl} {w:+.1f}" for c, lvl, w in ev[:5])
-            t.add_row(str(r["rank"]), r["entity_id"], f"{r['match_probability']:.4f}",
+            t.add_row(str(r["rank"]), cell(r["entity_id"]), f"{r['match_probability']:.4f}",
                       "yes" if r["is_match"] else "no", str(r["records"]),
-                      Text(f"{r['source']}:{r['record_id']}"), Text(evidence))
+                      cell(f"{r['source']}:{r['record_id']}"), cell(evidence))
         console.print(t)
 
 
@@ -91,19 +91,20 @@ def history_cmd(
     if res.redirected:
         when = (f" in run {res.merged_run}" if res.merged_run else
                 f" by decision {res.merged_decision}" if res.merged_decision else "")
-        console.print(f"{entity_id} was merged into {res.entity_id}{when}; showing the history of {res.entity_id}",
+        console.print(f"{safe(entity_id)} was merged into {safe(res.entity_id)}{when}; showing the history of "
+                      f"{safe(res.entity_id)}",
                       highlight=False)
     others = [e for e in res.lineage if e != res.entity_id]
-    status = f"{res.entity_id}: {res.status}" + (f"; ids merged into it: {', '.join(others)}" if others else "")
+    status = safe(f"{res.entity_id}: {res.status}" + (f"; ids merged into it: {', '.join(others)}" if others else ""))
     console.print(status, highlight=False)
-    t = Table(title=f"history of {res.entity_id}")
+    t = Table(title=f"history of {safe(res.entity_id)}")
     for c in ("run", "decision", "event", "entity", "other entity", "record", "detail"):
         t.add_column(c)
     for r in events.iter_rows(named=True):
         rec = f"{r['source']}:{r['record_id']}" if r["source"] else ""
         t.add_row("" if r["run_id"] is None else str(r["run_id"]),
                   "" if r["decision_id"] is None else str(r["decision_id"]),
-                  r["type"], r["entity_id"] or "", r["other_entity_id"] or "", Text(rec), Text(r["detail"] or ""))
+                  cell(r["type"]), cell(r["entity_id"]), cell(r["other_entity_id"]), cell(rec), cell(r["detail"] or ""))
     console.print(t)
 
 
@@ -138,7 +139,7 @@ def diff_cmd(
         for c in ("change", "entity", "other entity", "detail"):
             e.add_column(c)
         for r in ent.iter_rows(named=True):
-            e.add_row(r["change"], r["entity_id"] or "", r["other_entity_id"] or "", Text(r["detail"] or ""))
+            e.add_row(cell(r["change"]), cell(r["entity_id"]), cell(r["other_entity_id"]), cell(r["detail"] or ""))
         console.print(e)
     rec = d.filter(d["change"].str.starts_with("record_"))
     if rec.height:
@@ -146,6 +147,6 @@ def diff_cmd(
         for c in ("change", "record", "entity", "from entity"):
             r_t.add_column(c)
         for r in rec.iter_rows(named=True):
-            r_t.add_row(r["change"], Text(f"{r['source']}:{r['record_id']}"), r["entity_id"] or "",
-                        r["other_entity_id"] or "")
+            r_t.add_row(cell(r["change"]), cell(f"{r['source']}:{r['record_id']}"), cell(r["entity_id"]),
+                        cell(r["other_entity_id"]))
         console.print(r_t)

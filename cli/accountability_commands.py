@@ -138,3 +138,50 @@ def forget_cmd(
                        f"{res.events} event(s); entities now: {now}"))
     for n in res.notes:
         console.print(_t(n))
+
+
+@app.command("model")
+def model_cmd(
+    project: Path = PROJECT,
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Also write it as a page with a match-weight chart."),
+) -> None:
+    """The stored model, readable: every comparison's levels with m, u, match weight and the
+    stored links in each; the prior; the training log; where the model came from."""
+    from idweave.linkage.model_report import in_words, model_report, render_html
+
+    rep = model_report(project)
+    if html_out is not None:
+        _write_page(html_out, render_html(rep))
+    if as_json:
+        console.print_json(json.dumps(rep.to_dict(), default=str))
+        return
+    o = rep.origin
+    per = ", ".join(f"{k} {v:,}" for k, v in (o.get("records_per_source") or {}).items())
+    console.print(_t(f"model {rep.version}: trained in run {o.get('run')} ({o.get('mode')}) at {o.get('trained_at')} "
+                     f"on {o.get('records')} records" + (f" ({per})" if per else "") +
+                     f", Splink {o.get('splink_version')}"))
+    console.print(_t(f"prior {rep.prior:.4g} ({rep.prior_weight:+.2f} bits); threshold of the last run "
+                     f"{rep.threshold}; {rep.links:,} stored links"))
+    t = Table(title="comparisons, most similar level first")
+    for c, j in (("comparison", "left"), ("level", "left"), ("m", "right"), ("u", "right"),
+                 ("weight (bits)", "right"), ("tf", "left"), ("stored links", "right")):
+        t.add_column(c, justify=j)
+    for c in rep.comparisons:
+        for i, lv in enumerate(c["levels"]):
+            t.add_row(_t(c["comparison"] if i == 0 else ""), _t(lv["level"]),
+                      "" if lv["m"] is None else f"{lv['m']:.4g}", "" if lv["u"] is None else f"{lv['u']:.4g}",
+                      "" if lv["weight"] is None else f"{lv['weight']:+.2f}", "yes" if lv["term_frequency"] else "",
+                      f"{lv['links']:,}")
+        t.add_row("", "null (missing)", "", "", "0", "", f"{c['null_links']:,}")
+    console.print(t)
+    console.print(Text("in words:", style="bold"))
+    for line in in_words(rep)[:1]:
+        console.print(Text("  ") + _t(line))
+    console.print(Text("training log:", style="bold"))
+    for line in rep.training_log or ["none kept"]:
+        console.print(Text("  - ") + _t(line))
+    for n in rep.notes:
+        console.print(_t(n))
+    if html_out is not None:
+        console.print(Text(f"wrote {html_out}"))

@@ -88,7 +88,7 @@ def id_digest(source: str, record_id: str) -> str:
     id can check for it without reading the id itself).
 
     >>> id_digest("tax", "T1")[:12]
-    '4dbd0c2a4596'
+    'cad3485d3d01'
     """
     return hashlib.sha256(f"{source}\x00{record_id}".encode()).hexdigest()
 

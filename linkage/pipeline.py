@@ -346,7 +346,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                 row={"project_hash": proj.config_hash(), "model_version": version, "threshold": thr,
                      "clustering": method, "signature": sig,
                      "summary": json.dumps({"timings": timer.timings, "report": report.__dict__,
-                                            "mode_reason": why})})
+                                            "mode_reason": why, "training_log": trained.training_log})})
             entities, sizes, run_id, n_events = inc.write_run(st, proj, write, trained, model_mod.splink_version())
         if retrained or not proj.model_file.exists():
             trained.save(proj.model_file)

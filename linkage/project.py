@@ -36,7 +36,7 @@ _AVAILABLE_ENGINES = ("duckdb",)  # spark is reserved for scale-out
 _SOURCE_KEYS = {"path", "id", "columns", "date_format", "exclusive", "mode", "format"}
 _TOP_KEYS = {
     "store", "threshold", "attributes", "sources", "blocking", "comparisons", "engine",
-    "model", "training", "clustering", "base_dir", "erasure", "privacy",
+    "model", "training", "clustering", "base_dir",
 }
 _FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet",
             ".ndjson": "ndjson", ".jsonl": "ndjson"}
@@ -462,23 +462,26 @@ def project_from_dict(
         if data.get(key) is not None and not isinstance(data.get(key), dict):
             problems.append(f"{key}: must be a mapping")
     problems += _check_options(data.get("training"), data.get("clustering"), base)
-    from idweave.linkage.privacy import option_problems  # erasure and privacy keys (privacy.py)
-
-    problems += option_problems(data, attributes)
 
     # Column checks read the file headers (cheap) of every source whose path is sound, even
     # when other parts of the file have problems, so that one run reports everything.
-    from idweave.linkage.sources import source_columns  # sources imports project
+    from idweave.linkage.sources import nested_columns, source_schema  # sources imports project
 
     for src in src_objs.values():
         if src.frame is None and (not src.files or src.format not in ("csv", "parquet", "ndjson")):
             continue  # its path problem is already reported
         try:
-            found = source_columns(src)
+            schema = source_schema(src)
         except Exception as exc:  # unreadable file: report it as that source's problem
             problems.append(f"sources.{src.name}.path: {_read_problem(src, exc)}")
             continue
-        shown = ", ".join(found[:30]) + (" ..." if len(found) > 30 else "")
+        found = list(schema)
+        shown = _found_columns(found, [src.id, *src.columns.values()], header_row=src.format == "csv"
+                               and src.frame is None)
+        for attr, col in src.columns.items():
+            if col in nested_columns(schema, [col]):
+                problems.append(f"sources.{src.name}.columns.{attr}: column '{col}' of {src.label} holds "
+                                f"{schema[col]} values; an attribute needs one value per record")
         if src.id and src.id not in found:
             problems.append(f"sources.{src.name}.id: column '{src.id}' not in {src.label}; found: {shown}")
         for attr, col in src.columns.items():
@@ -573,10 +576,30 @@ def _read_problem(src: Source, exc: Exception) -> str:
     """A one-line reason a source's header cannot be read (no data values)."""
     import polars as pl
 
+    from idweave.linkage.errors import SourceError
+
     if isinstance(exc, pl.exceptions.NoDataError):
         return f"{src.label} is empty (not even a header row)"
-    first = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return f"cannot read {src.label}: {exc.__class__.__name__}" + (f": {first}" if first else "")
+    if isinstance(exc, SourceError):
+        return str(exc)
+    # Not the library's message: it may quote the file's content.
+    return f"cannot read {src.label} ({exc.__class__.__name__})"
+
+
+_LOOKS_LIKE_DATA = re.compile(r"\d{3,}|@|^\s*[-+]?\d+([.,/: -]\d+)*\s*$|^\s|\s$")
+
+
+def _found_columns(found: list[str], expected: list[str], *, header_row: bool) -> str:
+    """The "found: ..." list of a message about a missing column. For a CSV whose first row
+    does not look like a header (no expected column in it, and cells that look like values:
+    long digit runs, @, dates, numbers), the names are not printed: they would be the first
+    record's values. Names are printed without control characters."""
+    names = ["".join(c if c.isprintable() else "?" for c in n)[:60] for n in found]
+    if header_row and not any(e in found for e in expected) and (
+            any(_LOOKS_LIKE_DATA.search(n) for n in found) or names != found):
+        return (f"{len(found)} column(s) whose names look like data, not a header (is the header row missing, "
+                "or is the file not CSV?)")
+    return ", ".join(names[:30]) + (" ..." if len(names) > 30 else "")
 
 
 def _resolve(base: Path, p: str) -> Path:

@@ -66,8 +66,9 @@
     }
   });
   // Arriving at an entity with #confirm, #split, #merge or #apart (from the queue's keys).
-  document.addEventListener("DOMContentLoaded", function () {
+  // After "load": the browser's own scroll to the fragment comes first and would move focus.
+  window.addEventListener("load", function () {
     var want = {"#confirm": "confirm", "#split": "split-form", "#merge": "merge-form", "#apart": "apart-form"}[window.location.hash];
-    if (want) focusForm(want);
+    if (want) window.setTimeout(function () { focusForm(want); }, 0);
   });
 })();

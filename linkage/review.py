@@ -836,6 +836,117 @@ def _max_spanning_tree(nodes: list[Rec], edges: list[tuple[float, Rec, Rec, int]
     return tree
 
 
+class _Suggester:
+    """The suggested split of an entity: the fewest records whose removal leaves the rest
+    consistent, where two records are inconsistent when their national ids differ by more
+    than one character, their dates of one attribute lie more than ``date_gap_days`` apart, or
+    both come from an exclusive source (what the hard queue reasons look at). That is a
+    minimum vertex cover of the graph of inconsistent pairs: exact for up to
+    :attr:`EXACT` records in such pairs, greedy beyond. Among covers of that size the one
+    without an inconsistency inside (it becomes one entity) and least linked to the rest
+    wins. An entity with no inconsistent pair gets the weaker side of its worst link-tree
+    cut (``fallback``, from :func:`_worst_split`).
+
+    >>> import polars as pl
+
+    A father (born 1947: records a:1, b:4, b:5) and his son (a:2, b:3) in one entity:
+
+    >>> recs = pl.DataFrame({"entity_id": ["E"] * 5, "source": ["a", "a", "b", "b", "b"],
+    ...                      "record_id": ["1", "2", "3", "4", "5"],
+    ...                      "birth_date": ["1947-09-10", "1977-03-19", "1977-03-19", "1947-09-10", "1947-09-10"],
+    ...                      "ssn": ["895843485", "274715758", None, "895843485", None]})
+    >>> s = _Suggester(recs, {"birth_date": "date", "ssn": "national_id"}, set(), 730)
+    >>> mem = [("a", "1"), ("a", "2"), ("b", "3"), ("b", "4"), ("b", "5")]
+    >>> s.suggest("E", mem, [("b", "4")], [])
+    [('a', '2'), ('b', '3')]
+    """
+
+    EXACT = 16
+
+    def __init__(self, recs: pl.DataFrame, kinds: Mapping[str, str], exclusive: set[str], date_gap_days: int):
+        self.ids = [a for a, k in kinds.items() if k == "national_id" and a in recs.columns]
+        self.dates = [a for a, k in kinds.items() if k == "date" and a in recs.columns]
+        self.exclusive = set(exclusive)
+        self.gap = int(date_gap_days)
+        cols = ["entity_id", "source", "record_id", *self.ids, *self.dates]
+        self.rows: dict[str, dict[Rec, tuple]] = defaultdict(dict)
+        for row in recs.select(cols).iter_rows():
+            e, s, r, *vals = row
+            ids = tuple(vals[:len(self.ids)])
+            dates = tuple(self._date(v) for v in vals[len(self.ids):])
+            self.rows[e][(s, r)] = (ids, dates)
+
+    @staticmethod
+    def _date(v: Any):
+        from datetime import date
+
+        if v is None:
+            return None
+        try:
+            return date.fromisoformat(str(v)[:10])
+        except ValueError:
+            return None
+
+    def _clash(self, a: Rec, b: Rec, va: tuple, vb: tuple) -> bool:
+        if a[0] == b[0] and a[0] in self.exclusive:
+            return True
+        for x, y in zip(va[0], vb[0]):
+            if x is not None and y is not None and Levenshtein.distance(str(x), str(y)) > 1:
+                return True
+        for x, y in zip(va[1], vb[1]):
+            if x is not None and y is not None and abs((x - y).days) > self.gap:
+                return True
+        return False
+
+    def suggest(self, e: str, mem: Sequence[Rec], fallback: Sequence[Rec],
+                edges: Iterable[tuple[float, Rec, Rec]]) -> list[Rec]:
+        vals = self.rows.get(e, {})
+        mem = sorted(m for m in mem if m in vals)
+        clash: dict[Rec, set[Rec]] = defaultdict(set)
+        for i, a in enumerate(mem):
+            for b in mem[i + 1:]:
+                if self._clash(a, b, vals[a], vals[b]):
+                    clash[a].add(b)
+                    clash[b].add(a)
+        if not clash:
+            return sorted(fallback)
+        pairs = [(a, b) for a in clash for b in clash[a] if a < b]
+        strength: dict[frozenset, float] = {}
+        for p, a, b in edges:
+            strength[frozenset((a, b))] = max(p, strength.get(frozenset((a, b)), 0.0))
+
+        def cost(cover: set[Rec]) -> tuple:
+            inside = sum(1 for a, b in pairs if a in cover and b in cover)
+            tie = sum(p for k, p in strength.items() if len(k & cover) == 1)
+            return (len(cover), inside, tie, sorted(cover))
+
+        nodes = sorted(clash)
+        if len(nodes) <= self.EXACT:
+            from itertools import combinations
+
+            best = None
+            for k in range(1, len(nodes)):
+                for combo in combinations(nodes, k):
+                    c = set(combo)
+                    if all(a in c or b in c for a, b in pairs):
+                        key = cost(c)
+                        if best is None or key < best[0]:
+                            best = (key, c)
+                if best is not None:
+                    break
+            cover = best[1] if best else {nodes[0]}
+        else:  # greedy: the record in the most inconsistent pairs first
+            cover, left = set(), set(pairs)
+            while left:
+                deg = Counter(x for pr in left for x in pr)
+                pick = min(deg, key=lambda x: (-deg[x], x))
+                cover.add(pick)
+                left = {pr for pr in left if pick not in pr}
+        if len(cover) >= len(mem):
+            return sorted(fallback)
+        return sorted(cover)
+
+
 @dataclass
 class _Split:
     cohesion: float
@@ -1113,12 +1224,13 @@ def _queue(proj: Project, recs: pl.DataFrame, links: pl.DataFrame, rows: list[di
         n_pairs = sizes[e] * (sizes[e] - 1) // 2
         denom = len(es) + unscored_weight * (n_pairs - len(es))
         self_coh[e] = sum(x[0] for x in es) / denom if denom > 0 else 1.0
+    suggester = _Suggester(multi_ids, kinds, exclusive, date_gap_days)
     for e in sorted(members):
         res = _worst_split(sorted(members[e]), edges_of.get(e, []), thr, unscored_weight)
         if res is None:
             continue
         link_of[(e, None)] = res.weakest
-        suggest[e] = [_fmt(r) for r in res.side]
+        suggest[e] = [_fmt(r) for r in suggester.suggest(e, members[e], res.side, edges_of.get(e, []))]
         if len(res.side) == 1:
             # One record's pairs are not independent looks (a noisy record is noisy against
             # everyone): it belongs as surely as its best link says.

@@ -230,19 +230,55 @@ class Store:
                 raise StoreError(_open_problem(str(exc)), file=str(path)) from None
         store = cls(path, con, read_only)
         if not read_only:
-            store._ensure_schema()
+            store._sizes = {f: (f.stat().st_size if f.exists() else None) for f in store._files()}
+            try:
+                store._ensure_schema()
+            except duckdb.Error as exc:
+                store._failed = True
+                store.close()
+                raise StoreError(_open_problem(str(exc)), file=str(path)) from None
         else:
             store._check_schema()
         return store
 
     def close(self) -> None:
-        self.con.close()
+        """Close the connection. After a write that failed (see :meth:`begin`), the store's
+        files are cut back to their sizes before it, so that a failed run leaves them as they
+        were (DuckDB appends the blocks of a transaction and its log at the end of the files)."""
+        failed = getattr(self, "_failed", False)
+        try:
+            self.con.close()
+        except duckdb.Error:
+            if not failed:
+                raise
+        if failed:
+            self._restore_sizes()
+
+    def _files(self) -> list[Path]:
+        return [self.path, self.path.with_name(self.path.name + ".wal")]
+
+    def _restore_sizes(self) -> None:
+        before = getattr(self, "_sizes", None) or {}
+        for f, size in before.items():
+            try:
+                if size is None:
+                    if f.exists() and f.name.endswith(".wal"):
+                        f.unlink()  # a log this failed write created
+                elif f.exists() and f.stat().st_size > size:
+                    os.truncate(f, size)
+            except OSError:
+                pass  # best effort: the store's content is the old one either way
+        self._failed = False
 
     def __enter__(self) -> "Store":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None and _disk_full(exc):
+            self._failed = True
         self.close()
+        if exc is not None and _disk_full(exc) and not isinstance(exc, StoreError):
+            raise disk_full_error(self.path, exc) from None
 
     def _ensure_schema(self) -> None:
         self.con.execute("begin transaction")
@@ -432,12 +468,23 @@ class Store:
 
     # ---------------------------------------------------------------- writing
     def begin(self) -> None:
+        """Start the transaction of a run or decision; the sizes of the store's files are
+        noted, to cut them back to if it fails (see :meth:`close`)."""
+        self._sizes = {f: (f.stat().st_size if f.exists() else None) for f in self._files()}
         self.con.execute("begin transaction")
 
     def commit(self) -> None:
-        self.con.execute("commit")
+        try:
+            self.con.execute("commit")
+        except duckdb.Error as exc:
+            self._failed = True
+            if _disk_full(exc):
+                raise disk_full_error(self.path, exc) from None
+            raise
 
     def rollback(self) -> None:
+        """Roll back (never raising: the error that led here is the one to report)."""
+        self._failed = True
         try:
             self.con.execute("rollback")
         except duckdb.Error:
@@ -609,9 +656,29 @@ def _check_marker(path: Path, wait: float) -> None:
         raise StoreError(problem, file=str(path))
 
 
+_DISK_FULL = ("no space left on device", "disk full", "disk is full", "not enough space", "quota exceeded")
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (DuckDB's or the OS's) says the disk is full."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, (duckdb.Error, OSError)) and any(m in str(exc).lower() for m in _DISK_FULL)
+
+
+def disk_full_error(path: Path, exc: BaseException | None = None) -> StoreError:
+    """The error of a write that found the disk full: names the store and says so."""
+    return StoreError("the disk is full (No space left on device): the run could not be written and the store "
+                      "is as it was; free some space (or move the store) and run again", file=str(path))
+
+
 def _open_problem(msg: str) -> str:
     """Why DuckDB cannot open a file, in one line without its bytes."""
     first = msg.splitlines()[0] if msg else ""
+    if any(m in first.lower() for m in _DISK_FULL):
+        return "the disk is full (No space left on device): the store cannot be created or opened"
     if "not a valid duckdb database" in first.lower() or "magic" in first.lower():
         return f"{_NOT_A_STORE}: the file is not a DuckDB database; use another store path"
     return "cannot open the store: " + "".join(c if c.isprintable() else "?" for c in first[:200])

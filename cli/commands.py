@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from idweave.cli._common import cell, console, fail, safe, shown_path, stage_progress
+from idweave.cli._common import cell, console, err_console, fail, safe, shown_path, stage_progress
 from idweave.cli.app import app
 
 PROJECT = typer.Argument(..., help="The project file (YAML).", exists=False)
@@ -85,13 +85,18 @@ def export_cmd(
     project: Path = PROJECT,
     out: Path = typer.Option(..., "--out", help="Output file: .csv or .parquet."),
     with_attributes: bool = typer.Option(False, "--with-attributes", help="Add the cleaned attributes."),
+    columns: Optional[str] = typer.Option(None, "--columns", help="Add only these attributes (a,b)."),
 ) -> None:
     """Write one row per record: source, record_id, entity_id."""
     from idweave.linkage.export import export
 
-    df = export(project, out, with_attributes=with_attributes)
+    df = export(project, out, with_attributes=with_attributes,
+                columns=columns.split(",") if columns is not None else None)
     console.print(f"wrote {df.height:,} records in {df['entity_id'].n_unique():,} entities to {safe(shown_path(out))}",
                   highlight=False)
+    attrs = [c for c in df.columns if c not in ("source", "record_id", "entity_id")]
+    err_console.print("attributes written: " + (safe(", ".join(attrs)) if attrs else "none (ids only)"),
+                      highlight=False)
 
 
 @app.command("count-pairs")

@@ -542,8 +542,10 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
                 st.con.execute("insert or replace into entities by name select * from _ent")  # by primary key
         n_events = st.append_events(events, run_id=run_id)
         from idweave.linkage.forget import clear_pending  # this run decided their clusters again
+        from idweave.linkage.privacy import record_check  # the check value of the key (never the key)
 
         clear_pending(st)
+        record_check(project, st)
         # Every entity's size is kept in the table (the run wrote those that changed): the
         # sizes of the graph are counted there, not by grouping a million record ids.
         size_counts = dict(st.con.execute("select size, count(*) from entities where status = 'active' and size > 0 "

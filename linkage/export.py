@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import polars as pl
 
@@ -64,11 +64,23 @@ def write_csv(df: pl.DataFrame, path: str | Path) -> None:
 
 
 def export(project: Project | str | Path | Mapping[str, Any], out: str | Path | None = None, *,
-           with_attributes: bool = False) -> pl.DataFrame:
-    """One row per record: ``source``, ``record_id``, ``entity_id`` (plus the cleaned
-    attributes with ``with_attributes``). Written to ``out`` (``.csv`` or ``.parquet``) if
-    given; returned as a polars frame either way.
+           with_attributes: bool = False, columns: Sequence[str] | None = None) -> pl.DataFrame:
+    """One row per record: ``source``, ``record_id``, ``entity_id`` (ids only, by default;
+    plus every cleaned attribute with ``with_attributes``, or only the attributes named in
+    ``columns``). Written to ``out`` (``.csv`` or ``.parquet``) if given; returned as a
+    polars frame either way.
+
+    >>> export("fixtures/tiny/project.yaml", columns=["birth_date"]).columns
+    ['source', 'record_id', 'entity_id', 'birth_date']
     """
+    if columns is not None:
+        wanted = [c.strip() for c in columns if c.strip()]
+        proj0 = resolve_project(project)
+        unknown = [c for c in wanted if c not in proj0.attributes]
+        if unknown or not wanted:
+            raise IdweaveError(f"--columns: {', '.join(unknown) or 'nothing'} is not a declared attribute; "
+                               f"expected some of {', '.join(proj0.attributes)}", key="columns")
+        project, with_attributes = proj0, True
     proj = resolve_project(project)
     with Store.open(proj.store, read_only=True) as st:
         if not st.has_table("records"):
@@ -76,7 +88,7 @@ def export(project: Project | str | Path | Mapping[str, Any], out: str | Path | 
         cols = ["source", "record_id", "entity_id"]
         if with_attributes:
             have = set(query_pl(st.con, "select * from records limit 0").columns)
-            cols += [a for a in proj.attributes if a in have]
+            cols += [a for a in (wanted if columns is not None else proj.attributes) if a in have]
         df = query_pl(st.con, f"select {', '.join(chr(34) + c + chr(34) for c in cols)} from records "
                               "order by source, record_id")
     if out is not None:

@@ -47,7 +47,7 @@ from typing import Any, Mapping
 import polars as pl
 
 from idweave.linkage._db import query_pl
-from idweave.linkage.errors import IdweaveError, SourceError
+from idweave.linkage.errors import IdweaveError, SourceError, StoreBusyError
 from idweave.linkage.graph import Store, _now
 from idweave.linkage.project import Project
 
@@ -246,11 +246,13 @@ def _key(df: pl.DataFrame) -> pl.Series:
     return df.select(pl.concat_str([pl.col("source"), pl.col("record_id")], separator="\x00")).to_series()
 
 
-def screen_erased(project: Project, loaded: Any, report: Any = None, *, st: Store | None = None) -> tuple[Any, int]:
+def screen_erased(project: Project, loaded: Any, report: Any = None, *,
+                  st: Store | None = None) -> tuple[Any, int | None]:
     """Loaded records (a frame, or a ``Reused``) without the erased ones, and how many were
     skipped; with ``erasure: refuse`` (the default) an erased record in a source is a
     :class:`~idweave.linkage.errors.SourceError` naming the source and the record id.
-    ``st``: the store, when the caller holds it open already."""
+    ``st``: the store, when the caller holds it open already; without it, a store busy with
+    another run gives ``(loaded, None)``: not screened yet."""
     from idweave.linkage.privacy import erasure_policy
     from idweave.linkage.sources import Reused
 
@@ -258,7 +260,10 @@ def screen_erased(project: Project, loaded: Any, report: Any = None, *, st: Stor
         gone = (query_pl(st.con, "select source, record_id from erasures") if st.has_table("erasures")
                 else pl.DataFrame(schema={"source": pl.Utf8, "record_id": pl.Utf8}))
     else:
-        gone = erased(project.store)
+        try:
+            gone = erased(project.store)
+        except StoreBusyError:  # another run holds it: the caller screens again once it has the store
+            return loaded, None
     if gone.height == 0:
         return loaded, 0
     keys = loaded.keys if isinstance(loaded, Reused) else loaded

@@ -215,7 +215,7 @@ class Store:
         deadline = time.monotonic() + wait
         while True:
             try:
-                con = duckdb.connect(str(path), read_only=read_only)
+                con = _connect(path, read_only)
                 break
             except duckdb.IOException as exc:
                 msg = str(exc)
@@ -682,6 +682,18 @@ def _open_problem(msg: str) -> str:
     if "not a valid duckdb database" in first.lower() or "magic" in first.lower():
         return f"{_NOT_A_STORE}: the file is not a DuckDB database; use another store path"
     return "cannot open the store: " + "".join(c if c.isprintable() else "?" for c in first[:200])
+
+
+def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Connect; a store created now is readable and writable by its owner only (mode 0600:
+    it holds personal data). An existing store keeps the mode its owner gave it."""
+    if read_only or path.exists():
+        return duckdb.connect(str(path), read_only=read_only)
+    old = os.umask(0o077)
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    finally:
+        os.umask(old)
 
 
 def _check_writable(path: Path) -> None:

@@ -180,12 +180,14 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
     from idweave.linkage import _blockkeys as bk
     from idweave.linkage import _incremental as inc
     from idweave.linkage.forget import erased_neighbours, screen_erased
+    from idweave.linkage.privacy import check_project_store, check_store
     from idweave.linkage.graph import _now
 
     started = _now()
     timer = _Timer(progress)
     report = LoadReport()
     with timer.stage("load"):
+        check_project_store(proj)  # a missing or wrong pseudonymisation key stops the run here
         index = _stored_index(proj.store if not full else None)
         loaded = load_records(proj, report=report, stored=index.by_source)
         loaded, n_erased = screen_erased(proj, loaded, report)  # erased records refused or skipped
@@ -195,6 +197,9 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
     light_cols = ["rid_l", "rid_r", "rule", "match_probability"]
 
     with Store.open(proj.store, wait=wait) as st:
+        check_store(proj, st)  # again, in case the store was busy when loading looked
+        if n_erased is None:  # the store was busy when loading looked
+            loaded, n_erased = screen_erased(proj, loaded, report, st=st)
         with timer.stage("compare"):
             try:
                 delta = inc.compare(st, proj, loaded, index)

@@ -36,7 +36,7 @@ _AVAILABLE_ENGINES = ("duckdb",)  # spark is reserved for scale-out
 _SOURCE_KEYS = {"path", "id", "columns", "date_format", "exclusive", "mode", "format"}
 _TOP_KEYS = {
     "store", "threshold", "attributes", "sources", "blocking", "comparisons", "engine",
-    "model", "training", "clustering", "base_dir",
+    "model", "training", "clustering", "base_dir", "erasure", "privacy",
 }
 _FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet",
             ".ndjson": "ndjson", ".jsonl": "ndjson"}
@@ -462,6 +462,9 @@ def project_from_dict(
         if data.get(key) is not None and not isinstance(data.get(key), dict):
             problems.append(f"{key}: must be a mapping")
     problems += _check_options(data.get("training"), data.get("clustering"), base)
+    from idweave.linkage.privacy import option_problems  # erasure and privacy keys (privacy.py)
+
+    problems += option_problems(data, attributes)
 
     # Column checks read the file headers (cheap) of every source whose path is sound, even
     # when other parts of the file have problems, so that one run reports everything.

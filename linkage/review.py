@@ -839,8 +839,10 @@ def _max_spanning_tree(nodes: list[Rec], edges: list[tuple[float, Rec, Rec, int]
 class _Suggester:
     """The suggested split of an entity: the fewest records whose removal leaves the rest
     consistent, where two records are inconsistent when their national ids differ by more
-    than one character, their dates of one attribute lie more than ``date_gap_days`` apart, or
-    both come from an exclusive source (what the hard queue reasons look at). That is a
+    than one character, their dates of one attribute fall in two groups (of two or more
+    records each, in an entity of more than three) more than ``date_gap_days`` apart whose
+    commonest dates differ by more than one character, or both come from an exclusive
+    source (what the hard queue reasons look at). That is a
     minimum vertex cover of the graph of inconsistent pairs: exact for up to
     :attr:`EXACT` records in such pairs, greedy beyond. Among covers of that size the one
     without an inconsistency inside (it becomes one entity) and least linked to the rest
@@ -887,14 +889,40 @@ class _Suggester:
         except ValueError:
             return None
 
-    def _clash(self, a: Rec, b: Rec, va: tuple, vb: tuple) -> bool:
+    def _date_groups(self, mem: Sequence[Rec], vals: Mapping[Rec, tuple]) -> list[dict[Rec, str]]:
+        """Per date attribute: record -> the commonest date of its group of dates (gaps of at
+        most ``gap`` days),
+        for groups of two or more records only (in an entity of more than three records): a
+        lone far date there is taken for a typo, as the ``dates_apart`` reason takes it."""
+        out = []
+        solid = 1 if len(mem) <= 3 else 2  # in two or three records, one far date is all there is
+        for j in range(len(self.dates)):
+            dated = sorted((vals[m][1][j], m) for m in mem if vals[m][1][j] is not None)
+            groups: list[list[Rec]] = []
+            last = None
+            for d, m in dated:
+                if last is None or (d - last).days > self.gap:
+                    groups.append([])
+                groups[-1].append(m)
+                last = d
+            # Each group stands for its commonest date (a group is one person's date and its typos).
+            rep = {}
+            for g, ms in enumerate(groups):
+                c = Counter(vals[m][1][j] for m in ms)
+                rep[g] = min(c, key=lambda d: (-c[d], d)).isoformat()
+            out.append({m: rep[g] for g, ms in enumerate(groups) if len(ms) >= solid for m in ms})
+        return out
+
+    def _clash(self, a: Rec, b: Rec, va: tuple, vb: tuple, groups: list[dict[Rec, str]]) -> bool:
         if a[0] == b[0] and a[0] in self.exclusive:
             return True
         for x, y in zip(va[0], vb[0]):
             if x is not None and y is not None and Levenshtein.distance(str(x), str(y)) > 1:
                 return True
-        for x, y in zip(va[1], vb[1]):
-            if x is not None and y is not None and abs((x - y).days) > self.gap:
+        for g in groups:
+            # Groups whose dates are one character apart (1860-12-07, 1868-12-07) are a typo,
+            # not two people.
+            if a in g and b in g and g[a] != g[b] and Levenshtein.distance(g[a], g[b]) > 1:
                 return True
         return False
 
@@ -903,9 +931,10 @@ class _Suggester:
         vals = self.rows.get(e, {})
         mem = sorted(m for m in mem if m in vals)
         clash: dict[Rec, set[Rec]] = defaultdict(set)
+        groups = self._date_groups(mem, vals)
         for i, a in enumerate(mem):
             for b in mem[i + 1:]:
-                if self._clash(a, b, vals[a], vals[b]):
+                if self._clash(a, b, vals[a], vals[b], groups):
                     clash[a].add(b)
                     clash[b].add(a)
         if not clash:

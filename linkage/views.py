@@ -69,19 +69,22 @@ def _open(project: ProjectLike) -> tuple[Project, Store]:
 
 
 def store_state(project: ProjectLike) -> str:
-    """A short digest of the store's state: it changes with every run and decision (the last
-    run, decision and event ids), so a cache keyed by it is never stale.
+    """A key of the store's state that changes with every run and decision, so a cache keyed
+    by it is never stale: the modification time and size of the store file and of its
+    write-ahead log (every commit writes one of them), read without opening the store.
 
     >>> a = store_state("fixtures/tiny/project.yaml"); a == store_state("fixtures/tiny/project.yaml")
     True
     """
-    proj, st = _open(project)
-    with st:
-        row = fetch_one(st.con, "select (select coalesce(max(run_id), 0) from runs), "
-                                "(select coalesce(max(decision_id), 0) from decisions), "
-                                "(select coalesce(max(undone_by), 0) from decisions), "
-                                "(select coalesce(max(event_id), 0) from events)")
-    return ":".join(str(x) for x in row)
+    proj = resolve_project(project)
+    parts = []
+    for path in (Path(proj.store), Path(str(proj.store) + ".wal")):
+        try:
+            s = path.stat()
+            parts.append(f"{s.st_mtime_ns}.{s.st_size}")
+        except FileNotFoundError:
+            parts.append("-")
+    return ":".join(parts)
 
 
 # --------------------------------------------------------------------------------------
@@ -262,13 +265,12 @@ class EntityPage:
     redirected_from: str | None = None
 
 
-def _prior_weight(project: ProjectLike) -> float | None:
-    proj, st = _open(project)
-    with st:
-        stored = st.latest_model()
-    if not stored:
+def _prior_weight_of(st: Store) -> float | None:
+    row = fetch_one(st.con, "select m.settings from runs r join models m on m.version = r.model_version "
+                            "order by r.run_id desc limit 1")
+    if row is None:
         return None
-    p = float(stored[0].get("probability_two_random_records_match", 0) or 0)
+    p = float(json.loads(row[0]).get("probability_two_random_records_match", 0) or 0)
     return math.log2(p / (1 - p)) if 0 < p < 1 else None
 
 
@@ -311,15 +313,19 @@ def entity_page(project: ProjectLike, entity_id: str, *, link: int | None = None
             n["pairs"].append((f"{row['source']}:{row['record_id']}", f"{row['other_source']}:{row['other_record_id']}",
                                float(row["match_probability"])))
     near_list = sorted(near.values(), key=lambda n: (-n["probability"], n["entity_id"]))[:nearby]
-    if near_list:
-        proj2, st = _open(proj)
-        with st:
+    # One opening of the store for the sizes of the near misses, the version and the prior.
+    _, st = _open(proj)
+    with st:
+        sizes: dict[str, int] = {}
+        if near_list:
             df = pl.DataFrame({"entity_id": [n["entity_id"] for n in near_list]})
             with st.registered("_q_near_ids", df):
                 sizes = dict(st.con.execute("select entity_id, count(*) from records where entity_id in "
                                             "(select entity_id from _q_near_ids) group by entity_id").fetchall())
-        for n in near_list:
-            n["size"] = int(sizes.get(n["entity_id"], 0))
+        version = _version(st, eid)
+        prior_weight = _prior_weight_of(st)
+    for n in near_list:
+        n["size"] = int(sizes.get(n["entity_id"], 0))
     if items is None:
         items = review.queue(proj, include_reviewed=True)
     mine = [it for it in items if eid in (it.entity_id, it.other_entity_id)]
@@ -328,8 +334,8 @@ def entity_page(project: ProjectLike, entity_id: str, *, link: int | None = None
     involved = set(view.decisions)
     dec_rows = [d for d in decs.to_dicts() if d["decision_id"] in involved or d["undoes"] in involved]
     return EntityPage(view=view, explanation=ex, cells=cells, links=links, chosen=chosen,
-                      prior_weight=_prior_weight(proj), history=hist, near_misses=near_list, items=mine,
-                      suggested_split=suggestion, decisions=dec_rows, version=entity_version(proj, eid),
+                      prior_weight=prior_weight, history=hist, near_misses=near_list, items=mine,
+                      suggested_split=suggestion, decisions=dec_rows, version=version,
                       redirected_from=None if view.asked == eid else view.asked)
 
 

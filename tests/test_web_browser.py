@@ -280,6 +280,4 @@ def test_two_stewards_on_one_entity_the_second_gets_a_conflict(browser, server, 
     assert len(rows) == n + 1 and rows[-1] == ("ada", "ada checked it")
     with bob.expect_navigation():
         bob.click("#reload")
-    bob.fill("#confirm input[name=reason]", "bob checked it again")
-    assert submit(bob, "confirm") == 200
-    assert last_decision(demo)["author"] == "bob"
+    assert "ada checked it" in bob.inner_text("#decisions")  # the reloaded page shows ada's decision

@@ -168,6 +168,8 @@ def evaluate_cmd(
     from idweave.linkage.evaluate import evaluate
 
     rep = evaluate(project, truth=truth, max_errors=errors)
+    for n in rep.notes:
+        err_console.print(f"[bold yellow]warning:[/] {safe(n)}", highlight=False, soft_wrap=True)
     m = rep.metrics
     t = Table(title=f"evaluation against '{safe(truth)}' (threshold {rep.threshold})")
     for c in ("metric", "precision", "recall", "F1"):

@@ -20,7 +20,7 @@ from idweave.cli.app import app
 PROJECT = typer.Argument(..., help="The project file (YAML).", exists=False)
 
 
-def _parse_records(text: str) -> list[dict]:
+def _parse_records(text: str) -> dict | list[dict]:
     from idweave.linkage.errors import LookupInputError
 
     try:
@@ -29,7 +29,7 @@ def _parse_records(text: str) -> list[dict]:
         raise LookupInputError(f"--record is not valid JSON ({exc.msg} at character {exc.pos})",
                                hint='write it as \'{"first_name": "Ann", "birth_date": "1980-03-25"}\'') from None
     if isinstance(value, dict):
-        return [value]
+        return value  # one record: errors name no position
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         return value
     raise LookupInputError("--record must be a JSON object (or a list of objects) of attribute -> value")

@@ -206,7 +206,11 @@ def _interactive(project: Path, author: Optional[str], kw: dict[str, Any]) -> No
                     chosen.append(recs[int(tok.lstrip("#")) - 1])
                 else:
                     chosen.append(tok)
-        reason = typer.prompt("reason", default="", show_default=False)
+        # As on the command line: a reason is required for every decision but confirm.
+        reason = typer.prompt("reason", default="", show_default=False).strip()
+        while not reason and action != "confirm":
+            console.print("a reason is required (it is kept with the decision)", highlight=False)
+            reason = typer.prompt("reason", default="", show_default=False).strip()
         try:
             if action == "confirm":
                 res = review.confirm(project, it.entity_id, author=author, reason=reason)
@@ -263,7 +267,8 @@ def split_cmd(
     reason: str = REASON,
     author: Optional[str] = AUTHOR,
 ) -> None:
-    """The named records leave the entity and become a new one, never to rejoin the rest."""
+    """The named records leave the entity and become a new one (or join another entity their
+    links reach), never to rejoin the rest."""
     from idweave.linkage.review import split
 
     _print_result(split(project, entity_id, records, author=author, reason=reason))

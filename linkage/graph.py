@@ -291,12 +291,13 @@ class Store:
         self._check_schema()
 
     def _check_schema(self) -> None:
-        try:
-            v = fetch_one(self.con, "select value from meta where key = 'schema_version'")
-        except duckdb.CatalogException:
-            raise StoreError(_NOT_A_STORE + " (it has no meta table)", file=str(self.path)) from None
-        if v is None or int(v[0]) != SCHEMA_VERSION:
-            raise StoreError(f"store schema version {v and v[0]} is not {SCHEMA_VERSION}", file=str(self.path))
+        tables, version = _marker(self.con)
+        problem = store_marker_problem(tables, version) if tables else \
+            f"{_NOT_A_STORE}: the database is empty (no meta table); run `idweave link` first"
+        if problem is None and "meta" not in tables:
+            problem = f"{_NOT_A_STORE} (it has no meta table)"  # read-only: the marker cannot be added
+        if problem:
+            raise StoreError(problem, file=str(self.path))
 
     # ---------------------------------------------------------------- reading
     def has_table(self, name: str) -> bool:
@@ -640,15 +641,7 @@ def _check_marker(path: Path, wait: float) -> None:
         except duckdb.Error as exc:
             raise StoreError(_open_problem(str(exc)), file=str(path)) from None
     try:
-        tables = [t for (t,) in con.execute("select table_name from information_schema.tables "
-                                           "where table_schema = 'main'").fetchall()]
-        version = None
-        if "meta" in tables:
-            try:
-                row = fetch_one(con, "select value from meta where key = 'schema_version'")
-                version = None if row is None else str(row[0])
-            except duckdb.Error:
-                version = None
+        tables, version = _marker(con)
     finally:
         con.close()
     problem = store_marker_problem(tables, version)
@@ -672,6 +665,20 @@ def disk_full_error(path: Path, exc: BaseException | None = None) -> StoreError:
     """The error of a write that found the disk full: names the store and says so."""
     return StoreError("the disk is full (No space left on device): the run could not be written and the store "
                       "is as it was; free some space (or move the store) and run again", file=str(path))
+
+
+def _marker(con: duckdb.DuckDBPyConnection) -> tuple[list[str], str | None]:
+    """The tables of the main schema and the ``meta`` schema_version (None if absent)."""
+    tables = [t for (t,) in con.execute("select table_name from information_schema.tables "
+                                       "where table_schema = 'main'").fetchall()]
+    version = None
+    if "meta" in tables:
+        try:
+            row = fetch_one(con, "select value from meta where key = 'schema_version'")
+            version = None if row is None else str(row[0])
+        except duckdb.Error:
+            version = None
+    return tables, version
 
 
 def _open_problem(msg: str) -> str:

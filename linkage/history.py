@@ -76,7 +76,7 @@ def _resolve(st: Store, entity_id: str) -> Resolution:
     row = fetch_one(st.con, "select status, changed_run from entities where entity_id = ?", [entity_id])
     if row is None:
         raise IdweaveError(f"no entity '{entity_id}' in the store", file=str(st.path),
-                           hint="entity ids look like E1A2B3C4D5E6; see `idweave export`")
+                           hint="entity ids look like E1A2B3C4D5E6F (E and 12 hex digits); see `idweave export`")
     survivor = st.resolve(entity_id) or entity_id
     status = fetch_one(st.con, "select status from entities where entity_id = ?", [survivor])[0]
     merged_run = merged_decision = None

@@ -640,8 +640,10 @@ def merge(project: ProjectLike, a: str, b: str, *, author: str | None = None, re
 
 def split(project: ProjectLike, entity_id: str, records: Sequence[Rec | str], *, author: str | None = None,
           reason: str = "") -> DecisionResult:
-    """The named records leave the entity and become a new one (``split_from`` the entity);
-    they are pinned together and never again joined with the records that stay.
+    """The named records leave the entity and are pinned together, never again joined with
+    the records that stay. They become a new entity (``split_from`` the entity), unless links
+    above the threshold join them to another entity: then they are part of that one, as the
+    next run would put them (the result names the entities they are in now).
 
     ``records`` are (source, record_id) pairs or ``"source:id"`` strings.
 
@@ -701,10 +703,44 @@ def keep_apart(project: ProjectLike, a: str | Rec, b: str | Rec, *, author: str 
         right, eb = _side(st, b)
         if ea == eb:
             raise IdweaveError(f"{_name(a)} and {_name(b)} are in one entity ({ea}): split it first")
+        sides = {frozenset(left), frozenset(right)}
+        same = _repeats(st, "keep_apart", set(left) | set(right),
+                        lambda p: {frozenset(_from_json(p["left"])), frozenset(_from_json(p["right"]))} == sides)
+        if same is not None:
+            raise IdweaveError(f"already in force: decision #{same} keeps these records apart, and their links "
+                               "score as they did then; nothing recorded")
         payload = {"left": _recs_json(left), "right": _recs_json(right), "entities": [ea, eb]}
         return {"payload": payload, "seeds": set(left) | set(right), "main": (ea, eb)}
 
     return _decide(project, "keep_apart", plan, author=author, reason=reason)
+
+
+def _repeats(st: Store, action: str, seeds: set[Rec], same_subject) -> int | None:
+    """The decision in force that the ``action`` about to be recorded would only repeat (same
+    subject, per ``same_subject(payload)``, and the links among ``seeds`` scoring at the
+    extremes as they did then), or None. A decision taken again after the evidence changed
+    (a conflict in the queue) is not a repeat: it settles the conflict."""
+    found = [d for d in _in_force(_decision_rows(st)) if d["action"] == action and same_subject(d["payload"])]
+    if not found:
+        return None
+    among = _links_among(st, seeds)
+    now = sorted((sl, rl, sr, rr, round(p, 6)) for sl, rl, sr, rr, p in among.select(
+        "source_l", "record_id_l", "source_r", "record_id_r", "match_probability").iter_rows()
+        if p >= CONFLICT_PROBABILITY or p <= 1 - CONFLICT_PROBABILITY)
+    for d in reversed(found):
+        then = sorted((sl, rl, sr, rr, round(p, 6)) for sl, rl, sr, rr, p in d["payload"].get("extremes", []))
+        if then == now:
+            return int(d["decision_id"])
+    return None
+
+
+def _digest_now(st: Store, eid: str, mem: list[Rec]) -> str:
+    """:func:`entity_digest` of an entity's records as the store holds them now."""
+    with st.registered("_dig", pl.DataFrame({"source": [s for s, _ in mem], "record_id": [r for _, r in mem]},
+                                            schema={"source": pl.Utf8, "record_id": pl.Utf8})):
+        rows = st.con.execute("select r.source, r.record_id, r.content_hash from records r join _dig d "
+                              "on r.source = d.source and r.record_id = d.record_id").fetchall()
+    return entity_digest(rows)
 
 
 def _name(x: str | Rec) -> str:
@@ -723,6 +759,12 @@ def confirm(project: ProjectLike, entity_id: str, *, author: str | None = None, 
     def plan(st: Store) -> dict[str, Any]:
         eid = _active_entity(st, entity_id)
         mem = _members(st, eid)
+        digest = _digest_now(st, eid, mem)
+        same = _repeats(st, "confirm", set(mem), lambda p: set(_from_json(p["records"])) == set(mem)
+                        and (p.get("reviewed") or {}).get(eid) == digest)
+        if same is not None:
+            raise IdweaveError(f"already in force: decision #{same} confirmed entity {eid} with these same "
+                               "records and values; nothing recorded")
         return {"payload": {"entity": eid, "records": _recs_json(mem)}, "seeds": set(mem), "main": (eid, None)}
 
     return _decide(project, "confirm", plan, author=author, reason=reason)

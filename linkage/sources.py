@@ -77,7 +77,9 @@ def source_schema(src: Source) -> dict[str, pl.DataType]:
     for f in src.files:
         try:
             schema = dict(_scan(f, src.format).collect_schema())
-        except pl.exceptions.ComputeError as exc:
+        except pl.exceptions.NoDataError:
+            raise
+        except pl.exceptions.PolarsError as exc:
             raise _read_error(f, src.format, exc) from None
         if src.format == "csv":
             for name in schema:
@@ -281,7 +283,7 @@ def read_source(src: Source, columns: Iterable[str]) -> pl.DataFrame:
             missing = [c for c in cols if c not in _safe_names(f, src.format)]
             raise SourceError("missing column", file=f.name, column=_printable(missing[0]) if missing else None) \
                 from None
-        except pl.exceptions.ComputeError as exc:
+        except pl.exceptions.PolarsError as exc:
             raise _read_error(f, src.format, exc) from None
         except OSError as exc:
             raise SourceError(f"cannot read the file: {exc.strerror or exc.__class__.__name__}", file=f.name) from None

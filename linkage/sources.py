@@ -220,15 +220,17 @@ def _ragged_check(f: Path, df: pl.DataFrame, last: str) -> None:
         return
     n_sep = lines.str.count_matches(sep, literal=True)
     quoted = lines.str.contains('"', literal=True)
-    short = (n_sep < n_sep[0]) & ~quoted & lines.is_not_null()
-    if short.any():
-        i = int(short.arg_true()[0])
-        raise SourceError(f"data row {i} (line {i + 1}) has {int(n_sep[i]) + 1} fields, fewer than the header's "
-                          f"{int(n_sep[0]) + 1} (a ragged row)", file=f.name)
-    if quoted.any() and (n_sep < n_sep[0]).any():  # quoted fields: count them properly
+    short = (n_sep < n_sep[0]) & lines.is_not_null()
+    if not short.any():
+        return
+    if quoted.any():  # quoted fields may hold separators and line breaks: count them properly
         bad = _csv_bad_row(f)
         if bad is not None:
             raise SourceError(f"data row {bad[0]} (line {bad[1]}) {bad[2]}", file=f.name)
+        return
+    i = int(short.arg_true()[0])
+    raise SourceError(f"data row {i} (line {i + 1}) has {int(n_sep[i]) + 1} fields, fewer than the header's "
+                      f"{int(n_sep[0]) + 1} (a ragged row)", file=f.name)
 
 
 def _to_polars(frame: Any, src: Source) -> pl.DataFrame:

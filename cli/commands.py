@@ -86,10 +86,17 @@ def export_cmd(
     out: Path = typer.Option(..., "--out", help="Output file: .csv or .parquet."),
     with_attributes: bool = typer.Option(False, "--with-attributes", help="Add the cleaned attributes."),
     columns: Optional[str] = typer.Option(None, "--columns", help="Add only these attributes (a,b)."),
+    golden: bool = typer.Option(False, "--golden", help="One golden record per entity instead (survivorship)."),
 ) -> None:
     """Write one row per record: source, record_id, entity_id."""
     from idweave.linkage.export import export
 
+    if golden:
+        from idweave.linkage.golden import golden as golden_records
+
+        g = golden_records(project, out)
+        console.print(f"wrote {g.height:,} golden records to {safe(shown_path(out))}", highlight=False)
+        return
     df = export(project, out, with_attributes=with_attributes,
                 columns=columns.split(",") if columns is not None else None)
     console.print(f"wrote {df.height:,} records in {df['entity_id'].n_unique():,} entities to {safe(shown_path(out))}",

@@ -247,7 +247,8 @@ class EntityPage:
     ``history`` its events; ``near_misses`` other entities linked to it, best first
     (entity id, best probability, links, their size); ``items`` its queue items;
     ``suggested_split`` the queue's suggestion, if any; ``decisions`` the decisions about its
-    records; ``version`` its :func:`entity_version`.
+    records; ``version`` its :func:`entity_version`; ``golden`` its golden record
+    (attribute, surviving value, ``source:record_id`` it came from; :func:`golden.golden`).
     """
 
     view: review.EntityView
@@ -263,6 +264,7 @@ class EntityPage:
     decisions: list[dict[str, Any]]
     version: str
     redirected_from: str | None = None
+    golden: list[tuple[str, str | None, str | None]] = field(default_factory=list)
 
 
 def _prior_weight_of(st: Store) -> float | None:
@@ -333,10 +335,15 @@ def entity_page(project: ProjectLike, entity_id: str, *, link: int | None = None
     decs = review.decisions(proj)
     involved = set(view.decisions)
     dec_rows = [d for d in decs.to_dicts() if d["decision_id"] in involved or d["undoes"] in involved]
+    from idweave.linkage.golden import golden
+
+    g = golden(proj, entity_id=eid).to_dicts()
+    best = [(a, g[0][a], f"{g[0][a + '_source']}:{g[0][a + '_record_id']}") for a in view.attributes
+            if g and g[0].get(a) is not None]
     return EntityPage(view=view, explanation=ex, cells=cells, links=links, chosen=chosen,
                       prior_weight=prior_weight, history=hist, near_misses=near_list, items=mine,
                       suggested_split=suggestion, decisions=dec_rows, version=version,
-                      redirected_from=None if view.asked == eid else view.asked)
+                      redirected_from=None if view.asked == eid else view.asked, golden=best)
 
 
 def find_entities(project: ProjectLike, text: str, *, limit: int = 10) -> list[dict[str, Any]]:

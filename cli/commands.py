@@ -15,6 +15,7 @@ from rich.table import Table
 
 from idweave.cli._common import cell, console, err_console, fail, safe, shown_path, stage_progress
 from idweave.cli.app import app
+from idweave.cli._wait import reads_store
 
 PROJECT = typer.Argument(..., help="The project file (YAML).", exists=False)
 
@@ -81,6 +82,7 @@ def _run_kind(s: dict) -> str:
 
 
 @app.command("export")
+@reads_store
 def export_cmd(
     project: Path = PROJECT,
     out: Path = typer.Option(..., "--out", help="Output file: .csv or .parquet."),
@@ -107,6 +109,7 @@ def export_cmd(
 
 
 @app.command("count-pairs")
+@reads_store
 def count_pairs_cmd(project: Path = PROJECT) -> None:
     """Before any scoring: the pairs each blocking rule adds, per source pair, and the total."""
     from idweave.linkage.export import count_pairs
@@ -130,6 +133,7 @@ def count_pairs_cmd(project: Path = PROJECT) -> None:
 
 
 @app.command("explain")
+@reads_store
 def explain_cmd(
     project: Path = PROJECT,
     first: str = typer.Argument(..., help="SOURCE:ID of a record (or an entity id, see review commands)."),
@@ -164,6 +168,7 @@ def explain_cmd(
 
 
 @app.command("evaluate")
+@reads_store
 def evaluate_cmd(
     project: Path = PROJECT,
     truth: str = typer.Option(..., "--truth", help="A column in the sources holding the true entity."),

@@ -16,6 +16,7 @@ from rich.text import Text
 
 from idweave.cli._common import cell, console, safe, term
 from idweave.cli.app import app
+from idweave.cli._wait import reads_store
 
 PROJECT = typer.Argument(..., help="The project file (YAML).", exists=False)
 
@@ -36,6 +37,7 @@ def _parse_records(text: str) -> dict | list[dict]:
 
 
 @app.command("lookup")
+@reads_store
 def lookup_cmd(
     project: Path = PROJECT,
     record: str = typer.Option(..., "--record", help="The record as JSON: '{\"first_name\": ..., ...}' (or a list)."),
@@ -74,6 +76,7 @@ def lookup_cmd(
 
 
 @app.command("history")
+@reads_store
 def history_cmd(
     project: Path = PROJECT,
     entity_id: str = typer.Argument(..., help="An entity id (an old, merged id is followed to its survivor)."),
@@ -109,6 +112,7 @@ def history_cmd(
 
 
 @app.command("diff")
+@reads_store
 def diff_cmd(
     project: Path = PROJECT,
     run: int = typer.Option(..., "--run", help="The run number (see `idweave link`)."),

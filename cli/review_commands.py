@@ -19,6 +19,7 @@ from rich.tree import Tree
 
 from idweave.cli._common import cell, console, safe, shown_path, term
 from idweave.cli.app import app
+from idweave.cli._wait import reads_store
 
 PROJECT = typer.Argument(..., help="The project file (YAML).", exists=False)
 AUTHOR = typer.Option(None, "--author", help="Who decides (default: $IDWEAVE_AUTHOR, else the OS user).")
@@ -125,6 +126,7 @@ def _print_result(res: Any) -> None:
 
 # ---------------------------------------------------------------------------- commands
 @app.command("review")
+@reads_store
 def review_cmd(
     project: Path = PROJECT,
     limit: int = typer.Option(20, "--limit", help="How many items to list (0: all)."),
@@ -233,6 +235,7 @@ def _interactive(project: Path, author: Optional[str], kw: dict[str, Any]) -> No
 
 
 @app.command("show")
+@reads_store
 def show_cmd(
     project: Path = PROJECT,
     entity_id: str = typer.Argument(..., help="An entity id (a merged-away id shows the entity it is now part of)."),
@@ -315,6 +318,7 @@ def undo_cmd(
 
 
 @app.command("decisions")
+@reads_store
 def decisions_cmd(project: Path = PROJECT) -> None:
     """Every human decision: when, who, what, why, and whether it is still in force."""
     from idweave.linkage.review import decisions
@@ -331,6 +335,7 @@ def decisions_cmd(project: Path = PROJECT) -> None:
 
 
 @app.command("export-labels")
+@reads_store
 def export_labels_cmd(
     project: Path = PROJECT,
     out: Path = typer.Option(..., "--out", help="The labels file to write (.csv)."),
@@ -345,6 +350,7 @@ def export_labels_cmd(
 
 
 @app.command("evaluate-labels")
+@reads_store
 def evaluate_labels_cmd(
     project: Path = PROJECT,
     labels: Path = typer.Option(..., "--labels", help="Labelled pairs in Splink's clerical format (.csv)."),

@@ -316,6 +316,11 @@ def test_serve_refuses_a_remote_host_without_allow_remote(linked: Path) -> None:
     assert "--allow-remote" in res.error
 
 
+def test_serve_needs_a_linked_store(tiny: Path) -> None:
+    res = run_cli("serve", tiny, "--port", "0")
+    assert res.code == 2 and "no store yet: run `idweave link` first" in res.error
+
+
 def test_serve_names_a_bad_project_file(tmp_path: Path) -> None:
     res = run_cli("serve", tmp_path / "missing.yaml", "--port", "0")
     assert res.code == 2 and "missing.yaml" in res.error

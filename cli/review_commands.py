@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import typer
 from rich.markup import escape
+from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -169,7 +170,9 @@ def _interactive(project: Path, author: Optional[str], kw: dict[str, Any]) -> No
             break
         it = pending[0]
         done.add((it.entity_id, it.other_entity_id))
-        console.rule(f"item {it.rank} of {len(items)}: {it.reason.replace('_', ' ')}")
+        # A rule as wide as a terminal, even when the output is a pipe (and the console wide).
+        console.print(Rule(f"item {it.rank} of {len(items)}: {it.reason.replace('_', ' ')}"),
+                      width=min(console.width, 100))
         console.print(cell(it.detail))
         if len(it.reasons) > 1:
             console.print("also: " + ", ".join(r.replace("_", " ") for r in it.reasons[1:]), highlight=False)

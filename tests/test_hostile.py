@@ -405,3 +405,26 @@ def test_a_bom_and_crlf_csv_is_read(tmp_path: Path) -> None:
     _write(folder, "project.yaml", VALID)
     recs = load_records(load_project(folder / "project.yaml"))
     assert recs["record_id"].to_list() == ["p1", "p2", "p3"]
+
+
+def test_sources_may_be_named_by_sql_keywords(tmp_path: Path) -> None:
+    # Source names are values in the SQL idweave and Splink write, never identifiers: the four
+    # words an attribute may not be called are fine as sources, through link, lookup and export.
+    folder = tmp_path / "h"
+    folder.mkdir()
+    rows = PEOPLE.splitlines()
+    text = VALID.split("sources:")[0] + "sources:\n"
+    for i, word in enumerate(KEYWORDS):
+        _write(folder, f"{word}.csv", "\n".join([rows[0]] + [r.replace("p", f"{word[0]}{i}-", 1) for r in rows[1:]])
+               + "\n")
+        text += f"  {word}:\n    path: {word}.csv\n    id: id\n" \
+                "    columns: {first_name: first, last_name: last, birth_date: born}\n"
+    _write(folder, "project.yaml", text)
+    result = run_cli("link", folder / "project.yaml")
+    assert result.code == 0, result.err
+    out = run_cli("export", folder / "project.yaml", "--out", folder / "e.csv")
+    assert out.code == 0, out.err
+    assert sorted(set(pl.read_csv(folder / "e.csv")["source"])) == sorted(KEYWORDS)
+    found = run_cli("lookup", folder / "project.yaml", "--record",
+                    '{"first_name": "Zebedee", "last_name": "Quixote", "birth_date": "1901-02-03"}', "--source", "from")
+    assert found.code == 0, found.err

@@ -251,3 +251,35 @@ def test_forget_a_lone_record_retires_its_entity(linked_bridge: Path, tmp_path: 
     assert res.entities == []
     with duckdb.connect(str(project.parent / "out" / "tiny.duckdb"), read_only=True) as con:
         assert con.execute("select status, size from entities where entity_id = ?", [eid]).fetchone() == ("retired", 0)
+
+
+def test_a_killed_forget_leaves_the_store_whole_or_erased(linked_bridge: Path, tmp_path: Path) -> None:
+    """``idweave forget`` killed with SIGKILL at times spread over its run (a real process,
+    no test hook): the store is exactly as before, or holds the whole erasure."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    for i, delay in enumerate((0.3, 0.8, 1.2, 1.6, 2.0, 2.6)):
+        folder = tmp_path / f"k{i}"
+        shutil.copytree(linked_bridge, folder)
+        project = folder / "project.yaml"
+        before = dump(store_of(project))
+        proc = subprocess.Popen([sys.executable, "-c", "from idweave.cli.app import main; main()", "forget",
+                                 str(project), "benefits:BEN-X", "--reason", "asked"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        after = dump(store_of(project))
+        if after == before:
+            forget(project, "benefits", "BEN-X", reason="asked")  # and it can be done again
+        assert "BEN-X" not in entity_of(project)
+        with duckdb.connect(str(store_of(project)), read_only=True) as con:
+            assert con.execute("select count(*) from erasures").fetchone()[0] == 1
+            assert con.execute("select count(*) from links where record_id_l = 'BEN-X' "
+                               "or record_id_r = 'BEN-X'").fetchone()[0] == 0
+            assert con.execute("select count(*) from decisions where action = 'erase'").fetchone()[0] == 1
+    # Which of the two each kill gives depends on the machine's speed: both are whole.

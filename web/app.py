@@ -91,9 +91,8 @@ class _State:
             self._cache[key] = compute()
         return self._cache[key]
 
-    def queue(self, state: str, *, reviewed: bool = False) -> list[review.QueueItem]:
-        return self.cached("queue_all" if reviewed else "queue", state,
-                           lambda: review.queue(self.project, include_reviewed=reviewed))
+    def queue(self, state: str) -> list[review.QueueItem]:
+        return self.cached("queue", state, lambda: review.queue(self.project))
 
 
 def _env() -> Environment:
@@ -163,10 +162,11 @@ def make_app(project: Project | str | Path | Mapping[str, Any], *, token: str | 
 
         def build() -> dict[str, Any]:
             s = state()
-            items = st.queue(s, reviewed=True)
-            ep = views.entity_page(proj, eid, link=int(link) if link and link.isdigit() else None, items=items)
-            other_view = review.show(proj, other, nearby=0) if other else None
+            # The open queue only (one queue per store state): an entity a decision reviewed
+            # shows no queue reason or suggestion until its records change.
             open_items = st.queue(s)
+            ep = views.entity_page(proj, eid, link=int(link) if link and link.isdigit() else None, items=open_items)
+            other_view = review.show(proj, other, nearby=0) if other else None
             ids = [it.entity_id for it in open_items]
             at = ids.index(ep.view.entity_id) if ep.view.entity_id in ids else None
             nxt = open_items[at + 1] if at is not None and at + 1 < len(open_items) else (

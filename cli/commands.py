@@ -49,6 +49,8 @@ def link_cmd(
     if s.get("unparsed_dates"):
         for col, n in s["unparsed_dates"].items():
             t.add_row(cell(f"unparsed dates in {col}"), f"{n:,}")
+    if s.get("erased_skipped"):
+        t.add_row("erased records skipped", f"{s['erased_skipped']:,}")
     t.add_row("candidate pairs", f"{s['candidate_pairs']:,} ({s['pairs_per_record']} per record)")
     t.add_row("threshold", f"{s['threshold']}" + (" (chosen by the model)" if s["threshold_chosen"] else ""))
     t.add_row("links at threshold", f"{s['links']:,}")

@@ -15,7 +15,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from conftest import copy_fixture, run_cli, snapshot
+from conftest import copy_fixture, run_cli, snapshot, table_rows
 from idweave.linkage import link, review
 from idweave.linkage._db import query_pl
 from idweave.linkage.errors import IdweaveError, SourceError
@@ -180,6 +180,8 @@ def test_suppress_skips_and_counts_and_changes_nothing(bridge: Path) -> None:
     assert r.summary["erased_skipped"] == 1 and r.summary["events"] == 0
     assert r.summary["records_per_source"]["benefits"] == r.entities.filter(pl.col("source") == "benefits").height
     assert entity_of(bridge) == after_forget
+    shown = run_cli("link", bridge)
+    assert shown.code == 0 and ["erased records skipped", "1"] in table_rows(shown.out)
     full = link(bridge, full=True)
     assert full.summary["events"] == 0 and entity_of(bridge) == after_forget
     assert ("benefits", "BEN-X") not in set(full.entities.select("source", "record_id").iter_rows())

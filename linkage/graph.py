@@ -230,7 +230,7 @@ class Store:
                 raise StoreError(_open_problem(str(exc)), file=str(path)) from None
         store = cls(path, con, read_only)
         if not read_only:
-            store._sizes = {f: (f.stat().st_size if f.exists() else None) for f in store._files()}
+            store._note_files()
             try:
                 store._ensure_schema()
             except duckdb.Error as exc:
@@ -257,8 +257,23 @@ class Store:
     def _files(self) -> list[Path]:
         return [self.path, self.path.with_name(self.path.name + ".wal")]
 
+    def _note_files(self) -> None:
+        """Note the store's file sizes and the database's headers (its first 12 KiB) before
+        a write, for :meth:`_restore_sizes`."""
+        self._sizes = {f: (f.stat().st_size if f.exists() else None) for f in self._files()}
+        self._head = _head(self.path)
+
     def _restore_sizes(self) -> None:
+        """Cut the files back after a failed write, but only when nothing valid can lie
+        beyond the old ends: the log was empty before (no earlier commit waiting to be
+        checkpointed) and the database's headers are unchanged (DuckDB wrote no checkpoint
+        that refers to the new blocks). Otherwise the files stay as DuckDB left them, which is
+        the old content."""
         before = getattr(self, "_sizes", None) or {}
+        wal = self._files()[1]
+        if before.get(wal) or _head(self.path) != getattr(self, "_head", None):
+            self._failed = False
+            return
         for f, size in before.items():
             try:
                 if size is None:
@@ -471,7 +486,7 @@ class Store:
     def begin(self) -> None:
         """Start the transaction of a run or decision; the sizes of the store's files are
         noted, to cut them back to if it fails (see :meth:`close`)."""
-        self._sizes = {f: (f.stat().st_size if f.exists() else None) for f in self._files()}
+        self._note_files()
         self.con.execute("begin transaction")
 
     def commit(self) -> None:
@@ -679,6 +694,15 @@ def _marker(con: duckdb.DuckDBPyConnection) -> tuple[list[str], str | None]:
         except duckdb.Error:
             version = None
     return tables, version
+
+
+def _head(path: Path) -> bytes | None:
+    """The first 12 KiB of a DuckDB file (its file header and two database headers)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(3 * 4096)
+    except OSError:
+        return None
 
 
 def _open_problem(msg: str) -> str:

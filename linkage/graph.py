@@ -212,6 +212,7 @@ class Store:
                 _check_marker(path, wait)
         if not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
+        head = None if read_only else _head(path)  # before DuckDB holds the file (see _restore_sizes)
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -229,6 +230,7 @@ class Store:
             except duckdb.Error as exc:
                 raise StoreError(_open_problem(str(exc)), file=str(path)) from None
         store = cls(path, con, read_only)
+        store._head = head
         if not read_only:
             store._note_files()
             try:
@@ -258,17 +260,18 @@ class Store:
         return [self.path, self.path.with_name(self.path.name + ".wal")]
 
     def _note_files(self) -> None:
-        """Note the store's file sizes and the database's headers (its first 12 KiB) before
-        a write, for :meth:`_restore_sizes`."""
+        """Note the store's file sizes before a write, for :meth:`_restore_sizes`. (By
+        ``stat`` only: opening the file while DuckDB holds it would drop DuckDB's lock, since
+        POSIX record locks go with any descriptor of the file that the process closes.)"""
         self._sizes = {f: (f.stat().st_size if f.exists() else None) for f in self._files()}
-        self._head = _head(self.path)
 
     def _restore_sizes(self) -> None:
         """Cut the files back after a failed write, but only when nothing valid can lie
         beyond the old ends: the log was empty before (no earlier commit waiting to be
-        checkpointed) and the database's headers are unchanged (DuckDB wrote no checkpoint
-        that refers to the new blocks). Otherwise the files stay as DuckDB left them, which is
-        the old content."""
+        checkpointed) and the database's headers are as they were when the store was opened
+        (DuckDB wrote no checkpoint that refers to the new blocks; they are read before the
+        connection and after it is closed, never while DuckDB holds the file). Otherwise the
+        files stay as DuckDB left them, which is the old content."""
         before = getattr(self, "_sizes", None) or {}
         wal = self._files()[1]
         if before.get(wal) or _head(self.path) != getattr(self, "_head", None):

@@ -40,6 +40,7 @@ def _register() -> None:
     from idweave.cli import commands  # noqa: F401
     from idweave.cli import review_commands  # noqa: F401
     from idweave.cli import graph_commands  # noqa: F401
+    from idweave.cli import web_commands  # noqa: F401
     from idweave.cli import accountability_commands  # noqa: F401
 
 

@@ -16,8 +16,22 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("idweave")
+        except PackageNotFoundError:  # pragma: no cover - run from a source tree
+            v = "unknown"
+        _common.console.print(f"idweave {v}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors (they may hold data values).")) -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors (they may hold data values)."),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version of idweave and exit.")) -> None:
     _common.STATE["debug"] = debug
 
 
@@ -26,6 +40,8 @@ def _register() -> None:
     from idweave.cli import commands  # noqa: F401
     from idweave.cli import review_commands  # noqa: F401
     from idweave.cli import graph_commands  # noqa: F401
+    from idweave.cli import web_commands  # noqa: F401
+    from idweave.cli import accountability_commands  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

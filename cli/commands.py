@@ -13,8 +13,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from idweave.cli._common import console, stage_progress
+from idweave.cli._common import cell, console, err_console, fail, safe, shown_path, stage_progress
 from idweave.cli.app import app
+from idweave.cli._wait import reads_store
 
 PROJECT = typer.Argument(..., help="The project file (YAML).", exists=False)
 
@@ -31,20 +32,25 @@ def link_cmd(
     """Run the linkage job: load, block, train (or reuse) the model, score, cluster, store."""
     from idweave.linkage import link
 
+    if threshold is not None and not 0 < threshold < 1:
+        fail(f"--threshold: must be a match probability between 0 and 1 (exclusive), got {threshold:g}")
     with stage_progress(not as_json) as progress:
         result = link(project, threshold=threshold, retrain=retrain, full=full, progress=progress, wait=wait)
     s = result.summary
     if as_json:
         console.print_json(json.dumps(s, default=str))
         return
-    t = Table(title=f"idweave link: run {s['run_id']}", show_header=False)
+    t = Table(title=f"idweave link: run {s['run_id']} ({s.get('mode', 'full')})", show_header=False)
     t.add_column("what")
     t.add_column("value", justify="right")
+    t.add_row("run", cell(_run_kind(s)))
     for src, n in s["records_per_source"].items():
-        t.add_row(f"records in {src}", f"{n:,}")
+        t.add_row(cell(f"records in {src}"), f"{n:,}")
     if s.get("unparsed_dates"):
         for col, n in s["unparsed_dates"].items():
-            t.add_row(f"unparsed dates in {col}", f"{n:,}")
+            t.add_row(cell(f"unparsed dates in {col}"), f"{n:,}")
+    if s.get("erased_skipped"):
+        t.add_row("erased records skipped", f"{s['erased_skipped']:,}")
     t.add_row("candidate pairs", f"{s['candidate_pairs']:,} ({s['pairs_per_record']} per record)")
     t.add_row("threshold", f"{s['threshold']}" + (" (chosen by the model)" if s["threshold_chosen"] else ""))
     t.add_row("links at threshold", f"{s['links']:,}")
@@ -70,20 +76,42 @@ def link_cmd(
             console.print(f"  - {line}", highlight=False)
 
 
+def _run_kind(s: dict) -> str:
+    """How the summary names the kind of run: incremental or full (and why, if given)."""
+    mode = s.get("mode") or ("incremental" if s.get("incremental") else "full")
+    why = s.get("mode_reason") or s.get("why")
+    return f"{mode}" + (f": {why}" if why else "")
+
+
 @app.command("export")
+@reads_store
 def export_cmd(
     project: Path = PROJECT,
     out: Path = typer.Option(..., "--out", help="Output file: .csv or .parquet."),
     with_attributes: bool = typer.Option(False, "--with-attributes", help="Add the cleaned attributes."),
+    columns: Optional[str] = typer.Option(None, "--columns", help="Add only these attributes (a,b)."),
+    golden: bool = typer.Option(False, "--golden", help="One golden record per entity instead (survivorship)."),
 ) -> None:
     """Write one row per record: source, record_id, entity_id."""
     from idweave.linkage.export import export
 
-    df = export(project, out, with_attributes=with_attributes)
-    console.print(f"wrote {df.height:,} records in {df['entity_id'].n_unique():,} entities to {out}")
+    if golden:
+        from idweave.linkage.golden import golden as golden_records
+
+        g = golden_records(project, out)
+        console.print(f"wrote {g.height:,} golden records to {safe(shown_path(out))}", highlight=False)
+        return
+    df = export(project, out, with_attributes=with_attributes,
+                columns=columns.split(",") if columns is not None else None)
+    console.print(f"wrote {df.height:,} records in {df['entity_id'].n_unique():,} entities to {safe(shown_path(out))}",
+                  highlight=False)
+    attrs = [c for c in df.columns if c not in ("source", "record_id", "entity_id")]
+    err_console.print("attributes written: " + (safe(", ".join(attrs)) if attrs else "none (ids only)"),
+                      highlight=False)
 
 
 @app.command("count-pairs")
+@reads_store
 def count_pairs_cmd(project: Path = PROJECT) -> None:
     """Before any scoring: the pairs each blocking rule adds, per source pair, and the total."""
     from idweave.linkage.export import count_pairs
@@ -91,12 +119,12 @@ def count_pairs_cmd(project: Path = PROJECT) -> None:
     df = count_pairs(project)
     for sp in df["sources"].unique(maintain_order=True).to_list():
         part = df.filter(df["sources"] == sp)
-        t = Table(title=f"candidate pairs: {sp}" if sp != "all" else "candidate pairs: all sources")
+        t = Table(title=f"candidate pairs: {safe(sp)}" if sp != "all" else "candidate pairs: all sources")
         for c, j in (("rule", "left"), ("added", "right"), ("cumulative", "right"), ("share of possible", "right"),
                      ("skipped blocks", "right")):
             t.add_column(c, justify=j)
         for r in part.iter_rows(named=True):
-            t.add_row(escape(r["rule"]), f"{r['pairs_added']:,}", f"{r['cumulative']:,}",
+            t.add_row(cell(r["rule"]), f"{r['pairs_added']:,}", f"{r['cumulative']:,}",
                       f"{r['share_of_possible']:.4%}", f"{r['skipped_blocks']:,}")
         console.print(t)
     total = df.filter(df["sources"] == "all")
@@ -107,6 +135,7 @@ def count_pairs_cmd(project: Path = PROJECT) -> None:
 
 
 @app.command("explain")
+@reads_store
 def explain_cmd(
     project: Path = PROJECT,
     first: str = typer.Argument(..., help="SOURCE:ID of a record (or an entity id, see review commands)."),
@@ -121,27 +150,27 @@ def explain_cmd(
         print_entity_explanation(project, first)
         return
     ex = explain_pair(project, parse_record_ref(first), parse_record_ref(second))
-    t = Table(title=f"{first} vs {second}")
+    t = Table(title=f"{safe(first)} vs {safe(second)}")
     for c in ("comparison", "left", "right", "level", "weight"):
         t.add_column(c, justify="right" if c == "weight" else "left")
     t.add_row("prior", "", "", "", f"{ex.prior_weight:+.2f}")
     for c in ex.comparisons:
         # Values come from the data: escape them so rich never reads them as markup.
-        t.add_row(c.attribute, "" if c.left is None else escape(str(c.left)),
-                  "" if c.right is None else escape(str(c.right)), escape(c.level), f"{c.weight:+.2f}")
+        t.add_row(cell(c.attribute), cell(c.left), cell(c.right), cell(c.level), f"{c.weight:+.2f}")
     t.add_row("[bold]total[/]", "", "", f"probability {ex.match_probability:.4f}", f"[bold]{ex.match_weight:+.2f}[/]")
     console.print(t)
-    blocked = escape(", ".join(ex.blocking_rules)) if ex.blocking_rules else "no rule: the pair is never compared"
+    blocked = safe(", ".join(ex.blocking_rules)) if ex.blocking_rules else "no rule: the pair is never compared"
     # One line each, however long (a script may read them): the terminal wraps, not rich.
     console.print(f"blocked by: {blocked}", soft_wrap=True)
     console.print(f"scored in the last run: {'yes' if ex.candidate_in_last_run else 'no'}")
-    console.print(f"same entity: {'yes' if ex.same_entity else 'no'} ({ex.entity_left} / {ex.entity_right}); "
-                  f"threshold {ex.threshold}")
+    console.print(f"same entity: {'yes' if ex.same_entity else 'no'} ({safe(ex.entity_left)} / "
+                  f"{safe(ex.entity_right)}); threshold {ex.threshold}", highlight=False)
     for n in ex.notes:
-        console.print(f"note: {escape(n)}", soft_wrap=True)
+        console.print(f"note: {safe(n)}", soft_wrap=True)
 
 
 @app.command("evaluate")
+@reads_store
 def evaluate_cmd(
     project: Path = PROJECT,
     truth: str = typer.Option(..., "--truth", help="A column in the sources holding the true entity."),
@@ -153,8 +182,10 @@ def evaluate_cmd(
     from idweave.linkage.evaluate import evaluate
 
     rep = evaluate(project, truth=truth, max_errors=errors)
+    for n in rep.notes:
+        err_console.print(f"[bold yellow]warning:[/] {safe(n)}", highlight=False, soft_wrap=True)
     m = rep.metrics
-    t = Table(title=f"evaluation against '{truth}' (threshold {rep.threshold})")
+    t = Table(title=f"evaluation against '{safe(truth)}' (threshold {rep.threshold})")
     for c in ("metric", "precision", "recall", "F1"):
         t.add_column(c, justify="right" if c != "metric" else "left")
     t.add_row("pairwise", f"{m['pairwise_precision']:.4f}", f"{m['pairwise_recall']:.4f}", f"{m['pairwise_f1']:.4f}")
@@ -178,7 +209,7 @@ def evaluate_cmd(
             for c in ("left", "right", "probability"):
                 e.add_column(c)
             for r in df.iter_rows(named=True):
-                e.add_row(f"{r['source_l']}:{r['record_id_l']}", f"{r['source_r']}:{r['record_id_r']}",
+                e.add_row(cell(f"{r['source_l']}:{r['record_id_l']}"), cell(f"{r['source_r']}:{r['record_id_r']}"),
                           f"{r['match_probability']:.4f}")
             console.print(e)
     if chart is not None:
@@ -186,4 +217,4 @@ def evaluate_cmd(
 
         chart.write_text(sweep_chart_html(rep.sweep, title=f"threshold sweep against '{truth}'",
                                           current=rep.threshold))
-        console.print(f"chart written to {chart}")
+        console.print(f"chart written to {safe(shown_path(chart))}", highlight=False)

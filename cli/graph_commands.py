@@ -14,13 +14,14 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from idweave.cli._common import console
+from idweave.cli._common import cell, console, safe, term
 from idweave.cli.app import app
+from idweave.cli._wait import reads_store
 
 PROJECT = typer.Argument(..., help="The project file (YAML).", exists=False)
 
 
-def _parse_records(text: str) -> list[dict]:
+def _parse_records(text: str) -> dict | list[dict]:
     from idweave.linkage.errors import LookupInputError
 
     try:
@@ -29,13 +30,14 @@ def _parse_records(text: str) -> list[dict]:
         raise LookupInputError(f"--record is not valid JSON ({exc.msg} at character {exc.pos})",
                                hint='write it as \'{"first_name": "Ann", "birth_date": "1980-03-25"}\'') from None
     if isinstance(value, dict):
-        return [value]
+        return value  # one record: errors name no position
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         return value
     raise LookupInputError("--record must be a JSON object (or a list of objects) of attribute -> value")
 
 
 @app.command("lookup")
+@reads_store
 def lookup_cmd(
     project: Path = PROJECT,
     record: str = typer.Option(..., "--record", help="The record as JSON: '{\"first_name\": ..., ...}' (or a list)."),
@@ -67,13 +69,14 @@ def lookup_cmd(
             ev = sorted(((c, r[f"level_{c}"], r[f"w_{c}"]) for c in comps if r[f"level_{c}"] != "null"),
                         key=lambda e: -abs(e[2]))
             evidence = ", ".join(f"{c} {lvl} {w:+.1f}" for c, lvl, w in ev[:5])
-            t.add_row(str(r["rank"]), r["entity_id"], f"{r['match_probability']:.4f}",
+            t.add_row(str(r["rank"]), cell(r["entity_id"]), f"{r['match_probability']:.4f}",
                       "yes" if r["is_match"] else "no", str(r["records"]),
-                      Text(f"{r['source']}:{r['record_id']}"), Text(evidence))
+                      cell(f"{r['source']}:{r['record_id']}"), cell(evidence))
         console.print(t)
 
 
 @app.command("history")
+@reads_store
 def history_cmd(
     project: Path = PROJECT,
     entity_id: str = typer.Argument(..., help="An entity id (an old, merged id is followed to its survivor)."),
@@ -91,23 +94,25 @@ def history_cmd(
     if res.redirected:
         when = (f" in run {res.merged_run}" if res.merged_run else
                 f" by decision {res.merged_decision}" if res.merged_decision else "")
-        console.print(f"{entity_id} was merged into {res.entity_id}{when}; showing the history of {res.entity_id}",
+        console.print(f"{safe(entity_id)} was merged into {safe(res.entity_id)}{when}; showing the history of "
+                      f"{safe(res.entity_id)}",
                       highlight=False)
     others = [e for e in res.lineage if e != res.entity_id]
-    status = f"{res.entity_id}: {res.status}" + (f"; ids merged into it: {', '.join(others)}" if others else "")
+    status = safe(f"{res.entity_id}: {res.status}" + (f"; ids merged into it: {', '.join(others)}" if others else ""))
     console.print(status, highlight=False)
-    t = Table(title=f"history of {res.entity_id}")
+    t = Table(title=f"history of {safe(res.entity_id)}")
     for c in ("run", "decision", "event", "entity", "other entity", "record", "detail"):
         t.add_column(c)
     for r in events.iter_rows(named=True):
         rec = f"{r['source']}:{r['record_id']}" if r["source"] else ""
         t.add_row("" if r["run_id"] is None else str(r["run_id"]),
                   "" if r["decision_id"] is None else str(r["decision_id"]),
-                  r["type"], r["entity_id"] or "", r["other_entity_id"] or "", Text(rec), Text(r["detail"] or ""))
+                  cell(r["type"]), cell(r["entity_id"]), cell(r["other_entity_id"]), cell(rec), cell(r["detail"] or ""))
     console.print(t)
 
 
 @app.command("diff")
+@reads_store
 def diff_cmd(
     project: Path = PROJECT,
     run: int = typer.Option(..., "--run", help="The run number (see `idweave link`)."),
@@ -138,7 +143,7 @@ def diff_cmd(
         for c in ("change", "entity", "other entity", "detail"):
             e.add_column(c)
         for r in ent.iter_rows(named=True):
-            e.add_row(r["change"], r["entity_id"] or "", r["other_entity_id"] or "", Text(r["detail"] or ""))
+            e.add_row(cell(r["change"]), cell(r["entity_id"]), cell(r["other_entity_id"]), cell(r["detail"] or ""))
         console.print(e)
     rec = d.filter(d["change"].str.starts_with("record_"))
     if rec.height:
@@ -146,6 +151,6 @@ def diff_cmd(
         for c in ("change", "record", "entity", "from entity"):
             r_t.add_column(c)
         for r in rec.iter_rows(named=True):
-            r_t.add_row(r["change"], Text(f"{r['source']}:{r['record_id']}"), r["entity_id"] or "",
-                        r["other_entity_id"] or "")
+            r_t.add_row(cell(r["change"]), cell(f"{r['source']}:{r['record_id']}"), cell(r["entity_id"]),
+                        cell(r["other_entity_id"]))
         console.print(r_t)

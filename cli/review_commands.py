@@ -13,12 +13,14 @@ from typing import Any, Optional
 
 import typer
 from rich.markup import escape
+from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from idweave.cli._common import console
+from idweave.cli._common import cell, console, safe, shown_path, term
 from idweave.cli.app import app
+from idweave.cli._wait import reads_store
 
 PROJECT = typer.Argument(..., help="The project file (YAML).", exists=False)
 AUTHOR = typer.Option(None, "--author", help="Who decides (default: $IDWEAVE_AUTHOR, else the OS user).")
@@ -42,8 +44,8 @@ def render_entity(view: Any, *, numbered: bool = False) -> list[Any]:
     """The side-by-side view of :class:`idweave.linkage.review.EntityView` as rich renderables."""
     out: list[Any] = []
     recs = view.records
-    title = f"entity {view.entity_id}" + (f" (asked for {view.asked})" if view.asked != view.entity_id else "") \
-        + f": {recs.height} records, {view.status}"
+    title = f"entity {safe(view.entity_id)}" + (f" (asked for {safe(view.asked)})" if view.asked != view.entity_id
+                                                else "") + f": {recs.height} records, {safe(view.status)}"
     wide = recs.height <= 6
     t = Table(title=title, show_lines=False)
     labels = [(f"#{i + 1} " if numbered else "") + _rec(r) for i, r in
@@ -51,9 +53,9 @@ def render_entity(view: Any, *, numbered: bool = False) -> list[Any]:
     if wide:
         t.add_column("attribute")
         for lab in labels:
-            t.add_column(Text(lab), overflow="fold")
+            t.add_column(cell(lab), overflow="fold")
         for a in view.attributes:
-            cells = [Text(a)]
+            cells = [cell(a)]
             for i, v in enumerate(recs[a].to_list()):
                 cells.append(_marked(v, view.diffs.get((i, a), [])))
             t.add_row(*cells)
@@ -62,7 +64,7 @@ def render_entity(view: Any, *, numbered: bool = False) -> list[Any]:
         for a in view.attributes:
             t.add_column(a)
         for i, lab in enumerate(labels):
-            t.add_row(Text(lab), *[_marked(v, view.diffs.get((i, a), []))
+            t.add_row(cell(lab), *[_marked(v, view.diffs.get((i, a), []))
                                    for a, v in zip(view.attributes, [recs[a][i] for a in view.attributes])])
     out.append(t)
     out.append(Text("highlighted: characters that differ from the commonest value of the attribute", style="dim"))
@@ -72,17 +74,17 @@ def render_entity(view: Any, *, numbered: bool = False) -> list[Any]:
             lt.add_column(c, justify="right" if c in ("probability", "weight") else "left")
         for ln in view.links:
             below = ln["match_probability"] < view.threshold
-            lt.add_row(Text(_rec(ln["left"])), Text(_rec(ln["right"])), f"{ln['match_probability']:.4f}",
+            lt.add_row(cell(_rec(ln["left"])), cell(_rec(ln["right"])), f"{ln['match_probability']:.4f}",
                        "" if ln["match_weight"] is None else f"{ln['match_weight']:+.2f}",
-                       Text(_top_evidence(ln["evidence"])), style="dim" if below else None)
+                       cell(_top_evidence(ln["evidence"])), style="dim" if below else None)
         out.append(lt)
     if view.nearby.height:
         nt = Table(title="nearest records of other entities")
         for c in ("record", "other record", "other entity", "probability"):
             nt.add_column(c, justify="right" if c == "probability" else "left")
         for r in view.nearby.iter_rows(named=True):
-            nt.add_row(Text(f"{r['source']}:{r['record_id']}"), Text(f"{r['other_source']}:{r['other_record_id']}"),
-                       r["other_entity_id"], f"{r['match_probability']:.4f}")
+            nt.add_row(cell(f"{r['source']}:{r['record_id']}"), cell(f"{r['other_source']}:{r['other_record_id']}"),
+                       cell(r["other_entity_id"]), f"{r['match_probability']:.4f}")
         out.append(nt)
     if view.decisions:
         out.append(Text("decisions about these records: " + ", ".join(f"#{d}" for d in view.decisions)))
@@ -92,7 +94,10 @@ def render_entity(view: Any, *, numbered: bool = False) -> list[Any]:
 def _marked(value: Any, spans: list[tuple[int, int]]) -> Text:
     if value is None:
         return Text("·", style="dim")
-    text = Text(str(value))
+    raw = str(value)
+    text = Text(term(raw))
+    if text.plain != raw:  # escapes shift the character positions: no highlight
+        return text
     for a, b in spans:
         text.stylize("bold red reverse", a, b)
     return text
@@ -108,20 +113,21 @@ def _queue_table(items: list[Any], title: str) -> Table:
         reason = it.reason.replace("_", " ")
         if len(it.reasons) > 1:
             reason += f" (+{len(it.reasons) - 1})"
-        t.add_row(str(it.rank), ent, reason, size, "" if it.link is None else f"{it.link:.3f}", escape(it.detail))
+        t.add_row(str(it.rank), cell(ent), reason, size, "" if it.link is None else f"{it.link:.3f}", cell(it.detail))
     return t
 
 
 def _print_result(res: Any) -> None:
     ents = ", ".join(res.entities)
     console.print(f"decision #{res.decision_id} ({res.action.replace('_', ' ')}) recorded: "
-                  f"{res.moved} record(s) moved, {res.events} event(s); entities now: {ents}", highlight=False)
+                  f"{res.moved} record(s) moved, {res.events} event(s); entities now: {safe(ents)}", highlight=False)
     for n in res.notes:
-        console.print(f"note: {escape(n)}", highlight=False)
+        console.print(f"note: {safe(n)}", highlight=False)
 
 
 # ---------------------------------------------------------------------------- commands
 @app.command("review")
+@reads_store
 def review_cmd(
     project: Path = PROJECT,
     limit: int = typer.Option(20, "--limit", help="How many items to list (0: all)."),
@@ -164,8 +170,10 @@ def _interactive(project: Path, author: Optional[str], kw: dict[str, Any]) -> No
             break
         it = pending[0]
         done.add((it.entity_id, it.other_entity_id))
-        console.rule(f"item {it.rank} of {len(items)}: {it.reason.replace('_', ' ')}")
-        console.print(Text(it.detail))
+        # A rule as wide as a terminal, even when the output is a pipe (and the console wide).
+        console.print(Rule(f"item {it.rank} of {len(items)}: {it.reason.replace('_', ' ')}"),
+                      width=min(console.width, 100))
+        console.print(cell(it.detail))
         if len(it.reasons) > 1:
             console.print("also: " + ", ".join(r.replace("_", " ") for r in it.reasons[1:]), highlight=False)
         views = [review.show(project, it.entity_id)]
@@ -203,7 +211,11 @@ def _interactive(project: Path, author: Optional[str], kw: dict[str, Any]) -> No
                     chosen.append(recs[int(tok.lstrip("#")) - 1])
                 else:
                     chosen.append(tok)
-        reason = typer.prompt("reason", default="", show_default=False)
+        # As on the command line: a reason is required for every decision but confirm.
+        reason = typer.prompt("reason", default="", show_default=False).strip()
+        while not reason and action != "confirm":
+            console.print("a reason is required (it is kept with the decision)", highlight=False)
+            reason = typer.prompt("reason", default="", show_default=False).strip()
         try:
             if action == "confirm":
                 res = review.confirm(project, it.entity_id, author=author, reason=reason)
@@ -218,7 +230,7 @@ def _interactive(project: Path, author: Optional[str], kw: dict[str, Any]) -> No
 
             if not isinstance(exc, IdweaveError):
                 raise
-            console.print(f"[bold red]not recorded:[/] {escape(str(exc))}")
+            console.print(f"[bold red]not recorded:[/] {safe(str(exc))}")
             continue
         made += 1
         _print_result(res)
@@ -226,6 +238,7 @@ def _interactive(project: Path, author: Optional[str], kw: dict[str, Any]) -> No
 
 
 @app.command("show")
+@reads_store
 def show_cmd(
     project: Path = PROJECT,
     entity_id: str = typer.Argument(..., help="An entity id (a merged-away id shows the entity it is now part of)."),
@@ -260,7 +273,8 @@ def split_cmd(
     reason: str = REASON,
     author: Optional[str] = AUTHOR,
 ) -> None:
-    """The named records leave the entity and become a new one, never to rejoin the rest."""
+    """The named records leave the entity and become a new one (or join another entity their
+    links reach), never to rejoin the rest."""
     from idweave.linkage.review import split
 
     _print_result(split(project, entity_id, records, author=author, reason=reason))
@@ -307,6 +321,7 @@ def undo_cmd(
 
 
 @app.command("decisions")
+@reads_store
 def decisions_cmd(project: Path = PROJECT) -> None:
     """Every human decision: when, who, what, why, and whether it is still in force."""
     from idweave.linkage.review import decisions
@@ -317,12 +332,13 @@ def decisions_cmd(project: Path = PROJECT) -> None:
         t.add_column(c, justify="right" if c == "id" else "left")
     for r in df.iter_rows(named=True):
         state = "yes" if r["in_force"] else (f"undone by #{r['undone_by']}" if r["undone_by"] else "-")
-        t.add_row(str(r["decision_id"]), f"{r['decided_at']:%Y-%m-%d %H:%M:%S}", Text(r["author"] or ""),
-                  r["action"].replace("_", " "), r["subject"], Text(r["reason"] or ""), state)
+        t.add_row(str(r["decision_id"]), f"{r['decided_at']:%Y-%m-%d %H:%M:%S}", cell(r["author"] or ""),
+                  r["action"].replace("_", " "), cell(r["subject"]), cell(r["reason"] or ""), state)
     console.print(t)
 
 
 @app.command("export-labels")
+@reads_store
 def export_labels_cmd(
     project: Path = PROJECT,
     out: Path = typer.Option(..., "--out", help="The labels file to write (.csv)."),
@@ -332,11 +348,12 @@ def export_labels_cmd(
 
     df = export_labels(project, out)
     n1 = int((df["clerical_match_score"] >= 0.5).sum()) if df.height else 0
-    console.print(f"wrote {df.height:,} labelled pairs ({n1:,} match, {df.height - n1:,} non-match) to {out}",
+    console.print(f"wrote {df.height:,} labelled pairs ({n1:,} match, {df.height - n1:,} non-match) to {safe(shown_path(out))}",
                   highlight=False)
 
 
 @app.command("evaluate-labels")
+@reads_store
 def evaluate_labels_cmd(
     project: Path = PROJECT,
     labels: Path = typer.Option(..., "--labels", help="Labelled pairs in Splink's clerical format (.csv)."),
@@ -348,8 +365,8 @@ def evaluate_labels_cmd(
     rep = evaluate_labels(project, labels, max_errors=errors)
     m = rep.metrics
     for n in rep.notes:
-        console.print(f"note: {escape(n)}", highlight=False)
-    t = Table(title=f"evaluation against {labels.name}", show_header=False)
+        console.print(f"note: {safe(n)}", highlight=False)
+    t = Table(title=f"evaluation against {safe(labels.name)}", show_header=False)
     t.add_column("what")
     t.add_column("value", justify="right")
     t.add_row("labelled pairs", f"{m['labelled_pairs']:,}")
@@ -365,7 +382,7 @@ def evaluate_labels_cmd(
             d.add_column(c)
         for r in rep.disagreements.iter_rows(named=True):
             p = r["match_probability"]
-            d.add_row(Text(f"{r['source_l']}:{r['record_id_l']}"), Text(f"{r['source_r']}:{r['record_id_r']}"),
+            d.add_row(cell(f"{r['source_l']}:{r['record_id_l']}"), cell(f"{r['source_r']}:{r['record_id_r']}"),
                       f"{r['clerical_match_score']:g}", "yes" if r["same_entity"] else "no",
                       "not scored" if p is None else f"{p:.4f}")
         console.print(d)
@@ -378,15 +395,15 @@ def print_entity_explanation(project: Path, entity_id: str) -> None:
 
     ex = explain_entity(project, entity_id)
     head = f"entity {ex.entity_id}" + (f" (asked for {ex.asked})" if ex.asked != ex.entity_id else "")
-    console.print(f"{head}: {len(ex.records)} record(s), threshold {ex.threshold}", highlight=False)
+    console.print(f"{safe(head)}: {len(ex.records)} record(s), threshold {ex.threshold}", highlight=False)
     if ex.root is None:
         return
-    nodes = {ex.root: Tree(Text(_rec(ex.root)))}
+    nodes = {ex.root: Tree(cell(_rec(ex.root)))}
     for ln in ex.tree:
         if ln.decision is not None:
-            label = Text(f"{_rec(ln.child)}  joined by decision #{ln.decision}")
+            label = cell(f"{_rec(ln.child)}  joined by decision #{ln.decision}")
         else:
-            label = Text(f"{_rec(ln.child)}  p={ln.match_probability:.4f}  w={ln.match_weight:+.2f}  "
+            label = cell(f"{_rec(ln.child)}  p={ln.match_probability:.4f}  w={ln.match_weight:+.2f}  "
                          f"{_top_evidence(ln.evidence)}")
             if ex.weakest is not None and ln.child == ex.weakest.child:
                 label.append("  ◀ weakest link", style="bold red")
@@ -394,7 +411,7 @@ def print_entity_explanation(project: Path, entity_id: str) -> None:
     console.print(nodes[ex.root])
     if ex.weakest is not None:
         w = ex.weakest
-        console.print(Text(f"weakest link: {_rec(w.parent)} - {_rec(w.child)} p={w.match_probability:.4f}; "
+        console.print(cell(f"weakest link: {_rec(w.parent)} - {_rec(w.child)} p={w.match_probability:.4f}; "
                            f"a threshold above {w.match_probability:.4f} would split the entity"))
     if ex.unjoined:
-        console.print(Text("not joined by any stored link: " + ", ".join(_rec(r) for r in ex.unjoined)))
+        console.print(cell("not joined by any stored link: " + ", ".join(_rec(r) for r in ex.unjoined)))

@@ -290,7 +290,10 @@ def present_attributes(st: Store, delta: Delta, names: Sequence[str]) -> set[str
         recs = delta.records
         return {a for a in names if recs[a].null_count() < recs.height}
     have = {a for a in names if delta.fresh[a].null_count() < delta.fresh.height}
-    rest = [a for a in names if a not in have]
+    # Only attributes the stored records have a column for (none before the first run; a
+    # newly declared attribute has none yet).
+    stored_cols = set(st.columns("records"))
+    rest = [a for a in names if a not in have and a in stored_cols]
     if rest:
         # Stored rows of records still here: all but the changed and removed ones.
         with st.registered("_gone_rk", pl.DataFrame({"rk": delta.gone_rks})):
@@ -538,6 +541,11 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
             with st.registered("_ent", pl.DataFrame(list(out.values()), schema=_ENTITY_SCHEMA)):
                 st.con.execute("insert or replace into entities by name select * from _ent")  # by primary key
         n_events = st.append_events(events, run_id=run_id)
+        from idweave.linkage.forget import clear_pending  # this run decided their clusters again
+        from idweave.linkage.privacy import record_check  # the check value of the key (never the key)
+
+        clear_pending(st)
+        record_check(project, st)
         # Every entity's size is kept in the table (the run wrote those that changed): the
         # sizes of the graph are counted there, not by grouping a million record ids.
         size_counts = dict(st.con.execute("select size, count(*) from entities where status = 'active' and size > 0 "

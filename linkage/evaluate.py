@@ -74,6 +74,17 @@ class EvaluationReport:
     blocking_recall: float
     threshold: float
     extra: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _truth_notes(proj: Project, truth: str) -> list[str]:
+    """A warning when the truth column is one the model compares (mapped to an attribute):
+    agreement with it then measures the model against its own evidence."""
+    mapped = [f"{s.name}.columns.{a}" for s in proj.sources.values() for a, c in s.columns.items() if c == truth]
+    if not mapped:
+        return []
+    return [f"the truth column '{truth}' is mapped to an attribute ({', '.join(mapped)}): the model compares it, "
+            "so these figures are not measured against an independent truth; use a column of true entity labels"]
 
 
 def evaluate(project: Project | str | Path | Mapping[str, Any], *, truth: str,
@@ -140,7 +151,8 @@ def evaluate(project: Project | str | Path | Mapping[str, Any], *, truth: str,
     return EvaluationReport(metrics=metrics, sweep=sweep, false_links=false_links, missed_links=missed_links,
                             blocking_recall=blocking_recall, threshold=thr,
                             extra={"false_link_pairs_scored": n_false, "missed_pairs_scored": n_missed,
-                                   "true_pairs_not_blocked": true_pairs - found})
+                                   "true_pairs_not_blocked": true_pairs - found},
+                            notes=_truth_notes(proj, truth))
 
 
 # --------------------------------------------------------------------------------------

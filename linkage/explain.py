@@ -157,6 +157,22 @@ def _evidence(row: Mapping[str, Any], labels: dict[str, dict[int, str]]) -> dict
             "evidence": ev}
 
 
+def link_evidence(row: Mapping[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """A stored link row (of the ``links`` table) -> ``left``, ``right``,
+    ``match_probability``, ``match_weight`` and ``evidence``: (attribute, level label,
+    weight in bits) per comparison, labelled with the model ``settings``. The public form of
+    what :func:`explain_entity` shows for each link.
+
+    >>> s = {"comparisons": [{"output_column_name": "ssn", "comparison_levels": [
+    ...     {"is_null_level": True}, {"label_for_charts": "exact"}, {"label_for_charts": "else"}]}]}
+    >>> row = {"source_l": "a", "record_id_l": "1", "source_r": "b", "record_id_r": "2",
+    ...        "match_probability": 0.99, "match_weight": 6.6, "level_ssn": 1, "w_ssn": 9.7}
+    >>> link_evidence(row, s)["evidence"]
+    [('ssn', 'exact', 9.7)]
+    """
+    return _evidence(row, _level_labels(settings))
+
+
 @dataclass
 class EntityLink:
     """One link of an entity's spanning tree: ``parent`` reaches ``child`` through it.
@@ -305,4 +321,4 @@ def explain_entity(project: Project | str | Path | Mapping[str, Any], entity_id:
                              weakest=weakest, threshold=thr, unjoined=[r for r in recs if r not in seen])
 
 
-__all__ += ["explain_entity", "EntityExplanation", "EntityLink"]
+__all__ += ["explain_entity", "EntityExplanation", "EntityLink", "link_evidence"]

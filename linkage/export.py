@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import polars as pl
 
@@ -21,15 +21,66 @@ from idweave.linkage.pipeline import project_rules, resolve_project, with_rids
 from idweave.linkage.project import Project
 from idweave.linkage.sources import load_records
 
-__all__ = ["export", "count_pairs"]
+__all__ = ["export", "count_pairs", "neutralise_formulas", "write_csv", "FORMULA_PREFIXES"]
+
+# A spreadsheet takes a cell that starts with one of these for a formula (OWASP, "CSV
+# injection"); "'" is added so that a value already starting with a quote reads back as it was.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "'")
+_FORMULA_START = "^[=+\\-@\t\r']"
+
+
+def neutralise_formulas(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` with every text value that a spreadsheet would run as a formula (starting with
+    ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) given a leading ``'``, as OWASP
+    recommends; a value already starting with ``'`` gets one too, so that
+    :func:`restore_formulas` gives back exactly what was written. Numbers are left alone.
+
+    >>> neutralise_formulas(pl.DataFrame({"id": ["=1+2", "@SUM(A1)", "-3", "ann", "'x"], "n": [-1, 2, 3, 4, 5]})).rows()
+    [("'=1+2", -1), ("'@SUM(A1)", 2), ("'-3", 3), ('ann', 4), ("''x", 5)]
+    """
+    cols = [c for c, t in df.schema.items() if t == pl.Utf8]
+    if not cols:
+        return df
+    return df.with_columns(
+        pl.when(pl.col(c).str.contains(_FORMULA_START)).then(pl.lit("'") + pl.col(c)).otherwise(pl.col(c)).alias(c)
+        for c in cols)
+
+
+def restore_formulas(values: pl.Series) -> pl.Series:
+    """Undo :func:`neutralise_formulas` on a text column read back from a CSV written by idweave.
+
+    >>> restore_formulas(pl.Series(["'=1+2", "''x", "ann", "'ann"])).to_list()
+    ['=1+2', "'x", 'ann', "'ann"]
+    """
+    return pl.Series(values.name, values.to_frame("v").select(
+        pl.when(pl.col("v").str.contains("^'[=+\\-@\t\r']")).then(pl.col("v").str.slice(1))
+        .otherwise(pl.col("v"))).to_series())
+
+
+def write_csv(df: pl.DataFrame, path: str | Path) -> None:
+    """Write ``df`` as CSV with formulas neutralised (:func:`neutralise_formulas`): every CSV
+    idweave writes goes through here. Parquet files are written as they are."""
+    neutralise_formulas(df).write_csv(path)
 
 
 def export(project: Project | str | Path | Mapping[str, Any], out: str | Path | None = None, *,
-           with_attributes: bool = False) -> pl.DataFrame:
-    """One row per record: ``source``, ``record_id``, ``entity_id`` (plus the cleaned
-    attributes with ``with_attributes``). Written to ``out`` (``.csv`` or ``.parquet``) if
-    given; returned as a polars frame either way.
+           with_attributes: bool = False, columns: Sequence[str] | None = None) -> pl.DataFrame:
+    """One row per record: ``source``, ``record_id``, ``entity_id`` (ids only, by default;
+    plus every cleaned attribute with ``with_attributes``, or only the attributes named in
+    ``columns``). Written to ``out`` (``.csv`` or ``.parquet``) if given; returned as a
+    polars frame either way.
+
+    >>> export("fixtures/tiny/project.yaml", columns=["birth_date"]).columns
+    ['source', 'record_id', 'entity_id', 'birth_date']
     """
+    if columns is not None:
+        wanted = [c.strip() for c in columns if c.strip()]
+        proj0 = resolve_project(project)
+        unknown = [c for c in wanted if c not in proj0.attributes]
+        if unknown or not wanted:
+            raise IdweaveError(f"--columns: {', '.join(unknown) or 'nothing'} is not a declared attribute; "
+                               f"expected some of {', '.join(proj0.attributes)}", key="columns")
+        project, with_attributes = proj0, True
     proj = resolve_project(project)
     with Store.open(proj.store, read_only=True) as st:
         if not st.has_table("records"):
@@ -37,7 +88,7 @@ def export(project: Project | str | Path | Mapping[str, Any], out: str | Path | 
         cols = ["source", "record_id", "entity_id"]
         if with_attributes:
             have = set(query_pl(st.con, "select * from records limit 0").columns)
-            cols += [a for a in proj.attributes if a in have]
+            cols += [a for a in (wanted if columns is not None else proj.attributes) if a in have]
         df = query_pl(st.con, f"select {', '.join(chr(34) + c + chr(34) for c in cols)} from records "
                               "order by source, record_id")
     if out is not None:
@@ -49,7 +100,7 @@ def export(project: Project | str | Path | Mapping[str, Any], out: str | Path | 
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(out.name + ".tmp")
             if suffix == ".csv":
-                df.write_csv(tmp)
+                write_csv(df, tmp)
             else:
                 df.write_parquet(tmp)
             tmp.replace(out)

@@ -206,12 +206,17 @@ class Store:
             raise StoreError("no store yet: run `idweave link` first", file=str(path))
         if not read_only:
             _check_writable(path)
+            if path.exists() and path.stat().st_size > 0:
+                # Looked at read-only first: a file that is not an idweave store is refused
+                # before anything could write to it (it stays byte for byte as it was).
+                _check_marker(path, wait)
         if not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
+        head = None if read_only else _head(path)  # before DuckDB holds the file (see _restore_sizes)
         deadline = time.monotonic() + wait
         while True:
             try:
-                con = duckdb.connect(str(path), read_only=read_only)
+                con = _connect(path, read_only)
                 break
             except duckdb.IOException as exc:
                 msg = str(exc)
@@ -221,24 +226,77 @@ class Store:
                         continue
                     raise StoreBusyError("the store is in use by another idweave run; wait for it to finish "
                                          "(or pass --wait SECONDS)", file=str(path)) from None
-                raise StoreError(f"cannot open the store: {msg.splitlines()[0]}", file=str(path)) from None
+                raise StoreError(_open_problem(msg), file=str(path)) from None
             except duckdb.Error as exc:
-                raise StoreError(f"cannot open the store: {str(exc).splitlines()[0]}", file=str(path)) from None
+                raise StoreError(_open_problem(str(exc)), file=str(path)) from None
         store = cls(path, con, read_only)
+        store._head = head
         if not read_only:
-            store._ensure_schema()
+            store._note_files()
+            try:
+                store._ensure_schema()
+            except duckdb.Error as exc:
+                store._failed = True
+                store.close()
+                raise StoreError(_open_problem(str(exc)), file=str(path)) from None
         else:
             store._check_schema()
         return store
 
     def close(self) -> None:
-        self.con.close()
+        """Close the connection. After a write that failed (see :meth:`begin`), the store's
+        files are cut back to their sizes before it, so that a failed run leaves them as they
+        were (DuckDB appends the blocks of a transaction and its log at the end of the files)."""
+        failed = getattr(self, "_failed", False)
+        try:
+            self.con.close()
+        except duckdb.Error:
+            if not failed:
+                raise
+        if failed:
+            self._restore_sizes()
+
+    def _files(self) -> list[Path]:
+        return [self.path, self.path.with_name(self.path.name + ".wal")]
+
+    def _note_files(self) -> None:
+        """Note the store's file sizes before a write, for :meth:`_restore_sizes`. (By
+        ``stat`` only: opening the file while DuckDB holds it would drop DuckDB's lock, since
+        POSIX record locks go with any descriptor of the file that the process closes.)"""
+        self._sizes = {f: (f.stat().st_size if f.exists() else None) for f in self._files()}
+
+    def _restore_sizes(self) -> None:
+        """Cut the files back after a failed write, but only when nothing valid can lie
+        beyond the old ends: the log was empty before (no earlier commit waiting to be
+        checkpointed) and the database's headers are as they were when the store was opened
+        (DuckDB wrote no checkpoint that refers to the new blocks; they are read before the
+        connection and after it is closed, never while DuckDB holds the file). Otherwise the
+        files stay as DuckDB left them, which is the old content."""
+        before = getattr(self, "_sizes", None) or {}
+        wal = self._files()[1]
+        if before.get(wal) or _head(self.path) != getattr(self, "_head", None):
+            self._failed = False
+            return
+        for f, size in before.items():
+            try:
+                if size is None:
+                    if f.exists() and f.name.endswith(".wal"):
+                        f.unlink()  # a log this failed write created
+                elif f.exists() and f.stat().st_size > size:
+                    os.truncate(f, size)
+            except OSError:
+                pass  # best effort: the store's content is the old one either way
+        self._failed = False
 
     def __enter__(self) -> "Store":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None and _disk_full(exc):
+            self._failed = True
         self.close()
+        if exc is not None and _disk_full(exc) and not isinstance(exc, StoreError):
+            raise disk_full_error(self.path, exc) from None
 
     def _ensure_schema(self) -> None:
         self.con.execute("begin transaction")
@@ -251,12 +309,13 @@ class Store:
         self._check_schema()
 
     def _check_schema(self) -> None:
-        try:
-            v = fetch_one(self.con, "select value from meta where key = 'schema_version'")
-        except duckdb.CatalogException:
-            raise StoreError("not an idweave store (no meta table)", file=str(self.path)) from None
-        if v is None or int(v[0]) != SCHEMA_VERSION:
-            raise StoreError(f"store schema version {v and v[0]} is not {SCHEMA_VERSION}", file=str(self.path))
+        tables, version = _marker(self.con)
+        problem = store_marker_problem(tables, version) if tables else \
+            f"{_NOT_A_STORE}: the database is empty (no meta table); run `idweave link` first"
+        if problem is None and "meta" not in tables:
+            problem = f"{_NOT_A_STORE} (it has no meta table)"  # read-only: the marker cannot be added
+        if problem:
+            raise StoreError(problem, file=str(self.path))
 
     # ---------------------------------------------------------------- reading
     def has_table(self, name: str) -> bool:
@@ -428,12 +487,23 @@ class Store:
 
     # ---------------------------------------------------------------- writing
     def begin(self) -> None:
+        """Start the transaction of a run or decision; the sizes of the store's files are
+        noted, to cut them back to if it fails (see :meth:`close`)."""
+        self._note_files()
         self.con.execute("begin transaction")
 
     def commit(self) -> None:
-        self.con.execute("commit")
+        try:
+            self.con.execute("commit")
+        except duckdb.Error as exc:
+            self._failed = True
+            if _disk_full(exc):
+                raise disk_full_error(self.path, exc) from None
+            raise
 
     def rollback(self) -> None:
+        """Roll back (never raising: the error that led here is the one to report)."""
+        self._failed = True
         try:
             self.con.execute("rollback")
         except duckdb.Error:
@@ -525,6 +595,139 @@ class Store:
         text = model_mod.compiled_text(settings, compile="splink" in sys.modules)
         if text is not None:
             self.con.execute("insert into model_sql values (?, ?, ?, ?, ?)", [*key, run_id, text])
+
+
+# Every table a store of this schema version holds. A file holding only these (and at least
+# the tables every store has) but no ``meta`` marker is taken for an idweave store whose
+# marker was lost (e.g. copied table by table): the marker is added when it is opened for
+# writing. Any other table, or a ``records`` table without the marker, means the file is
+# somebody else's: it is refused and left untouched.
+STORE_TABLES = frozenset({"meta", "runs", "entities", "events", "decisions", "models", "model_tf", "model_sql",
+                          "records", "links", "block_keys", "joins"})
+_CORE_TABLES = frozenset({"runs", "entities", "events", "decisions"})
+_NOT_A_STORE = "not an idweave store"
+
+
+def store_marker_problem(tables: Iterable[str], version: str | None) -> str | None:
+    """Why a DuckDB file with these ``tables`` (main schema) and marker ``version`` (the
+    ``meta`` table's ``schema_version``; None if it has none) is not an idweave store of
+    this version, or None when it is one (or is empty, and may become one).
+
+    >>> store_marker_problem([], None) is None
+    True
+    >>> store_marker_problem(["meta", "runs", "records"], "1") is None
+    True
+    >>> store_marker_problem(["records"], None)
+    "not an idweave store: it holds a table 'records' but no idweave marker (meta table); use another store path"
+    >>> store_marker_problem(["patients"], None)
+    'not an idweave store: it holds 1 other table(s); use another store path'
+    """
+    tables = set(tables)
+    if not tables:
+        return None
+    if "meta" in tables:
+        if version is None:
+            return f"{_NOT_A_STORE}: its meta table has no schema_version; use another store path"
+        if version != str(SCHEMA_VERSION):
+            return f"store schema version {version} is not {SCHEMA_VERSION}; this idweave cannot use it"
+        return None
+    if tables <= STORE_TABLES and _CORE_TABLES <= tables:
+        return None  # an idweave store without its marker: adopted (see STORE_TABLES)
+    if "records" in tables:
+        return (f"{_NOT_A_STORE}: it holds a table 'records' but no idweave marker (meta table); "
+                "use another store path")
+    return f"{_NOT_A_STORE}: it holds {len(tables - STORE_TABLES) or len(tables)} other table(s); use another store path"
+
+
+def _check_marker(path: Path, wait: float) -> None:
+    """Raise :class:`StoreError` unless the existing, non-empty file at ``path`` is an
+    idweave store (or an empty DuckDB database): read-only, so nothing is written."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=True)
+            break
+        except duckdb.IOException as exc:
+            msg = str(exc)
+            if "lock" in msg.lower() or "conflicting" in msg.lower():
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                raise StoreBusyError("the store is in use by another idweave run; wait for it to finish "
+                                     "(or pass --wait SECONDS)", file=str(path)) from None
+            raise StoreError(_open_problem(msg), file=str(path)) from None
+        except duckdb.Error as exc:
+            raise StoreError(_open_problem(str(exc)), file=str(path)) from None
+    try:
+        tables, version = _marker(con)
+    finally:
+        con.close()
+    problem = store_marker_problem(tables, version)
+    if problem:
+        raise StoreError(problem, file=str(path))
+
+
+_DISK_FULL = ("no space left on device", "disk full", "disk is full", "not enough space", "quota exceeded")
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (DuckDB's or the OS's) says the disk is full."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, (duckdb.Error, OSError)) and any(m in str(exc).lower() for m in _DISK_FULL)
+
+
+def disk_full_error(path: Path, exc: BaseException | None = None) -> StoreError:
+    """The error of a write that found the disk full: names the store and says so."""
+    return StoreError("the disk is full (No space left on device): the run could not be written and the store "
+                      "is as it was; free some space (or move the store) and run again", file=str(path))
+
+
+def _marker(con: duckdb.DuckDBPyConnection) -> tuple[list[str], str | None]:
+    """The tables of the main schema and the ``meta`` schema_version (None if absent)."""
+    tables = [t for (t,) in con.execute("select table_name from information_schema.tables "
+                                       "where table_schema = 'main'").fetchall()]
+    version = None
+    if "meta" in tables:
+        try:
+            row = fetch_one(con, "select value from meta where key = 'schema_version'")
+            version = None if row is None else str(row[0])
+        except duckdb.Error:
+            version = None
+    return tables, version
+
+
+def _head(path: Path) -> bytes | None:
+    """The first 12 KiB of a DuckDB file (its file header and two database headers)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(3 * 4096)
+    except OSError:
+        return None
+
+
+def _open_problem(msg: str) -> str:
+    """Why DuckDB cannot open a file, in one line without its bytes."""
+    first = msg.splitlines()[0] if msg else ""
+    if any(m in first.lower() for m in _DISK_FULL):
+        return "the disk is full (No space left on device): the store cannot be created or opened"
+    if "not a valid duckdb database" in first.lower() or "magic" in first.lower():
+        return f"{_NOT_A_STORE}: the file is not a DuckDB database; use another store path"
+    return "cannot open the store: " + "".join(c if c.isprintable() else "?" for c in first[:200])
+
+
+def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Connect; a store created now is readable and writable by its owner only (mode 0600:
+    it holds personal data). An existing store keeps the mode its owner gave it."""
+    if read_only or path.exists():
+        return duckdb.connect(str(path), read_only=read_only)
+    old = os.umask(0o077)
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    finally:
+        os.umask(old)
 
 
 def _check_writable(path: Path) -> None:

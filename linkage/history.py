@@ -42,6 +42,7 @@ EVENT_TYPES = {
     "record_changed": "a record's content changed (it stayed in this entity)",
     "record_removed": "a record is no longer in its source (it left this entity)",
     "decision": "a human decision (detail: the action)",
+    "record_erased": "a record was erased by `idweave forget` (detail: the reason; no attribute value)",
 }
 
 _EVENT_COLS = ["event_id", "run_id", "decision_id", "happened_at", "type", "entity_id", "other_entity_id",
@@ -75,7 +76,7 @@ def _resolve(st: Store, entity_id: str) -> Resolution:
     row = fetch_one(st.con, "select status, changed_run from entities where entity_id = ?", [entity_id])
     if row is None:
         raise IdweaveError(f"no entity '{entity_id}' in the store", file=str(st.path),
-                           hint="entity ids look like E1A2B3C4D5E6; see `idweave export`")
+                           hint="entity ids look like E1A2B3C4D5E6F (E and 12 hex digits); see `idweave export`")
     survivor = st.resolve(entity_id) or entity_id
     status = fetch_one(st.con, "select status from entities where entity_id = ?", [survivor])[0]
     merged_run = merged_decision = None

@@ -196,6 +196,7 @@ class Matcher:
         self.records = records
         self.rules = project_rules(proj, records)
         self.exclusive = {s.name for s in proj.sources.values() if s.exclusive}
+        self._sources = set(proj.sources)
         self._build_index(records)
         self._build_scorer(records)
 
@@ -458,11 +459,18 @@ class Matcher:
         """
         if top < 1:
             raise LookupInputError("top must be at least 1")
+        if source is not None and source not in self._sources:
+            raise LookupInputError(f"unknown source '{_printable(source)}'; the project's sources are "
+                                   f"{', '.join(sorted(self._sources))}", key="--source")
         one = None
-        if isinstance(records, Mapping):
-            _check_attributes(records, 0, self.kinds)
-            one = self._cleaner.clean(records, date_format)
-        recs = [one] if one is not None else list(_clean_frames(records, self.kinds, date_format).iter_rows(named=True))
+        try:
+            if isinstance(records, Mapping):
+                _check_attributes(records, 0, self.kinds)
+                one = self._cleaner.clean(records, date_format)
+            recs = [one] if one is not None else list(_clean_frames(records, self.kinds, date_format)
+                                                      .iter_rows(named=True))
+        except LookupInputError as exc:
+            raise _query_error(exc, single=one is None and isinstance(records, Mapping)) from None
         pairs = []
         for q, rec in enumerate(recs):
             for rid, rule in self.candidates(rec, source=source).items():
@@ -533,6 +541,23 @@ def _stamp(path: Path) -> tuple:
         except FileNotFoundError:
             out.append(None)
     return tuple(out)
+
+
+def _printable(text: str, limit: int = 60) -> str:
+    out = "".join(c if c.isprintable() else "?" for c in str(text))
+    return out if len(out) <= limit else out[:limit] + "..."
+
+
+def _query_error(exc: LookupInputError, *, single: bool) -> LookupInputError:
+    """The error about a query record, naming it by its place in the input ("query record
+    2", counted from 1) instead of as a stored ``record '1'``; a single record is not named."""
+    where = None
+    if exc.row is not None and not single:
+        try:
+            where = f"query record {int(exc.row) + 1}"
+        except ValueError:
+            where = None
+    return LookupInputError(exc.message, key=where, column=exc.column, hint=exc.hint)
 
 
 def lookup(project: Project | str | Path | Mapping[str, Any],

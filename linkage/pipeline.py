@@ -179,27 +179,35 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
     from idweave.blocking.pairs import DEFAULT_MAX_BLOCK
     from idweave.linkage import _blockkeys as bk
     from idweave.linkage import _incremental as inc
+    from idweave.linkage.forget import erased_neighbours, screen_erased
+    from idweave.linkage.privacy import check_project_store, check_store
     from idweave.linkage.graph import _now
 
     started = _now()
     timer = _Timer(progress)
     report = LoadReport()
     with timer.stage("load"):
+        check_project_store(proj)  # a missing or wrong pseudonymisation key stops the run here
         index = _stored_index(proj.store if not full else None)
         loaded = load_records(proj, report=report, stored=index.by_source)
+        loaded, n_erased = screen_erased(proj, loaded, report)  # erased records refused or skipped
     exclusive_sources = [s.name for s in proj.sources.values() if s.exclusive]
     method = str(proj.clustering.get("method", DEFAULT_CLUSTERING))
     min_average = float(proj.clustering.get("min_average", 0.5))
     light_cols = ["rid_l", "rid_r", "rule", "match_probability"]
 
     with Store.open(proj.store, wait=wait) as st:
+        check_store(proj, st)  # again, in case the store was busy when loading looked
+        if n_erased is None:  # the store was busy when loading looked
+            loaded, n_erased = screen_erased(proj, loaded, report, st=st)
         with timer.stage("compare"):
             try:
                 delta = inc.compare(st, proj, loaded, index)
             except inc.StaleReuse:  # the store changed after loading read it: load again
                 report = LoadReport()
                 index = inc.StoredIndex.read(st)
-                delta = inc.compare(st, proj, load_records(proj, report=report, stored=index.by_source), index)
+                delta = inc.compare(st, proj, screen_erased(proj, load_records(proj, report=report,
+                                                                               stored=index.by_source), report, st=st)[0], index)
         # In an incremental run the records carry no attributes: those of the records cleaned
         # now are in delta.fresh, the others stay in the store until a pair needs them.
         records = delta.records
@@ -260,7 +268,8 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                     flip_old = stored.filter(in_flip)
                     goes = goes | in_flip
                 hit, kept = stored.filter(goes), stored.filter(~goes)
-                gone_neighbours = inc.removed_neighbours(st, records, delta.removed)
+                gone_neighbours = pl.concat([inc.removed_neighbours(st, records, delta.removed),
+                                             erased_neighbours(st, records)])
                 seeds = pl.concat([dirty, hit["rid_l"], hit["rid_r"], pairs["rid_l"], pairs["rid_r"], gone_neighbours])
                 derived_stored = kept.filter(pl.col("rule") == COMPLETION_RULE)
                 blocking = pl.concat([kept.filter(pl.col("rule") != COMPLETION_RULE), blocking])
@@ -342,7 +351,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                 row={"project_hash": proj.config_hash(), "model_version": version, "threshold": thr,
                      "clustering": method, "signature": sig,
                      "summary": json.dumps({"timings": timer.timings, "report": report.__dict__,
-                                            "mode_reason": why})})
+                                            "mode_reason": why, "training_log": trained.training_log})})
             entities, sizes, run_id, n_events = inc.write_run(st, proj, write, trained, model_mod.splink_version())
         if retrained or not proj.model_file.exists():
             trained.save(proj.model_file)
@@ -362,6 +371,7 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
         "records": records.height,
         "records_per_source": report.rows,
         **inc.summary_counts(delta),
+        "erased_skipped": n_erased,
         "unparsed_dates": report.unparsed_dates,
         "date_formats": report.date_formats,
         "rules": [r.name for r in rules],

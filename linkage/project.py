@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -35,7 +36,7 @@ _AVAILABLE_ENGINES = ("duckdb",)  # spark is reserved for scale-out
 _SOURCE_KEYS = {"path", "id", "columns", "date_format", "exclusive", "mode", "format"}
 _TOP_KEYS = {
     "store", "threshold", "attributes", "sources", "blocking", "comparisons", "engine",
-    "model", "training", "clustering", "base_dir",
+    "model", "training", "clustering", "base_dir", "erasure", "privacy",
 }
 _FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet",
             ".ndjson": "ndjson", ".jsonl": "ndjson"}
@@ -132,17 +133,159 @@ def load_project(path: str | Path, *, sources: Mapping[str, Any] | None = None) 
     path = Path(path)
     if not path.exists():
         raise ProjectError([f"project file not found: {path}"], file=str(path))
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "cannot be parsed"
-        raise ProjectError([f"malformed YAML{where}: {problem}"], file=str(path)) from None
+    data = _read_yaml(path)
     if not isinstance(data, dict):
         raise ProjectError(["the file must hold a mapping (store, attributes, sources, ...)"],
                            file=str(path))
     return project_from_dict(data, base_dir=path.parent, sources=sources, file=path)
+
+
+# Limits on what a project file may make the YAML loader build: a few kilobytes of aliases
+# ("billion laughs") or nesting must not exhaust memory, time or the stack. Real project
+# files are far below every one of them.
+MAX_PROJECT_BYTES = 4 * 1024 * 1024
+MAX_YAML_DEPTH = 64
+MAX_YAML_ALIASES = 1000
+MAX_YAML_NODES = 200_000  # nodes of the document with every alias expanded
+
+
+class _LimitExceeded(Exception):
+    pass
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with caps on nesting depth, alias uses and the expanded size of
+    the document, and duplicate keys in a mapping refused (the second one would silently win)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                mark = self.peek_event().start_mark
+                raise _LimitExceeded(f"more than {MAX_YAML_ALIASES} aliases (line {mark.line + 1}); "
+                                     "a project file needs few or none")
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise _LimitExceeded(f"nested more than {MAX_YAML_DEPTH} levels deep (line {mark.line + 1})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_document(self, node):  # type: ignore[override]
+        _check_expanded_size(node)
+        return super().construct_document(node)
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    key = key_node.value
+                    if key in seen:
+                        raise _LimitExceeded(f"duplicate key '{_printable(key)}' at line "
+                                             f"{key_node.start_mark.line + 1} (first at line {seen[key]}); "
+                                             "each key may appear once in a mapping")
+                    seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_expanded_size(root: Any) -> None:
+    """Refuse a document whose nodes, with every alias expanded, exceed MAX_YAML_NODES."""
+    sizes: dict[int, int] = {}
+    # Nodes in post-order without recursion (depth is capped already, but stay iterative).
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if id(node) in sizes:
+            continue
+        kids = ([c for kv in node.value for c in kv] if isinstance(node, yaml.MappingNode)
+                else list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if not done:
+            stack.append((node, True))
+            stack.extend((k, False) for k in kids if id(k) not in sizes)
+            continue
+        total = 1 + sum(sizes.get(id(k), 1) for k in kids)
+        if total > MAX_YAML_NODES:
+            raise _LimitExceeded(f"the document expands to more than {MAX_YAML_NODES:,} values "
+                                 "(aliases repeated inside aliases); a project file is far smaller")
+        sizes[id(node)] = total
+
+
+def _type_name(value: Any) -> str:
+    """How a message names a wrong value: its YAML type, and the value only when it is a
+    short number or boolean (never a string: it may be data pasted in by mistake)."""
+    if isinstance(value, bool) or isinstance(value, (int, float)):
+        return f"the {type(value).__name__ if not isinstance(value, bool) else 'boolean'} {value!r}"
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(type(value), "a value")
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as a message quotes it: its repr, printable and at most 60 characters."""
+    return _printable(repr(value) if not isinstance(value, (dict, list)) else _type_name(value))
+
+
+def _printable(text: Any, limit: int = 60) -> str:
+    """``text`` without control characters, cut to ``limit`` characters (for messages)."""
+    out = "".join(c if c.isprintable() else "?" for c in str(text))
+    return out if len(out) <= limit else out[:limit] + "..."
+
+
+def _read_yaml(path: Path) -> Any:
+    """The parsed project file, within the loader's limits; ProjectError otherwise."""
+    label = str(path)
+    if not path.is_file():
+        what = "a folder" if path.is_dir() else "not a regular file"
+        raise ProjectError([f"the project file is {what}; give a YAML file"], file=label)
+    try:
+        size = path.stat().st_size
+        if size > MAX_PROJECT_BYTES:
+            raise ProjectError([f"the project file is {size:,} bytes; the limit is {MAX_PROJECT_BYTES:,} "
+                                "(a project file declares sources, it does not hold data)"], file=label)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ProjectError([f"cannot read the project file: {exc.strerror or exc.__class__.__name__}"],
+                           file=label) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ProjectError([f"not UTF-8 text: byte {exc.start + 1} (line {line}) cannot be decoded; "
+                            "save the project file as UTF-8"], file=label) from None
+    if "\x00" in text:
+        line = text[:text.index("\x00")].count("\n") + 1
+        raise ProjectError([f"the project file holds a NUL byte at line {line}: it looks binary, not YAML"],
+                           file=label)
+    try:
+        loader = _BoundedLoader(text)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    except _LimitExceeded as exc:
+        raise ProjectError([f"refused: {exc}"], file=label) from None
+    except RecursionError:
+        raise ProjectError([f"refused: nested too deeply (more than {MAX_YAML_DEPTH} levels)"], file=label) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or _yaml_reader_problem(exc)
+        raise ProjectError([f"malformed YAML{where}: {_printable(problem, 200)}"], file=label) from None
+
+
+def _yaml_reader_problem(exc: Exception) -> str:
+    """A reader error (a character YAML does not allow) without the character's context."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        ch = exc.character
+        code = ch if isinstance(ch, int) else ord(ch[:1]) if ch else 0
+        return f"character #x{code:04x} is not allowed (position {exc.position})"
+    return "cannot be parsed"
 
 
 def project_from_dict(
@@ -164,8 +307,12 @@ def project_from_dict(
     """
     data = dict(data)
     frames = dict(sources or {})
-    base = Path(base_dir if base_dir is not None else data.get("base_dir", "."))
     problems: list[str] = []
+    raw_base = base_dir if base_dir is not None else data.get("base_dir", ".")
+    if not isinstance(raw_base, (str, Path)):
+        problems.append(f"base_dir: must be a folder path, got {_type_name(raw_base)}")
+        raw_base = "."
+    base = Path(raw_base)
     label = str(file) if file else None
 
     for key in data:
@@ -187,7 +334,7 @@ def project_from_dict(
     threshold = data.get("threshold")
     if threshold is not None:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
-            problems.append(f"threshold: must be a match probability between 0 and 1 (exclusive), got {threshold!r}")
+            problems.append(f"threshold: must be a match probability between 0 and 1 (exclusive), got {_shown(threshold)}")
             threshold = None
         else:
             threshold = float(threshold)
@@ -204,11 +351,15 @@ def project_from_dict(
         if isinstance(kind, dict):
             kind = kind.get("kind")
         if not _NAME.match(name) or name in _RESERVED:
-            problems.append(f"attributes.{name}: attribute names must be lower_snake_case and not one of "
+            problems.append(f"attributes.{_printable(name)}: attribute names must be lower_snake_case and not one of "
                             f"{', '.join(sorted(_RESERVED))}")
             continue
+        if name in sql_keywords():
+            problems.append(f"attributes.{name}: '{name}' is an SQL keyword, which cannot name an attribute; "
+                            f"rename it (e.g. {name}_value) and map the column to the new name")
+            continue
         if kind not in KINDS:
-            problems.append(f"attributes.{name}: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+            problems.append(f"attributes.{name}: unknown kind {_shown(kind)}; expected one of {', '.join(KINDS)}")
             continue
         attributes[name] = Attribute(name, kind)
 
@@ -250,14 +401,14 @@ def project_from_dict(
             columns[str(attr)] = col
         mode = spec.get("mode", "snapshot")
         if mode not in ("snapshot", "append"):
-            problems.append(f"{at}.mode: must be 'snapshot' or 'append', got {mode!r}")
+            problems.append(f"{at}.mode: must be 'snapshot' or 'append', got {_shown(mode)}")
         exclusive = spec.get("exclusive", False)
         if not isinstance(exclusive, bool):
-            problems.append(f"{at}.exclusive: must be true or false, got {exclusive!r}")
+            problems.append(f"{at}.exclusive: must be true or false, got {_shown(exclusive)}")
             exclusive = False
         date_format = spec.get("date_format")
         if date_format is not None and (not isinstance(date_format, str) or "%" not in date_format):
-            problems.append(f"{at}.date_format: must be a strftime pattern like '%d/%m/%Y', got {date_format!r}")
+            problems.append(f"{at}.date_format: must be a strftime pattern like '%d/%m/%Y', got {_shown(date_format)}")
             date_format = None
         src = Source(name=sname, id=id_col, columns=columns, date_format=date_format,
                      exclusive=exclusive, mode=mode)
@@ -271,10 +422,12 @@ def project_from_dict(
                 src.path = p
                 full = _resolve(base, p)
                 files = sorted(Path(f) for f in glob.glob(str(full))) if glob.has_magic(p) else [full]
-                if not files or not all(f.exists() for f in files):
-                    problems.append(f"{at}.path: file not found: {full}" if not glob.has_magic(p)
-                                    else f"{at}.path: no file matches {full}")
+                odd = [m for m in (_source_file_problem(f) for f in files) if m]
+                if odd:
+                    problems.append(f"{at}.path: {odd[0]}")
                     files = []
+                elif not files:
+                    problems.append(f"{at}.path: no file matches {full}")
                 fmt = spec.get("format") or (_FORMATS.get(files[0].suffix.lower()) if files else None)
                 if files and fmt not in ("csv", "parquet", "ndjson"):
                     problems.append(f"{at}.path: cannot tell the format of {files[0].name}; "
@@ -287,11 +440,16 @@ def project_from_dict(
 
     engine = data.get("engine", "duckdb")
     if engine not in _ENGINES:
-        problems.append(f"engine: must be one of {', '.join(_ENGINES)}, got {engine!r}")
+        problems.append(f"engine: must be one of {', '.join(_ENGINES)}, got {_shown(engine)}")
     elif engine not in _AVAILABLE_ENGINES:
         # Said here, not when the model is trained: by then a run would have opened the store.
-        problems.append(f"engine: {engine!r} is not available in this version of idweave; use "
+        problems.append(f"engine: {_shown(engine)} is not available in this version of idweave; use "
                         f"{' or '.join(_AVAILABLE_ENGINES)}")
+
+    if data.get("model") is not None and (not isinstance(data["model"], str) or not data["model"]):
+        problems.append("model: must be a file path for the trained model (e.g. out/project.model.json), "
+                        f"got {_type_name(data['model'])}")
+        data["model"] = None
 
     blocking = data.get("blocking")
     if blocking is not None:
@@ -304,20 +462,29 @@ def project_from_dict(
         if data.get(key) is not None and not isinstance(data.get(key), dict):
             problems.append(f"{key}: must be a mapping")
     problems += _check_options(data.get("training"), data.get("clustering"), base)
+    from idweave.linkage.privacy import option_problems  # erasure and privacy keys (privacy.py)
+
+    problems += option_problems(data, attributes)
 
     # Column checks read the file headers (cheap) of every source whose path is sound, even
     # when other parts of the file have problems, so that one run reports everything.
-    from idweave.linkage.sources import source_columns  # sources imports project
+    from idweave.linkage.sources import nested_columns, source_schema  # sources imports project
 
     for src in src_objs.values():
         if src.frame is None and (not src.files or src.format not in ("csv", "parquet", "ndjson")):
             continue  # its path problem is already reported
         try:
-            found = source_columns(src)
+            schema = source_schema(src)
         except Exception as exc:  # unreadable file: report it as that source's problem
             problems.append(f"sources.{src.name}.path: {_read_problem(src, exc)}")
             continue
-        shown = ", ".join(found[:30]) + (" ..." if len(found) > 30 else "")
+        found = list(schema)
+        shown = _found_columns(found, [src.id, *src.columns.values()], header_row=src.format == "csv"
+                               and src.frame is None)
+        for attr, col in src.columns.items():
+            if col in nested_columns(schema, [col]):
+                problems.append(f"sources.{src.name}.columns.{attr}: column '{col}' of {src.label} holds "
+                                f"{schema[col]} values; an attribute needs one value per record")
         if src.id and src.id not in found:
             problems.append(f"sources.{src.name}.id: column '{src.id}' not in {src.label}; found: {shown}")
         for attr, col in src.columns.items():
@@ -346,6 +513,52 @@ def project_from_dict(
     )
 
 
+@lru_cache(maxsize=1)
+def sql_keywords() -> frozenset[str]:
+    """The words that cannot name an attribute: DuckDB's reserved keywords and those it keeps
+    for types and functions (``select``, ``order``, ``group``, ``from``, ``left``, ``join``,
+    ...), as DuckDB itself lists them.
+
+    Attribute names become column names in the SQL the engine writes (Splink's among it,
+    which does not quote every identifier), so a keyword there breaks training with a parser
+    error; refusing it up front names the problem. Source names are values in that SQL,
+    never identifiers, so any word may name a source.
+
+    >>> {"select", "order", "group", "from"} <= sql_keywords()
+    True
+    >>> "first_name" in sql_keywords()
+    False
+    """
+    import duckdb
+
+    rows = duckdb.connect().execute("select keyword_name from duckdb_keywords() "
+                                    "where keyword_category in ('reserved', 'type_function')").fetchall()
+    return frozenset(r[0].lower() for r in rows)
+
+
+def _source_file_problem(f: Path) -> str | None:
+    """Why ``f`` cannot be read as a source file, or None. Decided by ``stat`` alone: a FIFO
+    or device is never opened (reading one could block for ever)."""
+    import errno
+    import stat
+
+    try:
+        st = f.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"{f} is a symbolic link that loops (it never reaches a file)"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return f"file not found: {f}"
+        return f"cannot read {f}: {exc.strerror or exc.__class__.__name__}"
+    if stat.S_ISDIR(st.st_mode):
+        return f"{f} is a folder; give a file, or a glob such as {f / '*.csv'}"
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) \
+            else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file"
+        return f"{f} is {kind}, not a regular file; idweave reads only regular files"
+    return None
+
+
 def _store_path_problem(store: Path) -> str | None:
     """Why a store can never live at ``store`` (whatever the command), or None.
 
@@ -366,15 +579,39 @@ def _read_problem(src: Source, exc: Exception) -> str:
     """A one-line reason a source's header cannot be read (no data values)."""
     import polars as pl
 
+    from idweave.linkage.errors import SourceError
+
     if isinstance(exc, pl.exceptions.NoDataError):
         return f"{src.label} is empty (not even a header row)"
-    first = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return f"cannot read {src.label}: {exc.__class__.__name__}" + (f": {first}" if first else "")
+    if isinstance(exc, SourceError):
+        return str(exc)
+    # Not the library's message: it may quote the file's content.
+    return f"cannot read {src.label} ({exc.__class__.__name__})"
+
+
+_LOOKS_LIKE_DATA = re.compile(r"\d{3,}|@|^\s*[-+]?\d+([.,/: -]\d+)*\s*$|^\s|\s$")
+
+
+def _found_columns(found: list[str], expected: list[str], *, header_row: bool) -> str:
+    """The "found: ..." list of a message about a missing column. For a CSV whose first row
+    does not look like a header (no expected column in it, and cells that look like values:
+    long digit runs, @, dates, numbers), the names are not printed: they would be the first
+    record's values. Names are printed without control characters."""
+    names = ["".join(c if c.isprintable() else "?" for c in n)[:60] for n in found]
+    if header_row and not any(e in found for e in expected) and (
+            any(_LOOKS_LIKE_DATA.search(n) for n in found) or names != found):
+        return (f"{len(found)} column(s) whose names look like data, not a header (is the header row missing, "
+                "or is the file not CSV?)")
+    return ", ".join(names[:30]) + (" ..." if len(names) > 30 else "")
 
 
 def _resolve(base: Path, p: str) -> Path:
+    """``p`` against ``base``, with ``..`` folded (messages print ``out/demo.duckdb``, not
+    ``fixtures/demo/../../out/demo.duckdb``)."""
+    import os
+
     q = Path(p).expanduser()
-    return q if q.is_absolute() else base / q
+    return Path(os.path.normpath(q if q.is_absolute() else base / q))
 
 
 def _check_blocking(blocking: Any, attributes: dict[str, Attribute]) -> list[str]:
@@ -427,13 +664,13 @@ def _check_options(training: Any, clustering: Any, base: Path) -> list[str]:
             elif k == "m_from_column" and not isinstance(v, str):
                 problems.append("training.m_from_column: must name a column")
             elif k in ("u_max_pairs", "seed") and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
-                problems.append(f"training.{k}: must be {_TRAINING_KEYS[k]} > 0, got {v!r}")
+                problems.append(f"training.{k}: must be {_TRAINING_KEYS[k]} > 0, got {_shown(v)}")
     if isinstance(clustering, dict):
         for k, v in clustering.items():
             if k not in _CLUSTERING_KEYS:
                 problems.append(f"clustering.{k}: unknown key; expected one of {', '.join(_CLUSTERING_KEYS)}")
             elif k == "method" and v not in ("components", "average"):
-                problems.append(f"clustering.method: must be components or average, got {v!r}")
+                problems.append(f"clustering.method: must be components or average, got {_shown(v)}")
             elif k == "min_average" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1):
-                problems.append(f"clustering.min_average: must be between 0 and 1, got {v!r}")
+                problems.append(f"clustering.min_average: must be between 0 and 1, got {_shown(v)}")
     return problems

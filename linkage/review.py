@@ -59,7 +59,7 @@ from idweave.linkage.project import Project
 __all__ = [
     "queue", "QueueItem", "REASONS", "show", "EntityView", "diff_spans",
     "merge", "split", "keep_apart", "confirm", "undo", "DecisionResult", "decisions",
-    "constraints", "export_labels", "entity_digest", "default_author", "CONFLICT_PROBABILITY",
+    "constraints", "export_labels", "entity_digest", "default_author", "CONFLICT_PROBABILITY", "apply_decision",
 ]
 
 Rec = tuple[str, str]
@@ -592,6 +592,15 @@ def _apply(st: Store, proj: Project, action: str, *, payload: dict[str, Any], au
 # --------------------------------------------------------------------------------------
 # the decisions
 # --------------------------------------------------------------------------------------
+def apply_decision(st: Store, proj: Project, action: str, *, payload: dict[str, Any], author: str, reason: str,
+                   seeds: set[Rec], main: tuple[str | None, str | None] = (None, None)) -> DecisionResult:
+    """The decision write path for another verb (``forget``): record ``action`` and
+    re-cluster the part of the graph around ``seeds`` from the stored links, exactly as a
+    decision does (see :func:`merge`). ``st`` may hold an outer transaction (a store whose
+    ``begin``/``commit`` do nothing): the caller's changes and this one then commit together."""
+    return _apply(st, proj, action, payload=payload, author=author, reason=reason, seeds=seeds, main=main)
+
+
 def _author(author: str | None) -> str:
     return author if author else default_author()
 
@@ -633,8 +642,10 @@ def merge(project: ProjectLike, a: str, b: str, *, author: str | None = None, re
 
 def split(project: ProjectLike, entity_id: str, records: Sequence[Rec | str], *, author: str | None = None,
           reason: str = "") -> DecisionResult:
-    """The named records leave the entity and become a new one (``split_from`` the entity);
-    they are pinned together and never again joined with the records that stay.
+    """The named records leave the entity and are pinned together, never again joined with
+    the records that stay. They become a new entity (``split_from`` the entity), unless links
+    above the threshold join them to another entity: then they are part of that one, as the
+    next run would put them (the result names the entities they are in now).
 
     ``records`` are (source, record_id) pairs or ``"source:id"`` strings.
 
@@ -694,10 +705,44 @@ def keep_apart(project: ProjectLike, a: str | Rec, b: str | Rec, *, author: str 
         right, eb = _side(st, b)
         if ea == eb:
             raise IdweaveError(f"{_name(a)} and {_name(b)} are in one entity ({ea}): split it first")
+        sides = {frozenset(left), frozenset(right)}
+        same = _repeats(st, "keep_apart", set(left) | set(right),
+                        lambda p: {frozenset(_from_json(p["left"])), frozenset(_from_json(p["right"]))} == sides)
+        if same is not None:
+            raise IdweaveError(f"already in force: decision #{same} keeps these records apart, and their links "
+                               "score as they did then; nothing recorded")
         payload = {"left": _recs_json(left), "right": _recs_json(right), "entities": [ea, eb]}
         return {"payload": payload, "seeds": set(left) | set(right), "main": (ea, eb)}
 
     return _decide(project, "keep_apart", plan, author=author, reason=reason)
+
+
+def _repeats(st: Store, action: str, seeds: set[Rec], same_subject) -> int | None:
+    """The decision in force that the ``action`` about to be recorded would only repeat (same
+    subject, per ``same_subject(payload)``, and the links among ``seeds`` scoring at the
+    extremes as they did then), or None. A decision taken again after the evidence changed
+    (a conflict in the queue) is not a repeat: it settles the conflict."""
+    found = [d for d in _in_force(_decision_rows(st)) if d["action"] == action and same_subject(d["payload"])]
+    if not found:
+        return None
+    among = _links_among(st, seeds)
+    now = sorted((sl, rl, sr, rr, round(p, 6)) for sl, rl, sr, rr, p in among.select(
+        "source_l", "record_id_l", "source_r", "record_id_r", "match_probability").iter_rows()
+        if p >= CONFLICT_PROBABILITY or p <= 1 - CONFLICT_PROBABILITY)
+    for d in reversed(found):
+        then = sorted((sl, rl, sr, rr, round(p, 6)) for sl, rl, sr, rr, p in d["payload"].get("extremes", []))
+        if then == now:
+            return int(d["decision_id"])
+    return None
+
+
+def _digest_now(st: Store, eid: str, mem: list[Rec]) -> str:
+    """:func:`entity_digest` of an entity's records as the store holds them now."""
+    with st.registered("_dig", pl.DataFrame({"source": [s for s, _ in mem], "record_id": [r for _, r in mem]},
+                                            schema={"source": pl.Utf8, "record_id": pl.Utf8})):
+        rows = st.con.execute("select r.source, r.record_id, r.content_hash from records r join _dig d "
+                              "on r.source = d.source and r.record_id = d.record_id").fetchall()
+    return entity_digest(rows)
 
 
 def _name(x: str | Rec) -> str:
@@ -716,6 +761,12 @@ def confirm(project: ProjectLike, entity_id: str, *, author: str | None = None, 
     def plan(st: Store) -> dict[str, Any]:
         eid = _active_entity(st, entity_id)
         mem = _members(st, eid)
+        digest = _digest_now(st, eid, mem)
+        same = _repeats(st, "confirm", set(mem), lambda p: set(_from_json(p["records"])) == set(mem)
+                        and (p.get("reviewed") or {}).get(eid) == digest)
+        if same is not None:
+            raise IdweaveError(f"already in force: decision #{same} confirmed entity {eid} with these same "
+                               "records and values; nothing recorded")
         return {"payload": {"entity": eid, "records": _recs_json(mem)}, "seeds": set(mem), "main": (eid, None)}
 
     return _decide(project, "confirm", plan, author=author, reason=reason)
@@ -732,6 +783,8 @@ def undo(project: ProjectLike, decision_id: int, *, author: str | None = None, r
             raise IdweaveError(f"no decision #{decision_id} in the store")
         if d["action"] == "undo":
             raise IdweaveError(f"decision #{decision_id} is an undo; make the original decision again instead")
+        if d["action"] == "erase":
+            raise IdweaveError(f"decision #{decision_id} is an erasure (idweave forget); it cannot be undone")
         if d["undone_by"] is not None:
             raise IdweaveError(f"decision #{decision_id} was already undone by #{d['undone_by']}")
         p = d["payload"]
@@ -825,6 +878,146 @@ def _max_spanning_tree(nodes: list[Rec], edges: list[tuple[float, Rec, Rec, int]
             parent[ra] = rb
             tree.append(e)
     return tree
+
+
+class _Suggester:
+    """The suggested split of an entity: the fewest records whose removal leaves the rest
+    consistent, where two records are inconsistent when their national ids differ by more
+    than one character, their dates of one attribute fall in two groups (of two or more
+    records each, in an entity of more than three) more than ``date_gap_days`` apart whose
+    commonest dates differ by more than one character, or both come from an exclusive
+    source (what the hard queue reasons look at). That is a
+    minimum vertex cover of the graph of inconsistent pairs: exact for up to
+    :attr:`EXACT` records in such pairs, greedy beyond. Among covers of that size the one
+    without an inconsistency inside (it becomes one entity) and least linked to the rest
+    wins. An entity with no inconsistent pair gets the weaker side of its worst link-tree
+    cut (``fallback``, from :func:`_worst_split`).
+
+    >>> import polars as pl
+
+    A father (born 1947: records a:1, b:4, b:5) and his son (a:2, b:3) in one entity:
+
+    >>> recs = pl.DataFrame({"entity_id": ["E"] * 5, "source": ["a", "a", "b", "b", "b"],
+    ...                      "record_id": ["1", "2", "3", "4", "5"],
+    ...                      "birth_date": ["1947-09-10", "1977-03-19", "1977-03-19", "1947-09-10", "1947-09-10"],
+    ...                      "ssn": ["895843485", "274715758", None, "895843485", None]})
+    >>> s = _Suggester(recs, {"birth_date": "date", "ssn": "national_id"}, set(), 730)
+    >>> mem = [("a", "1"), ("a", "2"), ("b", "3"), ("b", "4"), ("b", "5")]
+    >>> s.suggest("E", mem, [("b", "4")], [])
+    [('a', '2'), ('b', '3')]
+    """
+
+    EXACT = 16
+
+    def __init__(self, recs: pl.DataFrame, kinds: Mapping[str, str], exclusive: set[str], date_gap_days: int):
+        self.ids = [a for a, k in kinds.items() if k == "national_id" and a in recs.columns]
+        self.dates = [a for a, k in kinds.items() if k == "date" and a in recs.columns]
+        self.exclusive = set(exclusive)
+        self.gap = int(date_gap_days)
+        cols = ["entity_id", "source", "record_id", *self.ids, *self.dates]
+        self.rows: dict[str, dict[Rec, tuple]] = defaultdict(dict)
+        for row in recs.select(cols).iter_rows():
+            e, s, r, *vals = row
+            ids = tuple(vals[:len(self.ids)])
+            dates = tuple(self._date(v) for v in vals[len(self.ids):])
+            self.rows[e][(s, r)] = (ids, dates)
+
+    @staticmethod
+    def _date(v: Any):
+        from datetime import date
+
+        if v is None:
+            return None
+        try:
+            return date.fromisoformat(str(v)[:10])
+        except ValueError:
+            return None
+
+    def _date_groups(self, mem: Sequence[Rec], vals: Mapping[Rec, tuple]) -> list[dict[Rec, str]]:
+        """Per date attribute: record -> the commonest date of its group of dates (gaps of at
+        most ``gap`` days),
+        for groups of two or more records only (in an entity of more than three records): a
+        lone far date there is taken for a typo, as the ``dates_apart`` reason takes it."""
+        out = []
+        solid = 1 if len(mem) <= 3 else 2  # in two or three records, one far date is all there is
+        for j in range(len(self.dates)):
+            dated = sorted((vals[m][1][j], m) for m in mem if vals[m][1][j] is not None)
+            groups: list[list[Rec]] = []
+            last = None
+            for d, m in dated:
+                if last is None or (d - last).days > self.gap:
+                    groups.append([])
+                groups[-1].append(m)
+                last = d
+            # Each group stands for its commonest date (a group is one person's date and its typos).
+            rep = {}
+            for g, ms in enumerate(groups):
+                c = Counter(vals[m][1][j] for m in ms)
+                rep[g] = min(c, key=lambda d: (-c[d], d)).isoformat()
+            out.append({m: rep[g] for g, ms in enumerate(groups) if len(ms) >= solid for m in ms})
+        return out
+
+    def _clash(self, a: Rec, b: Rec, va: tuple, vb: tuple, groups: list[dict[Rec, str]]) -> bool:
+        if a[0] == b[0] and a[0] in self.exclusive:
+            return True
+        for x, y in zip(va[0], vb[0]):
+            if x is not None and y is not None and Levenshtein.distance(str(x), str(y)) > 1:
+                return True
+        for g in groups:
+            # Groups whose dates are one character apart (1860-12-07, 1868-12-07) are a typo,
+            # not two people.
+            if a in g and b in g and g[a] != g[b] and Levenshtein.distance(g[a], g[b]) > 1:
+                return True
+        return False
+
+    def suggest(self, e: str, mem: Sequence[Rec], fallback: Sequence[Rec],
+                edges: Iterable[tuple[float, Rec, Rec]]) -> list[Rec]:
+        vals = self.rows.get(e, {})
+        mem = sorted(m for m in mem if m in vals)
+        clash: dict[Rec, set[Rec]] = defaultdict(set)
+        groups = self._date_groups(mem, vals)
+        for i, a in enumerate(mem):
+            for b in mem[i + 1:]:
+                if self._clash(a, b, vals[a], vals[b], groups):
+                    clash[a].add(b)
+                    clash[b].add(a)
+        if not clash:
+            return sorted(fallback)
+        pairs = [(a, b) for a in clash for b in clash[a] if a < b]
+        strength: dict[frozenset, float] = {}
+        for p, a, b in edges:
+            strength[frozenset((a, b))] = max(p, strength.get(frozenset((a, b)), 0.0))
+
+        def cost(cover: set[Rec]) -> tuple:
+            inside = sum(1 for a, b in pairs if a in cover and b in cover)
+            tie = sum(p for k, p in strength.items() if len(k & cover) == 1)
+            return (len(cover), inside, tie, sorted(cover))
+
+        nodes = sorted(clash)
+        if len(nodes) <= self.EXACT:
+            from itertools import combinations
+
+            best = None
+            for k in range(1, len(nodes)):
+                for combo in combinations(nodes, k):
+                    c = set(combo)
+                    if all(a in c or b in c for a, b in pairs):
+                        key = cost(c)
+                        if best is None or key < best[0]:
+                            best = (key, c)
+                if best is not None:
+                    break
+            cover = best[1] if best else {nodes[0]}
+        else:  # greedy: the record in the most inconsistent pairs first
+            cover, left = set(), set(pairs)
+            while left:
+                deg = Counter(x for pr in left for x in pr)
+                pick = min(deg, key=lambda x: (-deg[x], x))
+                cover.add(pick)
+                left = {pr for pr in left if pick not in pr}
+        if len(cover) >= len(mem):
+            return sorted(fallback)
+        return sorted(cover)
 
 
 @dataclass
@@ -1168,12 +1361,13 @@ def _queue(proj: Project, recs: pl.DataFrame, links: pl.DataFrame, rows: list[di
         n_pairs = sizes[e] * (sizes[e] - 1) // 2
         denom = len(es) + unscored_weight * (n_pairs - len(es))
         self_coh[e] = sum(x[0] for x in es) / denom if denom > 0 else 1.0
+    suggester = _Suggester(multi_ids, kinds, exclusive, date_gap_days)
     for e in sorted(members):
         res = _worst_split(sorted(members[e]), edges_of.get(e, []), thr, unscored_weight)
         if res is None:
             continue
         link_of[(e, None)] = res.weakest
-        suggest[e] = [_fmt(r) for r in res.side]
+        suggest[e] = [_fmt(r) for r in suggester.suggest(e, members[e], res.side, edges_of.get(e, []))]
         if len(res.side) == 1:
             # One record's pairs are not independent looks (a noisy record is noisy against
             # everyone): it belongs as surely as its best link says.
@@ -1420,7 +1614,9 @@ def export_labels(project: ProjectLike, out: str | Path | None = None) -> pl.Dat
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(out.name + ".tmp")
-            df.write_csv(tmp)
+            from idweave.linkage.export import write_csv  # formulas neutralised, as every CSV
+
+            write_csv(df, tmp)
             tmp.replace(out)
         except OSError as exc:
             raise IdweaveError(f"cannot write the labels: {exc.strerror}", file=str(out)) from None

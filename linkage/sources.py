@@ -28,7 +28,7 @@ from idweave.linkage.errors import SourceError
 from idweave.linkage.kinds import clean_expr
 from idweave.linkage.project import Project, Source
 
-__all__ = ["read_pair_labels", "load_records", "source_columns", "read_source", "parse_dates", "LoadReport",
+__all__ = ["read_pair_labels", "load_records", "source_columns", "source_schema", "nested_columns", "read_source", "parse_dates", "LoadReport",
            "records_from_frame", "Reused", "DATE_FORMATS"]
 
 # Tried in this order when a source gives no date_format; the one that parses the most
@@ -59,24 +59,178 @@ def source_columns(src: Source) -> list[str]:
     >>> source_columns(load_project("fixtures/tiny/project.yaml").sources["tax"])
     ['tin_row', 'given', 'family', 'born', 'ssn', 'true_person']
     """
+    return list(source_schema(src))
+
+
+def source_schema(src: Source) -> dict[str, pl.DataType]:
+    """Column name -> type of a source, read from the file header (the columns every file
+    of a glob has). A CSV header that repeats a column name is refused (which of the two
+    columns was meant cannot be told), naming the column.
+
+    >>> from idweave.linkage.project import load_project
+    >>> source_schema(load_project("fixtures/tiny/project.yaml").sources["tax"])["born"]
+    String
+    """
     if src.frame is not None:
-        return list(_to_polars(src.frame, src).columns)
-    names: list[str] | None = None
+        return dict(_to_polars(src.frame, src).schema)
+    out: dict[str, pl.DataType] | None = None
     for f in src.files:
-        cols = _scan(f, src.format).collect_schema().names()
-        names = cols if names is None else [c for c in names if c in cols]
-    return names or []
+        try:
+            schema = dict(_scan(f, src.format).collect_schema())
+        except pl.exceptions.NoDataError:
+            raise
+        except pl.exceptions.PolarsError as exc:
+            raise _read_error(f, src.format, exc) from None
+        if src.format == "csv":
+            for name in schema:
+                base, sep, n = name.rpartition("_duplicated_")
+                if sep and n.isdigit() and base in schema:
+                    raise SourceError("the header names this column more than once; column names must be "
+                                      "unique", file=f.name, column=_printable(base))
+        out = schema if out is None else {c: t for c, t in out.items() if c in schema}
+    return out or {}
+
+
+def _printable(text: Any, limit: int = 60) -> str:
+    """``text`` with control characters shown as ``?``, cut to ``limit`` characters."""
+    s = "".join(c if c.isprintable() else "?" for c in str(text))
+    return s if len(s) <= limit else s[:limit] + "..."
 
 
 def _scan(path, fmt: str | None) -> pl.LazyFrame:
     if fmt == "csv":
-        sep = "\t" if str(path).lower().endswith(".tsv") else ","
-        return pl.scan_csv(path, infer_schema=False, separator=sep, encoding="utf8-lossy")
+        return pl.scan_csv(path, infer_schema=False, separator=_separator(path), encoding="utf8")
     if fmt == "parquet":
         return pl.scan_parquet(path)
     if fmt == "ndjson":
         return pl.scan_ndjson(path, infer_schema_length=None)
     raise SourceError(f"unsupported format {fmt!r}", file=str(path))
+
+
+def _separator(path) -> str:
+    return "\t" if str(path).lower().endswith(".tsv") else ","
+
+
+_NESTED = (pl.List, pl.Array, pl.Struct, pl.Object)
+
+
+def nested_columns(schema: dict[str, pl.DataType], columns: Iterable[str]) -> list[str]:
+    """Those of ``columns`` whose type holds several values (lists, arrays, structs): an
+    attribute is one value per record.
+
+    >>> nested_columns({"a": pl.List(pl.Utf8), "b": pl.Utf8}, ["a", "b"])
+    ['a']
+    """
+    return [c for c in columns if c in schema and isinstance(schema[c], _NESTED)]
+
+
+def _read_error(f: Path, fmt: str | None, exc: Exception) -> SourceError:
+    """Why a source file cannot be read, with the line or row where that is known, and never
+    the text of the file (polars quotes the offending field; that may be personal data)."""
+    text = str(exc)
+    if fmt in ("csv", "ndjson") and ("utf-8" in text.lower() or "utf8" in text.lower()):
+        line = _first_bad_utf8_line(f)
+        where = f" at line {line}" if line else ""
+        return SourceError(f"the file is not UTF-8 text: a byte{where} cannot be decoded (latin-1 or another "
+                           "encoding?); convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)", file=f.name)
+    if fmt == "ndjson":
+        line = _first_bad_json_line(f)
+        where = f"line {line} is not a JSON object" if line else "a line is not valid JSON"
+        return SourceError(f"{where}; each line must hold one JSON object", file=f.name)
+    if fmt == "csv":
+        row = _csv_bad_row(f)
+        if row is not None:
+            return SourceError(f"data row {row[0]} (line {row[1]}) {row[2]}", file=f.name)
+        return SourceError("cannot be parsed as CSV (an unclosed quote or a row with more fields than the header?)",
+                           file=f.name)
+    if fmt == "parquet":
+        return SourceError("is not a readable Parquet file (truncated, corrupt, or another format?)", file=f.name)
+    return SourceError(f"cannot read the file ({exc.__class__.__name__})", file=f.name)
+
+
+def _first_bad_utf8_line(f: Path, chunk: int = 1 << 20) -> int | None:
+    """The line holding the first byte that is not UTF-8 (None if every byte is)."""
+    import codecs
+
+    dec = codecs.getincrementaldecoder("utf-8")("strict")
+    lines = 1
+    with open(f, "rb") as fh:
+        while True:
+            data = fh.read(chunk)
+            try:
+                dec.decode(data, final=not data)
+            except UnicodeDecodeError as exc:
+                return lines + data[:max(exc.start, 0)].count(b"\n")
+            if not data:
+                return None
+            lines += data.count(b"\n")
+
+
+def _first_bad_json_line(f: Path) -> int | None:
+    import json
+
+    with open(f, "rb") as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                if not isinstance(json.loads(line), dict):
+                    return i
+            except ValueError:
+                return i
+    return None
+
+
+def _csv_bad_row(f: Path) -> tuple[int, int, str] | None:
+    """(data row, line, what is wrong) of the first row whose field count differs from the
+    header's or whose quote is not closed; None if every row is sound. Used when a read has
+    failed or rows look ragged (slow: Python's csv module)."""
+    import csv
+
+    with open(f, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh, delimiter=_separator(f), strict=True)
+        try:
+            header = next(reader)
+        except (StopIteration, csv.Error):
+            return None
+        row = 0
+        try:
+            for fields in reader:
+                if not fields:
+                    continue  # a blank line: polars skips it too
+                row += 1
+                if len(fields) != len(header):
+                    what = "more" if len(fields) > len(header) else "fewer"
+                    return (row, reader.line_num, f"has {len(fields)} fields, {what} than the header's "
+                                                  f"{len(header)} (a ragged row)")
+        except csv.Error:
+            return (row + 1, reader.line_num, "cannot be parsed (an unclosed quote?)")
+    return None
+
+
+def _ragged_check(f: Path, df: pl.DataFrame, last: str) -> None:
+    """Rows with fewer fields than the header leave the last column null, as an empty last
+    field does; only then is the file scanned (by line, in polars) for rows that are short."""
+    if df[last].null_count() == 0:
+        return
+    sep = _separator(f)
+    lines = pl.scan_csv(f, has_header=False, separator="\x1f", quote_char=None, infer_schema=False,
+                        new_columns=["line"], encoding="utf8").collect()["line"]
+    if lines.len() < 2:
+        return
+    n_sep = lines.str.count_matches(sep, literal=True)
+    quoted = lines.str.contains('"', literal=True)
+    short = (n_sep < n_sep[0]) & lines.is_not_null()
+    if not short.any():
+        return
+    if quoted.any():  # quoted fields may hold separators and line breaks: count them properly
+        bad = _csv_bad_row(f)
+        if bad is not None:
+            raise SourceError(f"data row {bad[0]} (line {bad[1]}) {bad[2]}", file=f.name)
+        return
+    i = int(short.arg_true()[0])
+    raise SourceError(f"data row {i} (line {i + 1}) has {int(n_sep[i]) + 1} fields, fewer than the header's "
+                      f"{int(n_sep[0]) + 1} (a ragged row)", file=f.name)
 
 
 def _to_polars(frame: Any, src: Source) -> pl.DataFrame:
@@ -115,14 +269,36 @@ def read_source(src: Source, columns: Iterable[str]) -> pl.DataFrame:
     parts = []
     for f in src.files:
         try:
-            parts.append(_scan(f, src.format).select(cols).collect())
+            scan = _scan(f, src.format)
+            schema = scan.collect_schema()
+            nested = nested_columns(dict(schema), cols)
+            if nested:
+                raise SourceError(f"holds {schema[nested[0]]} values; an attribute needs one value per record "
+                                  "(flatten the column first)", file=f.name, column=_printable(nested[0]))
+            last = schema.names()[-1] if src.format == "csv" and schema.names() else None
+            read = cols + ([last] if last is not None and last not in cols else [])
+            df = scan.select(read).collect()
+            if last is not None:
+                _ragged_check(f, df, last)
+            parts.append(df.select(cols))
         except pl.exceptions.ColumnNotFoundError as exc:
-            raise SourceError(f"missing column: {str(exc).splitlines()[0]}", file=f.name) from None
-        except (pl.exceptions.ComputeError, OSError) as exc:
-            raise SourceError(f"cannot read the file: {str(exc).splitlines()[0][:200]}", file=f.name) from None
+            missing = [c for c in cols if c not in _safe_names(f, src.format)]
+            raise SourceError("missing column", file=f.name, column=_printable(missing[0]) if missing else None) \
+                from None
+        except pl.exceptions.PolarsError as exc:
+            raise _read_error(f, src.format, exc) from None
+        except OSError as exc:
+            raise SourceError(f"cannot read the file: {exc.strerror or exc.__class__.__name__}", file=f.name) from None
     if len(parts) == 1:
         return parts[0]
     return pl.concat(parts, how="vertical_relaxed")
+
+
+def _safe_names(f: Path, fmt: str | None) -> list[str]:
+    try:
+        return _scan(f, fmt).collect_schema().names()
+    except Exception:  # noqa: BLE001 - only used to name a missing column
+        return []
 
 
 def parse_dates(values: pl.Series, fmt: str | None) -> tuple[pl.Series, str]:
@@ -203,6 +379,7 @@ class Reused:
 
 def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
                        report: LoadReport | None = None, *, stored: pl.DataFrame | None = None,
+                       pseudonymise: Callable[[dict[str, pl.Series]], dict[str, pl.Series]] | None = None,
                        ) -> pl.DataFrame | Reused:
     """Map and clean one source's raw frame into records (checks ids and dates).
 
@@ -289,7 +466,9 @@ def records_from_frame(df: pl.DataFrame, src: Source, kinds: dict[str, str],
                 cols[a] = _iso(dates[a] if keep is None else dates[a].filter(keep))
             else:
                 cols[a] = out[a] if keep is None else out[a].filter(keep)
-        return cols
+        # Pseudonymised attributes are hashed right after cleaning (linkage/privacy.py), so
+        # nothing later (store, block keys, comparisons) ever sees the cleaned value.
+        return cols if pseudonymise is None else pseudonymise(cols)
 
     if stored is None:
         return pl.DataFrame({"source": out["source"], "record_id": ids, **clean(None)})
@@ -386,6 +565,9 @@ def load_records(project: Project, *, report: LoadReport | None = None,
     extra = list(extra_columns)
     if extra and stored is not None:
         raise ValueError("extra_columns are read without a store (stored=None)")
+    from idweave.linkage.privacy import pseudonymiser  # privacy: {pseudonymise: [...]} (None without)
+
+    pseudonymise = pseudonymiser(project)
     frames = []
     problems: list[SourceError] = []
     for src in project.sources.values():
@@ -393,7 +575,8 @@ def load_records(project: Project, *, report: LoadReport | None = None,
         raw = read_source(src, [src.id, *src.columns.values(), *[c for c in extra if c in have]])
         try:
             recs = records_from_frame(raw, src, kinds, report,
-                                      stored=stored(src.name) if stored is not None else None)
+                                      stored=stored(src.name) if stored is not None else None,
+                                      pseudonymise=pseudonymise)
         except SourceError as exc:  # keep going: report every source's problems at once
             problems += getattr(exc, "errors", [exc])
             continue
@@ -473,5 +656,9 @@ def read_pair_labels(path: str | Path) -> pl.DataFrame:
         row = int(score.is_null().arg_true()[0]) + 1
         raise SourceError(f"clerical_match_score is not a number at data row {row}", file=path.name,
                           column="clerical_match_score")
-    return pl.DataFrame({"source_l": df["source_dataset_l"], "record_id_l": df["unique_id_l"],
-                         "source_r": df["source_dataset_r"], "record_id_r": df["unique_id_r"], "score": score})
+    from idweave.linkage.export import restore_formulas  # a file of export-labels: ids as they were
+
+    return pl.DataFrame({"source_l": restore_formulas(df["source_dataset_l"]),
+                         "record_id_l": restore_formulas(df["unique_id_l"]),
+                         "source_r": restore_formulas(df["source_dataset_r"]),
+                         "record_id_r": restore_formulas(df["unique_id_r"]), "score": score})

@@ -168,7 +168,8 @@ def test_an_exclusive_source_is_not_matched_with_itself(tiny) -> None:
 
 
 @pytest.mark.parametrize("records,message", [
-    ({"first_nam": "Ann"}, "column 'first_nam', record '0': unknown attribute 'first_nam'"),
+    ({"first_nam": "Ann"}, "column 'first_nam': unknown attribute 'first_nam'"),
+    ([{"first_name": "Ann"}, {"first_nam": "Ann"}], "query record 2, column 'first_nam': unknown attribute"),
     ({}, "the record names no attribute; the project's attributes are first_name, last_name,"),
     ("Ann", "give a record as a mapping of attribute -> value"),
     ({"birth_date": "not a date"}, "column 'birth_date'"),

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
-TOP = {"linkage": "idweave.linkage", "blocking": "idweave.blocking", "cli": "idweave.cli"}
+TOP = {"linkage": "idweave.linkage", "blocking": "idweave.blocking", "cli": "idweave.cli", "web": "idweave.web"}
 
 
 def package_folders() -> dict[str, Path]:

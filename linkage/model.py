@@ -383,8 +383,12 @@ class TrainedModel:
         """Write the Splink model JSON atomically (a temp file renamed into place)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+        try:
+            tmp.write_text(self.to_json())
+            tmp.replace(path)
+        except BaseException:  # a full disk must not leave half a model beside the store
+            tmp.unlink(missing_ok=True)
+            raise
 
     @property
     def prior(self) -> float:

@@ -78,6 +78,8 @@ class BenchDataset:
             target = directory / self.files[src]
             if target.suffix == ".parquet":
                 frame.to_parquet(target, index=False)
+            elif target.suffix == ".ndjson":
+                frame.to_json(target, orient="records", lines=True)
             else:
                 frame.to_csv(target, index=False)
         return directory

@@ -223,7 +223,9 @@ def check_comparison_override(spec: Any) -> str | None:
     >>> check_comparison_override({"method": "jaro_winkler", "thresholds": [0.9, 0.7]}) is None
     True
     >>> check_comparison_override({"method": "exact", "weight": 2})
-    "unknown keys ['weight']; allowed: method, thresholds, term_frequency"
+    "unknown keys ['weight']; allowed: method, thresholds, term_frequency, household"
+    >>> check_comparison_override({"method": "address", "household": "no"})
+    'household must be true or false'
     """
     if spec is False or spec == "off":
         return None
@@ -237,7 +239,9 @@ def check_comparison_override(spec: Any) -> str | None:
     th = spec.get("thresholds")
     if th is not None and (not isinstance(th, list) or not all(isinstance(x, (int, float)) for x in th)):
         return "thresholds must be a list of numbers"
-    extra = set(spec) - {"method", "thresholds", "term_frequency"}
+    if "household" in spec and not isinstance(spec["household"], bool):
+        return "household must be true or false"
+    extra = set(spec) - {"method", "thresholds", "term_frequency", "household"}
     if extra:
-        return f"unknown keys {sorted(extra)}; allowed: method, thresholds, term_frequency"
+        return f"unknown keys {sorted(extra)}; allowed: method, thresholds, term_frequency, household"
     return None

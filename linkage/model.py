@@ -112,6 +112,47 @@ U_MAX_PAIRS = 1e6
 FORMAL_SUFFIX = "__formal"
 
 
+# An address shared by two records with one family name is what a household looks like, not
+# one person: the levels of such pairs form their own branch of the ladder (see
+# :func:`_household_branch` and :func:`condition_households`), labelled with this suffix.
+HOUSEHOLD_SUFFIX = ", same family name"
+# What members of one household share besides the family name: an address, a landline, and
+# (borrowed, or mistyped by a clerk) an identifier. Not a postcode: it holds many households,
+# and on historical_50k (no households) conditioning it cost 0.004 F1 (BENCHMARKS.md).
+HOUSEHOLD_METHODS = ("address", "phone", "identifier")
+
+
+def _family_agrees(family: str) -> str:
+    return f"({_l(family)} = {_r(family)} OR {_jw(family, 0.92)})"
+
+
+def _household_branch(steps: list[dict], family: str) -> list[dict]:
+    """The levels of ``steps`` again for pairs whose family names agree, most similar first,
+    ending in their own ``else``: these come first in the ladder, so the plain levels after
+    them only see pairs whose family names differ (or are missing).
+
+    Fellegi-Sunter counts each comparison as independent evidence. Among non-matches in a
+    population register, a shared family name and a shared address are not independent: a
+    household shares both. Splitting the address ladder by family-name agreement lets the
+    model learn P(address level | family names agree, non-match) apart from
+    P(address level | family names differ, non-match), so a household's shared address is
+    not counted as if it were a coincidence on top of its shared name.
+
+    >>> [lv["label_for_charts"] for lv in _household_branch([_exact("a", False)], "b")]
+    ['exact, same family name', 'else, same family name']
+    """
+    agree = _family_agrees(family)
+    branch = []
+    for st in steps:
+        lv = {"sql_condition": f"({st['sql_condition']}) AND {agree}",
+              "label_for_charts": st["label_for_charts"] + HOUSEHOLD_SUFFIX}
+        # No term-frequency adjustment inside the branch: it would put back the rarity of the
+        # address value that the branch's conditional u takes out.
+        branch.append(lv)
+    branch.append({"sql_condition": agree, "label_for_charts": "else" + HOUSEHOLD_SUFFIX})
+    return branch
+
+
 def _partner(kind: str, kinds: dict[str, str]) -> str | None:
     """For a given name, the family-name attribute (and the reverse), if the project has one."""
     want = {"given_name": "family_name", "family_name": "given_name"}.get(kind)
@@ -252,6 +293,9 @@ def _ladder(c: str, kind: str, spec: dict[str, Any], others: dict[str, str]) -> 
                                f"within {t:.0%}"))
     else:  # pragma: no cover - validated in project.py
         raise ModelError(f"unknown comparison method {m!r}")
+    family = next((a for a, k in others.items() if k == "family_name"), None)
+    if m in HOUSEHOLD_METHODS and family and family != c and spec.get("household", True):
+        levels[1:] = [*_household_branch(levels[1:], family), *levels[1:]]
     levels.append(_else())
     return levels
 
@@ -339,8 +383,12 @@ class TrainedModel:
         """Write the Splink model JSON atomically (a temp file renamed into place)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+        try:
+            tmp.write_text(self.to_json())
+            tmp.replace(path)
+        except BaseException:  # a full disk must not leave half a model beside the store
+            tmp.unlink(missing_ok=True)
+            raise
 
     @property
     def prior(self) -> float:
@@ -522,9 +570,12 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
     >>> a.version == b.version, a.training_log[0]
     (True, 'em pass blocked on birth_date')
     """
-    settings = build_settings(project)
+    wanted = build_settings(project)
+    # Splink trains the ladders without their household branches (add_households puts them
+    # back): EM would otherwise take the households among its pairs for matches.
+    settings = without_households(wanted)
     # Row order must not matter: Splink's sums run in the order rows arrive.
-    recs = prepare(records, input_columns(settings)).sort("rid")
+    recs = prepare(records, input_columns(wanted)).sort("rid")
     present = {c for c in comparison_columns(project) if recs[c].null_count() < recs.height}
     log_lines: list[str] = []
     with _training_engine() as con:
@@ -565,7 +616,11 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
         trained = linker.misc.save_model_to_json(None)
         # Splink's random cache id (its table names) is no part of the model.
         trained.pop("linker_uid", None)
+        raw = copy.deepcopy(trained)
         log_lines += regularise(trained)
+        if any(_is_branch(lv) for c in wanted["comparisons"] for lv in c["comparison_levels"]):
+            kinds = {a: k for a, k in ((a.name, a.kind) for a in project.attributes.values()) if a in present}
+            log_lines += add_households(trained, wanted, household_shares(con, recs, wanted, kinds), raw)
         tf_tables = {}
         for col in _tf_columns(trained):
             tf = linker.table_management.compute_tf_table(col).as_duckdbpyrelation().pl()
@@ -720,6 +775,152 @@ def _lift(lv: dict[str, Any], floor: float) -> None:
     lv["m_probability"] = min(lv["u_probability"] * 2 ** floor, 1.0)
 
 
+def _is_branch(lv: dict[str, Any]) -> bool:
+    return str(lv.get("label_for_charts", "")).endswith(HOUSEHOLD_SUFFIX)
+
+
+def without_households(settings: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``settings`` without the household branches (:func:`_household_branch`).
+
+    >>> s = {"comparisons": [{"comparison_levels": [{"label_for_charts": "exact, same family name"},
+    ...                                             {"label_for_charts": "exact"}]}]}
+    >>> [lv["label_for_charts"] for lv in without_households(s)["comparisons"][0]["comparison_levels"]]
+    ['exact']
+    """
+    out = copy.deepcopy(settings)
+    for c in out["comparisons"]:
+        c["comparison_levels"] = [lv for lv in c["comparison_levels"] if not _is_branch(lv)]
+    return out
+
+
+# Pairs sampled (at most) to learn what households share; and the fewest likely non-matching
+# pairs with agreeing family names below which a branch is not trusted.
+HOUSEHOLD_SAMPLE = 2_000_000
+HOUSEHOLD_MIN_PAIRS = 200
+
+
+def _level_case(c: dict[str, Any]) -> str:
+    """SQL giving the position of the first level of comparison ``c`` a pair reaches."""
+    whens = " ".join(f"WHEN {lv['sql_condition']} THEN {i}" for i, lv in enumerate(c["comparison_levels"])
+                     if lv["sql_condition"] != "ELSE")
+    return f"CASE {whens} ELSE {len(c['comparison_levels']) - 1} END"
+
+
+def household_shares(con: duckdb.DuckDBPyConnection, records: pl.DataFrame, settings: dict[str, Any],
+                     kinds: dict[str, str]) -> dict[str, tuple[list[float], int]]:
+    """What non-matching members of one family share. For each comparison of ``settings``
+    that has a household branch: the share of each of its plain levels (null excluded) among
+    pairs of records whose family names agree exactly and that are clearly two people, with
+    the number of such pairs.
+
+    "Clearly two people" means given names at the given-name comparison's ``else`` level (both
+    present): a match keeps its given name in ~97 % of pairs on every benchmark here, so these
+    pairs stand for the non-matches inside families, free of the matches that a plain random
+    sample of same-family pairs is full of. Records are sampled by a hash of their
+    ``rid`` (deterministic) so that at most :data:`HOUSEHOLD_SAMPLE` pairs are formed.
+    """
+    plain = {c["output_column_name"]: c for c in without_households(settings)["comparisons"]}
+    targets = [c["output_column_name"] for c in settings["comparisons"]
+               if any(_is_branch(lv) for lv in c["comparison_levels"])]
+    first = lambda kind: next((a for a, k in kinds.items() if k == kind and a in plain), None)  # noqa: E731
+    family, given = first("family_name"), first("given_name")
+    if family is None or given is None or not targets:
+        return {}
+    sizes = records.group_by(family).len().filter(pl.col(family).is_not_null())["len"].cast(pl.Float64)
+    total = float((sizes * (sizes - 1) / 2).sum()) if sizes.len() else 0.0
+    if total == 0:
+        return {}
+    rate = min(1.0, math.sqrt(HOUSEHOLD_SAMPLE / total))
+    used = list(dict.fromkeys([*targets, given]))
+    cols = sorted({x for a in used for x in input_columns({"comparisons": [plain[a]]})} | {family})
+    keep = records.select("rid", *cols).filter(pl.col(family).is_not_null())
+    if rate < 1:
+        keep = keep.filter((pl.col("rid").hash(seed=7) % 1_000_003) < int(rate * 1_000_003))
+    con.register("idweave_household", keep.to_arrow())
+    try:
+        sel = ", ".join([f'l."{x}" AS "{x}_l", r."{x}" AS "{x}_r"' for x in cols])
+        cases = ", ".join(f'{_level_case(plain[a])} AS "{a}"' for a in used)
+        rows = query_pl(con, f"""SELECT {cases} FROM (SELECT {sel} FROM idweave_household l
+                                 JOIN idweave_household r ON l."{family}" = r."{family}" AND l.rid < r.rid)""")
+    finally:
+        con.unregister("idweave_household")
+    two = rows.filter(pl.col(given) == len(plain[given]["comparison_levels"]) - 1)
+    out = {}
+    for a in targets:
+        levels = plain[a]["comparison_levels"]
+        counts = dict(zip(*two[a].value_counts().select(a, "count").to_dict(as_series=False).values()))
+        nonnull = [counts.get(i, 0) for i, lv in enumerate(levels) if not lv.get("is_null_level")]
+        tot = sum(nonnull)
+        out[a] = ([x / tot for x in nonnull] if tot else [], tot)
+    return out
+
+
+def add_households(trained: dict[str, Any], wanted: dict[str, Any],
+                   shares: dict[str, tuple[list[float], int]], raw: dict[str, Any] | None = None) -> list[str]:
+    """Put the household branches of ``wanted`` (the full settings) into ``trained`` (a model
+    trained without them); in place, one note per comparison.
+
+    A branch level means "this similarity, and the family names agree". Its u is what
+    :func:`household_shares` measured among non-matching pairs of one family name (never less
+    than the plain level's u: a shared family name makes sharing anything else more likely);
+    its m is the plain level's, since a match's recording errors in its family name and in its
+    address are independent. Fellegi-Sunter then adds the family name's weight and the
+    branch's, which is the weight of the two together instead of two independent
+    coincidences.
+
+    >>> lv = lambda label, m=None, u=None: {"label_for_charts": label, "sql_condition": label,
+    ...                                     "m_probability": m, "u_probability": u}
+    >>> wanted = {"comparisons": [{"output_column_name": "address", "comparison_levels": [
+    ...     lv("exact, same family name"), lv("else, same family name"), lv("exact"), lv("else")]}]}
+    >>> trained = without_households(wanted)
+    >>> trained["comparisons"][0]["comparison_levels"] = [lv("exact", 0.9, 0.001), lv("else", 0.1, 0.999)]
+    >>> add_households(trained, wanted, {"address": ([0.6, 0.4], 1000)}, raw=copy.deepcopy(trained))
+    ['address: household branch from 1,000 pairs of one family name that are clearly two people']
+    >>> [(x["label_for_charts"], x["m_probability"], x["u_probability"]) for x in trained["comparisons"][0]["comparison_levels"]][:2]
+    [('exact, same family name', 0.9, 0.6), ('else, same family name', 0.1, 0.4)]
+    """
+    notes = []
+    want = {c["output_column_name"]: c for c in wanted["comparisons"]}
+    for c in trained["comparisons"]:
+        full = want[c["output_column_name"]]["comparison_levels"]
+        if not any(_is_branch(lv) for lv in full):
+            continue
+        levels = {lv.get("label_for_charts"): lv for lv in c["comparison_levels"]}
+        plain = [lv for lv in c["comparison_levels"] if not lv.get("is_null_level")]
+        share, n_pairs = shares.get(c["output_column_name"]) or ([], 0)
+        ok = n_pairs >= HOUSEHOLD_MIN_PAIRS and len(share) == len(plain)
+        # The branch's m is EM's own (before regularise lifted the plain ladder): the branch
+        # is a ladder of its own and is made monotone on its own.
+        m_of = {lv.get("label_for_charts"): lv.get("m_probability") for lv in
+                next(x for x in raw["comparisons"] if x["output_column_name"] == c["output_column_name"])[
+                    "comparison_levels"]} if raw else {}
+        u_of = dict(zip([lv.get("label_for_charts") for lv in plain], share)) if ok else {}
+        out = []
+        for lv in full:
+            if not _is_branch(lv):
+                out.append(levels[lv.get("label_for_charts")])
+                continue
+            base = levels[lv["label_for_charts"][: -len(HOUSEHOLD_SUFFIX)]]
+            new = {k: v for k, v in lv.items() if k not in ("m_probability", "u_probability")}
+            new["m_probability"] = m_of.get(base.get("label_for_charts")) if ok else base.get("m_probability")
+            u = u_of.get(base.get("label_for_charts"))
+            if u is None or base.get("u_probability") is None:
+                u = base.get("u_probability")
+            elif base.get("label_for_charts") != "else":
+                u = max(u, base["u_probability"])
+            new["u_probability"] = u
+            out.append(new)
+        c["comparison_levels"] = out
+        if ok:
+            notes.append(f"{c['output_column_name']}: household branch from {n_pairs:,} pairs of one family "
+                         f"name that are clearly two people")
+            notes += _monotone(c["output_column_name"], [lv for lv in out if _is_branch(lv)], floor_lifts=False)
+        else:
+            notes.append(f"{c['output_column_name']}: household branch as the plain levels (only {n_pairs:,} "
+                         f"pairs of one family name that are clearly two people)")
+    return notes
+
+
 def regularise(settings: dict[str, Any]) -> list[str]:
     """Make each comparison ladder monotone and flag untrained or degenerate levels.
 
@@ -740,35 +941,50 @@ def regularise(settings: dict[str, Any]) -> list[str]:
     """
     notes = []
     for c in settings["comparisons"]:
-        levels = [lv for lv in c["comparison_levels"] if not lv.get("is_null_level")]
-        below: float | None = None
-        floor: float | None = None  # the else level's weight
-        for lv in reversed(levels):
-            name = f"{c['output_column_name']}: {lv.get('label_for_charts')}"
-            side = lv.get("label_for_charts") in SIDE_LEVELS
-            limit = floor if side else below
-            m, u = lv.get("m_probability"), lv.get("u_probability")
-            if not m or not u:
-                if not u:
-                    lv["u_probability"] = 0.5
-                lv["m_probability"] = lv["u_probability"]
-                if limit is not None:
-                    _lift(lv, limit)
-                notes.append(f"untrained level {name}: given the weight of the level below"
-                             if limit is not None else f"untrained level {name}: neutral weight")
-            if lv["m_probability"] < MIN_M:
-                notes.append(f"level {name}: m {lv['m_probability']:.2g} raised to {MIN_M}")
-                lv["m_probability"] = MIN_M
-            w = math.log2(lv["m_probability"] / lv["u_probability"])
-            if limit is not None and w < limit - 1e-9:
+        every = [lv for lv in c["comparison_levels"] if not lv.get("is_null_level")]
+        # A household branch (see _household_branch) is a ladder of its own.
+        branch = [lv for lv in every if str(lv.get("label_for_charts", "")).endswith(HOUSEHOLD_SUFFIX)]
+        for levels in ([lv for lv in every if lv not in branch], branch):
+            notes += _monotone(c["output_column_name"], levels)
+    return notes
+
+
+def _monotone(comparison: str, levels: list[dict[str, Any]], *, floor_lifts: bool = True) -> list[str]:
+    """:func:`regularise` for one ladder (its levels most similar first, ``else`` last).
+
+    ``floor_lifts=False``: a level whose m was raised to :data:`MIN_M` does not lift the
+    levels above it (a rare level held at the floor can weigh ten bits or more, and lifting
+    the whole ladder to it would call a mere "jaro-winkler >= 0.8" strong evidence)."""
+    notes = []
+    below: float | None = None
+    floor: float | None = None  # the else level's weight
+    for lv in reversed(levels):
+        name = f"{comparison}: {lv.get('label_for_charts')}"
+        side = str(lv.get("label_for_charts")).removesuffix(HOUSEHOLD_SUFFIX) in SIDE_LEVELS
+        limit = floor if side else below
+        m, u = lv.get("m_probability"), lv.get("u_probability")
+        if not m or not u:
+            if not u:
+                lv["u_probability"] = 0.5
+            lv["m_probability"] = lv["u_probability"]
+            if limit is not None:
                 _lift(lv, limit)
-                if w < limit - 0.1:  # lifts of a hair are not worth a person's attention
-                    notes.append(f"degenerate level {name}: {w:.1f} bits is below the next level's {limit:.1f}; lifted")
-                w = math.log2(lv["m_probability"] / lv["u_probability"])
-            if floor is None:
-                floor = w
-            if not side:
-                below = w
+            notes.append(f"untrained level {name}: given the weight of the level below"
+                         if limit is not None else f"untrained level {name}: neutral weight")
+        raised = lv["m_probability"] < MIN_M
+        if raised:
+            notes.append(f"level {name}: m {lv['m_probability']:.2g} raised to {MIN_M}")
+            lv["m_probability"] = MIN_M
+        w = math.log2(lv["m_probability"] / lv["u_probability"])
+        if limit is not None and w < limit - 1e-9:
+            _lift(lv, limit)
+            if w < limit - 0.1:  # lifts of a hair are not worth a person's attention
+                notes.append(f"degenerate level {name}: {w:.1f} bits is below the next level's {limit:.1f}; lifted")
+            w = math.log2(lv["m_probability"] / lv["u_probability"])
+        if floor is None:
+            floor = w
+        if not side and (floor_lifts or not raised or below is None or w <= below):
+            below = w
     return notes
 
 

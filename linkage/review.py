@@ -35,6 +35,7 @@ True
 
 from __future__ import annotations
 
+import datetime
 import getpass
 import hashlib
 import json
@@ -46,7 +47,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import polars as pl
-from rapidfuzz.distance import Levenshtein
+from rapidfuzz.distance import JaroWinkler, Levenshtein
 
 from idweave.linkage._db import fetch_one, query_pl
 from idweave.linkage.cluster import cluster
@@ -72,6 +73,7 @@ REASONS = {
     "decision_conflict": "new scores contradict a human decision",
     "exclusive_twice": "more than one record from an exclusive source",
     "conflicting_id": "two different national ids",
+    "household": "records that look like different members of one household",
     "dates_apart": "dates far apart",
     "large": "unusually large entity",
     "weak_bridge": "one link is all that joins two groups of records that hardly match",
@@ -83,7 +85,7 @@ REASONS = {
 # bench/bench_review.py); the link-based reasons score their own error estimate. An item's
 # score combines its reasons' scores as independent evidence (noisy-or); a conflict with a
 # human decision scores above 1, so it always comes first.
-_PRIOR = {"exclusive_twice": 0.9, "conflicting_id": 0.9, "dates_apart": 0.3, "date_outlier": 0.1,
+_PRIOR = {"exclusive_twice": 0.9, "conflicting_id": 0.9, "household": 0.8, "dates_apart": 0.3, "date_outlier": 0.1,
           "large": 0.5}
 # Two groups of records whose pairs across match ``rel`` as well as pairs inside them do, seen
 # through m scored pairs across, are one person with probability 1 - (1 - rel)^m: one pair is
@@ -1165,6 +1167,66 @@ def queue(project: ProjectLike, *, limit: int | None = None, margin_bits: float 
                   date_gap_days=date_gap_days, unscored_weight=unscored_weight, include_reviewed=include_reviewed)
 
 
+def _household_members(recs: pl.DataFrame, kinds: Mapping[str, str], date_gap_days: int) -> list[tuple[str, str]]:
+    """Entities holding two records that share a family name and an address (or phone) but
+    whose given names clearly differ (Jaro-Winkler below 0.8, no nickname in common) or whose
+    birth dates are more than ``date_gap_days`` apart: what different members of one
+    household look like. One (entity_id, detail) per entity; the detail names record ids only.
+
+    >>> recs = pl.DataFrame({"entity_id": ["E1", "E1", "E2", "E2"], "source": ["a"] * 4,
+    ...     "record_id": ["1", "2", "3", "4"], "first_name": ["anne", "bruce", "ann", "anne"],
+    ...     "last_name": ["lee"] * 4, "address": ["1 high st"] * 4})
+    >>> _household_members(recs, {"first_name": "given_name", "last_name": "family_name",
+    ...                           "address": "address"}, 730)
+    [('E1', 'a:1 and a:2 share last_name and address, but their first_name differs')]
+    """
+    from idweave.blocking.keys import canonical_names
+
+    present = [a for a in kinds if a in recs.columns]
+    family = next((a for a in present if kinds[a] == "family_name"), None)
+    shared = [a for a in present if kinds[a] in ("address", "phone")]
+    given = next((a for a in present if kinds[a] == "given_name"), None)
+    dates = [a for a in present if kinds[a] == "date"]
+    if family is None or not shared or (given is None and not dates):
+        return []
+    cols = ["entity_id", "source", "record_id", family, *shared, *([given] if given else []), *dates]
+    sub = recs.select(cols).filter(pl.col(family).is_not_null()).sort("entity_id", "source", "record_id")
+    out = []
+    for (e,), grp in sub.group_by("entity_id", maintain_order=True):
+        rows = grp.rows(named=True)
+        if len(rows) < 2:
+            continue
+        hit = None
+        for i, a in enumerate(rows):
+            for b in rows[i + 1:]:
+                if a[family] != b[family]:
+                    continue
+                same = next((x for x in shared if a[x] is not None and a[x] == b[x]), None)
+                if same is None:
+                    continue
+                why = None
+                if given and a[given] and b[given] and JaroWinkler.similarity(a[given], b[given]) < 0.8 \
+                        and not set(canonical_names(a[given])) & set(canonical_names(b[given])):
+                    why = f"their {given} differs"
+                for d in dates:
+                    if why is None and a[d] and b[d]:
+                        try:
+                            gap = abs((datetime.date.fromisoformat(a[d]) - datetime.date.fromisoformat(b[d])).days)
+                        except ValueError:
+                            continue
+                        if gap > date_gap_days:
+                            why = f"their {d} values are {gap / 365.25:.0f} years apart"
+                if why:
+                    hit = f"{_fmt((a['source'], a['record_id']))} and {_fmt((b['source'], b['record_id']))} share " \
+                          f"{family} and {same}, but {why}"
+                    break
+            if hit:
+                break
+        if hit:
+            out.append((e, hit))
+    return out
+
+
 def _queue(proj: Project, recs: pl.DataFrame, links: pl.DataFrame, rows: list[dict[str, Any]], thr: float, *,
            limit: int | None, margin_bits: float, large_size: int | None, date_gap_days: int,
            unscored_weight: float, include_reviewed: bool) -> list[QueueItem]:
@@ -1265,6 +1327,10 @@ def _queue(proj: Project, recs: pl.DataFrame, links: pl.DataFrame, rows: list[di
                     add((e, None), "dates_apart", _PRIOR["date_outlier"],
                         f"{attr} of {sum(len(g) == 1 for g in groups)} record(s) is far (up to {years:.0f} years) "
                         f"from the others")
+
+    # -- one household taken for one person
+    for e, detail in _household_members(multi_ids, kinds, date_gap_days):
+        add((e, None), "household", _PRIOR["household"], detail)
 
     # -- size
     for e, n in sizes.items():

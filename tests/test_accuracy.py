@@ -130,14 +130,18 @@ def test_placeholder_identifier_is_missing_not_a_match(demo):
 def test_trained_ladders_are_monotone(demo):
     proj = load_project(demo)
     settings = __import__("json").loads(proj.model_file.read_text())
-    for c in settings["comparisons"]:
-        lv = [x for x in c["comparison_levels"]
-              if not x.get("is_null_level") and x["label_for_charts"] not in model_mod.SIDE_LEVELS]
+    for c, lv in ((c, [x for x in c["comparison_levels"] if not x.get("is_null_level")
+                       and x["label_for_charts"].removesuffix(model_mod.HOUSEHOLD_SUFFIX) not in model_mod.SIDE_LEVELS
+                       and x["label_for_charts"].endswith(model_mod.HOUSEHOLD_SUFFIX) == branch])
+                  for c in settings["comparisons"] for branch in (False, True)):
+        # A household branch (levels for pairs whose family names agree) is a ladder of its own.
         for upper, lower in zip(lv, lv[1:]):
             w_up = math.log2(upper["m_probability"] / upper["u_probability"])
             w_low = math.log2(lower["m_probability"] / lower["u_probability"])
             # A lift stops at m = 1 (a probability); otherwise more similar is never weaker.
-            assert w_up >= w_low - 1e-9 or upper["m_probability"] == 1.0, c["output_column_name"]
+            # In a household branch a level held at the floor lifts nothing (model._monotone).
+            held = lv[0]["label_for_charts"].endswith(model_mod.HOUSEHOLD_SUFFIX) and lower["m_probability"] == model_mod.MIN_M
+            assert w_up >= w_low - 1e-9 or upper["m_probability"] == 1.0 or held, c["output_column_name"]
         assert all(x["m_probability"] >= model_mod.MIN_M for x in lv)
 
 

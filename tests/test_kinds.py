@@ -138,7 +138,7 @@ def test_default_comparisons_of_the_main_kinds() -> None:
     ({"thresholds": [1]}, "unknown method None; expected one of " + ", ".join(COMPARISON_METHODS)),
     ({"method": "jaro_winkler", "thresholds": 0.9}, "thresholds must be a list of numbers"),
     ({"method": "jaro_winkler", "thresholds": ["high"]}, "thresholds must be a list of numbers"),
-    ({"method": "exact", "weight": 2}, "unknown keys ['weight']; allowed: method, thresholds, term_frequency"),
+    ({"method": "exact", "weight": 2}, "unknown keys ['weight']; allowed: method, thresholds, term_frequency, household"),
     (3, "must be a method name, false, or a mapping with 'method'"),
 ])
 def test_comparison_overrides(spec, message) -> None:

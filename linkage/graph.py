@@ -213,22 +213,7 @@ class Store:
         if not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
         head = None if read_only else _head(path)  # before DuckDB holds the file (see _restore_sizes)
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                con = _connect(path, read_only)
-                break
-            except duckdb.IOException as exc:
-                msg = str(exc)
-                if "lock" in msg.lower() or "conflicting" in msg.lower():
-                    if time.monotonic() < deadline:
-                        time.sleep(0.2)
-                        continue
-                    raise StoreBusyError("the store is in use by another idweave run; wait for it to finish "
-                                         "(or pass --wait SECONDS)", file=str(path)) from None
-                raise StoreError(_open_problem(msg), file=str(path)) from None
-            except duckdb.Error as exc:
-                raise StoreError(_open_problem(str(exc)), file=str(path)) from None
+        con = _connect_waiting(lambda: _connect(path, read_only), path, wait)
         store = cls(path, con, read_only)
         store._head = head
         if not read_only:
@@ -639,14 +624,13 @@ def store_marker_problem(tables: Iterable[str], version: str | None) -> str | No
     return f"{_NOT_A_STORE}: it holds {len(tables - STORE_TABLES) or len(tables)} other table(s); use another store path"
 
 
-def _check_marker(path: Path, wait: float) -> None:
-    """Raise :class:`StoreError` unless the existing, non-empty file at ``path`` is an
-    idweave store (or an empty DuckDB database): read-only, so nothing is written."""
+def _connect_waiting(connect, path: Path, wait: float) -> duckdb.DuckDBPyConnection:
+    """``connect()``, retried for up to ``wait`` seconds while another process holds the file's
+    lock; a held store is :class:`StoreBusyError`, any other failure :class:`StoreError`."""
     deadline = time.monotonic() + wait
     while True:
         try:
-            con = duckdb.connect(str(path), read_only=True)
-            break
+            return connect()
         except duckdb.IOException as exc:
             msg = str(exc)
             if "lock" in msg.lower() or "conflicting" in msg.lower():
@@ -658,6 +642,12 @@ def _check_marker(path: Path, wait: float) -> None:
             raise StoreError(_open_problem(msg), file=str(path)) from None
         except duckdb.Error as exc:
             raise StoreError(_open_problem(str(exc)), file=str(path)) from None
+
+
+def _check_marker(path: Path, wait: float) -> None:
+    """Raise :class:`StoreError` unless the existing, non-empty file at ``path`` is an
+    idweave store (or an empty DuckDB database): read-only, so nothing is written."""
+    con = _connect_waiting(lambda: duckdb.connect(str(path), read_only=True), path, wait)
     try:
         tables, version = _marker(con)
     finally:

@@ -87,6 +87,10 @@ def steward(browser, server, name: str):
     page.fill("input[name=name]", name)
     page.click("form button")
     page.wait_for_selector("table.queue")
+    # htmx and keys.js must have wired the page before a test changes a filter or presses a key:
+    # on a loaded machine the first event could otherwise come before their listeners.
+    page.wait_for_load_state("load")
+    page.wait_for_function("window.htmx !== undefined && document.readyState === 'complete'")
     page.js_errors = errors  # type: ignore[attr-defined]
     return page
 

@@ -942,10 +942,9 @@ def regularise(settings: dict[str, Any]) -> list[str]:
     notes = []
     for c in settings["comparisons"]:
         every = [lv for lv in c["comparison_levels"] if not lv.get("is_null_level")]
-        # A household branch (see _household_branch) is a ladder of its own.
-        branch = [lv for lv in every if str(lv.get("label_for_charts", "")).endswith(HOUSEHOLD_SUFFIX)]
-        for levels in ([lv for lv in every if lv not in branch], branch):
-            notes += _monotone(c["output_column_name"], levels)
+        # A household branch (see add_households) is a ladder of its own, made monotone as there.
+        notes += _monotone(c["output_column_name"], [lv for lv in every if not _is_branch(lv)])
+        notes += _monotone(c["output_column_name"], [lv for lv in every if _is_branch(lv)], floor_lifts=False)
     return notes
 
 

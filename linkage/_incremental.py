@@ -421,7 +421,7 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
     """
     from idweave.linkage import _blockkeys as bk
     from idweave.linkage._db import query_pl
-    from idweave.linkage.graph import _now, assign_ids
+    from idweave.linkage.graph import assign_ids, utc_now
 
     records, delta = w.records, w.delta
     full = w.mode == "full"
@@ -551,7 +551,7 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
         size_counts = dict(st.con.execute("select size, count(*) from entities where status = 'active' and size > 0 "
                                           "group by size order by size").fetchall())
         row = dict(w.row)
-        row.update(run_id=run_id, started_at=w.started, finished_at=_now(), mode=w.mode,
+        row.update(run_id=run_id, started_at=w.started, finished_at=utc_now(), mode=w.mode,
                    n_records=records.height, n_new=int(delta.new.len()), n_changed=int(delta.changed.len()),
                    n_removed=delta.removed.height, n_pairs=w.n_links_total, n_links=w.n_strong_total,
                    n_entities=sum(size_counts.values()), n_events=n_events)

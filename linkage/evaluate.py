@@ -20,7 +20,7 @@ from idweave.linkage._db import query_pl
 from idweave.linkage.cluster import cluster
 from idweave.linkage.errors import IdweaveError, SourceError
 from idweave.linkage.graph import Store
-from idweave.linkage.pipeline import resolve_project
+from idweave.linkage.project import resolve_project
 from idweave.linkage.project import Project
 from idweave.linkage.sources import load_records, source_columns
 

@@ -22,7 +22,7 @@ from idweave.linkage import model as model_mod
 from idweave.linkage._db import query_pl
 from idweave.linkage.errors import IdweaveError
 from idweave.linkage.graph import Store
-from idweave.linkage.pipeline import project_rules, resolve_project
+from idweave.linkage.project import project_rules, resolve_project
 from idweave.linkage.project import Project
 
 __all__ = ["explain_pair", "PairExplanation", "ComparisonEvidence", "parse_record_ref"]

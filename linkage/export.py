@@ -17,7 +17,7 @@ from idweave.blocking import count_pairs as _count_pairs
 from idweave.linkage._db import query_pl
 from idweave.linkage.errors import IdweaveError
 from idweave.linkage.graph import Store
-from idweave.linkage.pipeline import project_rules, resolve_project, with_rids
+from idweave.linkage.project import project_rules, resolve_project, with_rids
 from idweave.linkage.project import Project
 from idweave.linkage.sources import load_records
 

@@ -48,7 +48,7 @@ import polars as pl
 
 from idweave.linkage._db import query_pl
 from idweave.linkage.errors import IdweaveError, SourceError, StoreBusyError
-from idweave.linkage.graph import Store, _now
+from idweave.linkage.graph import Store, utc_now
 from idweave.linkage.project import Project
 
 __all__ = ["forget", "ForgetResult", "erased", "screen_erased", "erased_neighbours", "clear_pending",
@@ -135,7 +135,7 @@ def forget(project: ProjectLike, source: str, record_id: str, *, reason: str, au
     """Erase the record ``(source, record_id)`` from the store and re-resolve its entity
     (see the module docstring). ``reason`` is required; ``author`` defaults as for a
     decision (``$IDWEAVE_AUTHOR``, else the operating-system user)."""
-    from idweave.linkage.pipeline import resolve_project
+    from idweave.linkage.project import resolve_project
     from idweave.linkage.review import apply_decision, default_author
 
     if not reason or not str(reason).strip():
@@ -185,7 +185,7 @@ def forget(project: ProjectLike, source: str, record_id: str, *, reason: str, au
                 events.append({"type": "entity_retired", "entity_id": eid})
             n = st.append_events(events, decision_id=res.decision_id)
             st.con.execute("insert into erasures values (?, ?, ?, ?, ?, ?, ?)",
-                           [source, record_id, id_digest(source, record_id), str(reason), _now(), who,
+                           [source, record_id, id_digest(source, record_id), str(reason), utc_now(), who,
                             res.decision_id])
             st.commit()
         except BaseException:

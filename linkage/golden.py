@@ -32,7 +32,7 @@ import polars as pl
 
 from idweave.linkage._db import query_pl
 from idweave.linkage.errors import IdweaveError
-from idweave.linkage.pipeline import resolve_project
+from idweave.linkage.project import resolve_project
 from idweave.linkage.project import Project
 
 __all__ = ["golden", "RULES", "default_rule"]

@@ -49,7 +49,7 @@ from idweave.linkage._db import fetch_one, query_pl
 
 from idweave.linkage.errors import StoreBusyError, StoreError
 
-__all__ = ["Store", "assign_ids", "IdAssignment", "new_entity_id", "SCHEMA_VERSION"]
+__all__ = ["Store", "assign_ids", "IdAssignment", "new_entity_id", "utc_now", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 
@@ -84,7 +84,7 @@ _MIGRATIONS = (
 )
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
@@ -502,7 +502,7 @@ class Store:
         if not events:
             return 0
         start = self.next_event_id()
-        at = _now()
+        at = utc_now()
         rows = [{
             "event_id": start + i, "run_id": run_id, "decision_id": decision_id, "happened_at": at,
             "type": e["type"], "entity_id": e.get("entity_id"), "other_entity_id": e.get("other_entity_id"),
@@ -562,7 +562,7 @@ class Store:
         """
         if not fetch_one(self.con, "select count(*) from models where version = ?", [version])[0]:
             self.con.execute("insert into models values (?, ?, ?, ?, ?)",
-                             [version, run_id, _now(), splink_version, json.dumps(settings, default=str)])
+                             [version, run_id, utc_now(), splink_version, json.dumps(settings, default=str)])
             for col, tf in tf_tables.items():
                 self.append("model_tf", tf.select(pl.lit(version).alias("version"), pl.lit(col).alias("column"),
                                                   pl.col(col).cast(pl.Utf8).alias("value"),

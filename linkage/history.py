@@ -66,7 +66,7 @@ class Resolution:
 
 
 def _open(project: ProjectLike, store: str | Path | None) -> Store:
-    from idweave.linkage.pipeline import resolve_project
+    from idweave.linkage.project import resolve_project
 
     proj = resolve_project(project)
     return Store.open(store if store is not None else proj.store, read_only=True)

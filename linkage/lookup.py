@@ -151,7 +151,7 @@ class Matcher:
     """
 
     def __init__(self, project: Project | str | Path | Mapping[str, Any], *, store: str | Path | None = None):
-        from idweave.linkage.pipeline import resolve_project
+        from idweave.linkage.project import resolve_project
 
         self.project = resolve_project(project)
         if store is not None:
@@ -172,7 +172,7 @@ class Matcher:
     # ------------------------------------------------------------------ building
     def refresh(self) -> None:
         """(Re)load the store's records, model and last threshold, and rebuild the index."""
-        from idweave.linkage.pipeline import project_rules
+        from idweave.linkage.project import project_rules
 
         proj = self.project
         self.close()
@@ -581,7 +581,7 @@ def lookup(project: Project | str | Path | Mapping[str, Any],
     >>> hit["rank"].to_list()[:1], bool(hit["is_match"][0])
     ([1], True)
     """
-    from idweave.linkage.pipeline import resolve_project
+    from idweave.linkage.project import resolve_project
 
     proj = resolve_project(project)
     if store is not None:

@@ -64,7 +64,7 @@ def model_report(project: ProjectLike) -> ModelReport:
     """The stored model of the latest run, level by level, with where it came from (see the
     module docstring). Writes nothing."""
     from idweave.linkage.model import TrainedModel
-    from idweave.linkage.pipeline import resolve_project
+    from idweave.linkage.project import resolve_project
 
     proj = resolve_project(project)
     if not Path(proj.store).exists():

@@ -21,20 +21,19 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import polars as pl
 
-from idweave.blocking import derive_rules, generate_pairs, parse_rules
+from idweave.blocking import generate_pairs
 from idweave.blocking.pairs import PairStats
-from idweave.blocking.rules import Rule
 from idweave.linkage import model as model_mod
 from idweave.linkage.cluster import DEFAULT_CLUSTERING, choose_threshold, closure, cluster, completion_pairs
 from idweave.linkage.errors import IdweaveError, StoreBusyError
-from idweave.linkage.graph import Store, _now
-from idweave.linkage.project import Project, load_project, project_from_dict
+from idweave.linkage.graph import Store, utc_now
+from idweave.linkage.project import Project, project_rules, resolve_project
 from idweave.linkage.sources import LoadReport, load_records
 
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["link", "LinkResult", "resolve_project", "project_rules", "with_rids", "Progress"]
+__all__ = ["link", "LinkResult", "Progress"]
 
 Progress = Callable[[str, str], None]  # (stage, "start" | "end")
 
@@ -58,47 +57,6 @@ class LinkResult:
             self._pairs = self._pairs()
         assert self._pairs is not None
         return self._pairs
-
-
-def resolve_project(project: Project | str | Path | Mapping[str, Any], *,
-                    sources: Mapping[str, Any] | None = None) -> Project:
-    """Accept a Project, a path to a project file, or a dict in the project-file form."""
-    if isinstance(project, Project):
-        if sources:
-            for name, frame in sources.items():
-                project.sources[name].frame = frame
-        return project
-    if isinstance(project, (str, Path)):
-        return load_project(project, sources=sources)
-    return project_from_dict(project, sources=sources)
-
-
-def project_rules(project: Project, records: pl.DataFrame | None = None, *,
-                  present: set[str] | None = None) -> list[Rule]:
-    """The project's blocking rules, or the ones derived from its kinds.
-
-    Derived rules only use attributes some record has (of ``records``, or the names in
-    ``present``), so a project with an attribute no source maps does not pay for rules that
-    can find nothing.
-
-    >>> from idweave.linkage.project import load_project
-    >>> len(project_rules(load_project("fixtures/tiny/project.yaml"))) > 0
-    True
-    """
-    kinds = {a.name: a.kind for a in project.attributes.values()}
-    if project.blocking is not None:
-        return parse_rules(project.blocking, attributes=kinds)
-    if records is not None:
-        kinds = {a: k for a, k in kinds.items() if records[a].null_count() < records.height}
-    if present is not None:
-        kinds = {a: k for a, k in kinds.items() if a in present}
-    return derive_rules(kinds)
-
-
-def with_rids(records: pl.DataFrame) -> pl.DataFrame:
-    """Records in a fixed order (source, record_id) with ``rid`` = row number, so the same
-    input always gets the same rids."""
-    return records.sort("source", "record_id").with_row_index("rid").with_columns(pl.col("rid").cast(pl.Int64))
 
 
 class _Timer:
@@ -181,9 +139,8 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
     from idweave.linkage import _incremental as inc
     from idweave.linkage.forget import erased_neighbours, screen_erased
     from idweave.linkage.privacy import check_project_store, check_store
-    from idweave.linkage.graph import _now
 
-    started = _now()
+    started = utc_now()
     timer = _Timer(progress)
     report = LoadReport()
     with timer.stage("load"):

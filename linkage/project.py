@@ -22,12 +22,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
+import polars as pl
 import yaml
 
+from idweave.blocking import derive_rules, parse_rules
+from idweave.blocking.rules import Rule
 from idweave.linkage.errors import ProjectError
 from idweave.linkage.kinds import KINDS
 
-__all__ = ["Attribute", "Source", "Project", "load_project", "project_from_dict"]
+__all__ = ["Attribute", "Source", "Project", "load_project", "project_from_dict", "resolve_project",
+           "project_rules", "with_rids"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _RESERVED = {"source", "record_id", "rid", "entity_id", "cluster_id", "match_key", "unique_id"}
@@ -511,6 +515,47 @@ def project_from_dict(
         base_dir=base,
         raw={k: v for k, v in data.items()},
     )
+
+
+def resolve_project(project: Project | str | Path | Mapping[str, Any], *,
+                    sources: Mapping[str, Any] | None = None) -> Project:
+    """Accept a Project, a path to a project file, or a dict in the project-file form."""
+    if isinstance(project, Project):
+        if sources:
+            for name, frame in sources.items():
+                project.sources[name].frame = frame
+        return project
+    if isinstance(project, (str, Path)):
+        return load_project(project, sources=sources)
+    return project_from_dict(project, sources=sources)
+
+
+def project_rules(project: Project, records: pl.DataFrame | None = None, *,
+                  present: set[str] | None = None) -> list[Rule]:
+    """The project's blocking rules, or the ones derived from its kinds.
+
+    Derived rules only use attributes some record has (of ``records``, or the names in
+    ``present``), so a project with an attribute no source maps does not pay for rules that
+    can find nothing.
+
+    >>> from idweave.linkage.project import load_project
+    >>> len(project_rules(load_project("fixtures/tiny/project.yaml"))) > 0
+    True
+    """
+    kinds = {a.name: a.kind for a in project.attributes.values()}
+    if project.blocking is not None:
+        return parse_rules(project.blocking, attributes=kinds)
+    if records is not None:
+        kinds = {a: k for a, k in kinds.items() if records[a].null_count() < records.height}
+    if present is not None:
+        kinds = {a: k for a, k in kinds.items() if a in present}
+    return derive_rules(kinds)
+
+
+def with_rids(records: pl.DataFrame) -> pl.DataFrame:
+    """Records in a fixed order (source, record_id) with ``rid`` = row number, so the same
+    input always gets the same rids."""
+    return records.sort("source", "record_id").with_row_index("rid").with_columns(pl.col("rid").cast(pl.Int64))
 
 
 @lru_cache(maxsize=1)

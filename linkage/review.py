@@ -52,8 +52,8 @@ from rapidfuzz.distance import JaroWinkler, Levenshtein
 from idweave.linkage._db import fetch_one, query_pl
 from idweave.linkage.cluster import cluster
 from idweave.linkage.errors import IdweaveError
-from idweave.linkage.graph import Store, _now, assign_ids
-from idweave.linkage.pipeline import resolve_project
+from idweave.linkage.graph import Store, assign_ids, utc_now
+from idweave.linkage.project import resolve_project
 from idweave.linkage.project import Project
 
 __all__ = [
@@ -554,7 +554,7 @@ def _apply(st: Store, proj: Project, action: str, *, payload: dict[str, Any], au
     try:
         st.begin()
         st.con.execute("insert into decisions values (?, ?, ?, ?, ?, ?, NULL, ?)",
-                       [did, _now(), author, action, reason, json.dumps(payload), undoes])
+                       [did, utc_now(), author, action, reason, json.dumps(payload), undoes])
         if undoes is not None:
             st.con.execute("update decisions set undone_by = ? where decision_id = ?", [did, undoes])
         if moved:

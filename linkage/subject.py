@@ -141,7 +141,7 @@ def subject_access(project: ProjectLike, *, record: tuple[str, str] | str | None
     """
     from idweave.linkage.explain import link_evidence, parse_record_ref
     from idweave.linkage.history import history
-    from idweave.linkage.pipeline import resolve_project
+    from idweave.linkage.project import resolve_project
 
     if (record is None) == (record_json is None):
         raise IdweaveError("give either a record (SOURCE:ID) or --record JSON, not both or neither")

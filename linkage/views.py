@@ -42,7 +42,7 @@ from idweave.linkage import review
 from idweave.linkage._db import fetch_one, query_pl
 from idweave.linkage.errors import IdweaveError
 from idweave.linkage.graph import Store
-from idweave.linkage.pipeline import resolve_project
+from idweave.linkage.project import resolve_project
 from idweave.linkage.project import Project
 
 __all__ = [

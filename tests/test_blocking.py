@@ -19,7 +19,7 @@ from idweave.blocking.pairs import key_table, pairs_from_keys, rule_keys
 from idweave.linkage import _blockkeys as bk
 from idweave.linkage import load_project
 from idweave.linkage.graph import Store
-from idweave.linkage.pipeline import project_rules, with_rids
+from idweave.linkage.project import project_rules, with_rids
 from idweave.linkage.sources import load_records
 
 # rid 3 has first and last name swapped; rid 5 and 6 each miss a value.

@@ -22,7 +22,7 @@ import pytest
 from conftest import Linked
 from idweave.linkage import model as model_mod
 from idweave.linkage.graph import Store
-from idweave.linkage.pipeline import with_rids
+from idweave.linkage.project import with_rids
 from idweave.linkage.project import load_project
 from idweave.linkage.sources import load_records
 from test_scoring import all_pairs, assert_same_scores
@@ -86,7 +86,7 @@ def test_fresh_process_scores_from_the_store_as_compiling_does(linked_tiny: Link
         import polars as pl
         from idweave.linkage import model as model_mod
         from idweave.linkage.graph import Store
-        from idweave.linkage.pipeline import with_rids
+        from idweave.linkage.project import with_rids
         from idweave.linkage.project import load_project
         from idweave.linkage.sources import load_records
 

@@ -19,7 +19,7 @@ import pytest
 from conftest import FIXTURES, copy_fixture
 from idweave.blocking.pairs import generate_pairs
 from idweave.linkage import model as model_mod
-from idweave.linkage.pipeline import project_rules, with_rids
+from idweave.linkage.project import project_rules, with_rids
 from idweave.linkage.project import load_project
 from idweave.linkage.sources import load_records
 

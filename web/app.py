@@ -44,7 +44,7 @@ from starlette.staticfiles import StaticFiles
 
 from idweave.linkage import review, views
 from idweave.linkage.errors import IdweaveError, StoreBusyError
-from idweave.linkage.pipeline import resolve_project
+from idweave.linkage.project import resolve_project
 from idweave.linkage.project import Project
 from idweave.web import svg
 

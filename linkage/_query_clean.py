@@ -215,10 +215,10 @@ def _clean_frames(records: Mapping[str, Any] | Sequence[Mapping[str, Any]] | Any
         raw = pl.DataFrame([{a: (None if r.get(a) is None else str(r.get(a))) for a in cols} for r in rows],
                            schema={a: pl.Utf8 for a in cols})
     else:
-        from idweave.linkage.sources import _to_polars
+        from idweave.linkage.readers import to_polars
 
         try:
-            raw = _to_polars(records, Source(name="lookup", id=_QUERY_ID, columns={}))
+            raw = to_polars(records, Source(name="lookup", id=_QUERY_ID, columns={}))
         except SourceError:
             raise LookupInputError("give a record as a mapping of attribute -> value (or a list of them, "
                                    f"or a polars, pandas or Arrow table), not a {type(records).__name__}") from None

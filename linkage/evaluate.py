@@ -22,7 +22,8 @@ from idweave.linkage.errors import IdweaveError, SourceError
 from idweave.linkage.graph import Store
 from idweave.linkage.project import resolve_project
 from idweave.linkage.project import Project
-from idweave.linkage.sources import load_records, source_columns
+from idweave.linkage.readers import source_columns
+from idweave.linkage.sources import load_records
 
 __all__ = ["evaluate", "cluster_metrics", "EvaluationReport", "SWEEP_THRESHOLDS"]
 

@@ -472,7 +472,7 @@ def project_from_dict(
 
     # Column checks read the file headers (cheap) of every source whose path is sound, even
     # when other parts of the file have problems, so that one run reports everything.
-    from idweave.linkage.sources import nested_columns, source_schema  # sources imports project
+    from idweave.linkage.readers import nested_columns, source_schema
 
     for src in src_objs.values():
         if src.frame is None and (not src.files or src.format not in ("csv", "parquet", "ndjson")):

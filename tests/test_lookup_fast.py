@@ -27,7 +27,8 @@ from idweave.linkage._levels import _Compiler, _jaro_winkler
 from idweave.linkage._query_clean import _clean_frames, _RecordCleaner, _Slow
 from idweave.linkage.lookup import Matcher
 from idweave.linkage.project import load_project
-from idweave.linkage.sources import DATE_FORMATS, read_source
+from idweave.linkage.readers import read_source
+from idweave.linkage.sources import DATE_FORMATS
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

@@ -15,53 +15,14 @@ import polars as pl
 
 from idweave.blocking import count_pairs as _count_pairs
 from idweave.linkage._db import query_pl
+from idweave.linkage.csvsafe import write_csv
 from idweave.linkage.errors import IdweaveError
 from idweave.linkage.graph import Store
 from idweave.linkage.project import project_rules, resolve_project, with_rids
 from idweave.linkage.project import Project
 from idweave.linkage.sources import load_records
 
-__all__ = ["export", "count_pairs", "neutralise_formulas", "write_csv", "FORMULA_PREFIXES"]
-
-# A spreadsheet takes a cell that starts with one of these for a formula (OWASP, "CSV
-# injection"); "'" is added so that a value already starting with a quote reads back as it was.
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "'")
-_FORMULA_START = "^[=+\\-@\t\r']"
-
-
-def neutralise_formulas(df: pl.DataFrame) -> pl.DataFrame:
-    """``df`` with every text value that a spreadsheet would run as a formula (starting with
-    ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) given a leading ``'``, as OWASP
-    recommends; a value already starting with ``'`` gets one too, so that
-    :func:`restore_formulas` gives back exactly what was written. Numbers are left alone.
-
-    >>> neutralise_formulas(pl.DataFrame({"id": ["=1+2", "@SUM(A1)", "-3", "ann", "'x"], "n": [-1, 2, 3, 4, 5]})).rows()
-    [("'=1+2", -1), ("'@SUM(A1)", 2), ("'-3", 3), ('ann', 4), ("''x", 5)]
-    """
-    cols = [c for c, t in df.schema.items() if t == pl.Utf8]
-    if not cols:
-        return df
-    return df.with_columns(
-        pl.when(pl.col(c).str.contains(_FORMULA_START)).then(pl.lit("'") + pl.col(c)).otherwise(pl.col(c)).alias(c)
-        for c in cols)
-
-
-def restore_formulas(values: pl.Series) -> pl.Series:
-    """Undo :func:`neutralise_formulas` on a text column read back from a CSV written by idweave.
-
-    >>> restore_formulas(pl.Series(["'=1+2", "''x", "ann", "'ann"])).to_list()
-    ['=1+2', "'x", 'ann', "'ann"]
-    """
-    return pl.Series(values.name, values.to_frame("v").select(
-        pl.when(pl.col("v").str.contains("^'[=+\\-@\t\r']")).then(pl.col("v").str.slice(1))
-        .otherwise(pl.col("v"))).to_series())
-
-
-def write_csv(df: pl.DataFrame, path: str | Path) -> None:
-    """Write ``df`` as CSV with formulas neutralised (:func:`neutralise_formulas`): every CSV
-    idweave writes goes through here. Parquet files are written as they are."""
-    neutralise_formulas(df).write_csv(path)
-
+__all__ = ["export", "count_pairs"]
 
 def export(project: Project | str | Path | Mapping[str, Any], out: str | Path | None = None, *,
            with_attributes: bool = False, columns: Sequence[str] | None = None) -> pl.DataFrame:

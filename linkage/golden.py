@@ -135,7 +135,7 @@ def golden(project: ProjectLike, out: str | Path | None = None, *,
     schema = {"entity_id": pl.Utf8, **{k: pl.Utf8 for a in attrs for k in (a, f"{a}_source", f"{a}_record_id")}}
     df = pl.DataFrame(out_rows, schema=schema)
     if out is not None:
-        from idweave.linkage.export import write_csv
+        from idweave.linkage.csvsafe import write_csv
 
         out = Path(out)
         suffix = out.suffix.lower()

@@ -1614,7 +1614,7 @@ def export_labels(project: ProjectLike, out: str | Path | None = None) -> pl.Dat
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(out.name + ".tmp")
-            from idweave.linkage.export import write_csv  # formulas neutralised, as every CSV
+            from idweave.linkage.csvsafe import write_csv  # formulas neutralised, as every CSV
 
             write_csv(df, tmp)
             tmp.replace(out)

@@ -408,7 +408,7 @@ def read_pair_labels(path: str | Path) -> pl.DataFrame:
         row = int(score.is_null().arg_true()[0]) + 1
         raise SourceError(f"clerical_match_score is not a number at data row {row}", file=path.name,
                           column="clerical_match_score")
-    from idweave.linkage.export import restore_formulas  # a file of export-labels: ids as they were
+    from idweave.linkage.csvsafe import restore_formulas  # a file of export-labels: ids as they were
 
     return pl.DataFrame({"source_l": restore_formulas(df["source_dataset_l"]),
                          "record_id_l": restore_formulas(df["unique_id_l"]),

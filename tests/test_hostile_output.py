@@ -77,7 +77,7 @@ def test_csv_export_neutralises_formulas_and_parquet_keeps_values(evil: Path, tm
         assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
     assert "'=1+2" in got["record_id"].to_list() and "''q" in got["record_id"].to_list()
     # What CSV holds is what Parquet holds once the quote is taken off.
-    from idweave.linkage.export import restore_formulas
+    from idweave.linkage.csvsafe import restore_formulas
 
     assert sorted(restore_formulas(got["record_id"]).to_list()) == sorted(raw["record_id"].to_list())
 

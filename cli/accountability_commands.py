@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from idweave.cli._common import console
-from idweave.cli.app import app
+from idweave.cli.root import app
 
 PROJECT = typer.Argument(..., help="The project file (YAML).", exists=False)
 

@@ -1,4 +1,7 @@
-"""The `idweave` command: one thin command per library verb (see the README for each)."""
+"""The `idweave` command: one thin command per library verb (see the README for each).
+
+The Typer app lives in :mod:`idweave.cli.root`; the command modules import it and add their
+commands, and :func:`main` imports the command modules (that registers them) and runs it."""
 
 from __future__ import annotations
 
@@ -6,33 +9,9 @@ import typer
 
 from idweave.cli import _common
 from idweave.cli._common import fail
+from idweave.cli.root import app
 
-app = typer.Typer(
-    name="idweave",
-    help="Link records across registries into persistent entities.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            v = version("idweave")
-        except PackageNotFoundError:  # pragma: no cover - run from a source tree
-            v = "unknown"
-        _common.console.print(f"idweave {v}", highlight=False)
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors (they may hold data values)."),
-          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version of idweave and exit.")) -> None:
-    _common.STATE["debug"] = debug
+__all__ = ["app", "main"]
 
 
 def _register() -> None:

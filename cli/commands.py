@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from idweave.cli._common import cell, console, err_console, fail, safe, shown_path, stage_progress
-from idweave.cli.app import app
+from idweave.cli.root import app
 from idweave.cli._wait import reads_store
 
 PROJECT = typer.Argument(..., help="The project file (YAML).", exists=False)

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from idweave.cli._common import cell, console, safe, term
-from idweave.cli.app import app
+from idweave.cli.root import app
 from idweave.cli._wait import reads_store
 
 PROJECT = typer.Argument(..., help="The project file (YAML).", exists=False)

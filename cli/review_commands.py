@@ -19,7 +19,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from idweave.cli._common import cell, console, safe, shown_path, term
-from idweave.cli.app import app
+from idweave.cli.root import app
 from idweave.cli._wait import reads_store
 
 PROJECT = typer.Argument(..., help="The project file (YAML).", exists=False)

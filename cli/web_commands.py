@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from idweave.cli.app import app
+from idweave.cli.root import app
 
 PROJECT = typer.Argument(..., help="The project file (YAML).", exists=False)
 

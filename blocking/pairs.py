@@ -71,8 +71,14 @@ class _KeyValues:
         return combined.select("row", key.alias("key")).join(self.ids, on="row").select("rid", "source", "key")
 
 
-def _key_frame(records: pl.DataFrame, rule: Rule, side: str) -> pl.DataFrame:
-    """``rid``, ``source``, ``key`` for one side (``"l"`` or ``"r"``) of a rule."""
+def key_frame(records: pl.DataFrame, rule: Rule, side: str) -> pl.DataFrame:
+    """``rid``, ``source``, ``key`` for one side (``"l"`` or ``"r"``) of a rule.
+
+    >>> from idweave.blocking.rules import parse_rules
+    >>> recs = pl.DataFrame({"rid": [0, 1], "source": ["a", "b"], "surname": ["lee", "lee"]})
+    >>> key_frame(recs, parse_rules(["surname"], attributes={"surname": "family_name"})[0], "l")["rid"].to_list()
+    [0, 1]
+    """
     return _KeyValues(records).side(rule, side).collect()
 
 

@@ -5,7 +5,7 @@ The level SQL of a trained model is compiled into Python functions (NULL handlin
 string functions, ``list_intersect`` keeping distinct values, ``try_cast`` to a date; edit
 distances from rapidfuzz, jaro-winkler rounded as DuckDB rounds it). SQL the compiler does not
 know raises ``_Unsupported`` (the comparison is then scored by DuckDB), and a value it cannot
-vouch for raises ``_Slow``. ``tests/test_lookup_fast.py`` checks every ladder against DuckDB.
+vouch for raises ``SlowPath``. ``tests/test_lookup_fast.py`` checks every ladder against DuckDB.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import duckdb
 from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler, Levenshtein
 
 from idweave.linkage import model as model_mod
-from idweave.linkage._query_clean import _ISO, _Slow
+from idweave.linkage._query_clean import ISO_DATE, SlowPath
 
 
 class _Unsupported(Exception):
@@ -122,13 +122,13 @@ def _no_null(fn):
 
 def _text(v: Any) -> str:
     if not isinstance(v, str):
-        raise _Slow
+        raise SlowPath
     return v
 
 
 def _substr(s: str, start: int, n: int) -> str:
     if start < 1 or n < 0:
-        raise _Slow
+        raise SlowPath
     return _text(s)[start - 1:start - 1 + n]
 
 
@@ -144,28 +144,28 @@ def _right(s: str, n: int) -> str:
 
 def _split_part(s: str, sep: str, i: int) -> str:
     if not sep or i < 1:
-        raise _Slow
+        raise SlowPath
     parts = _text(s).split(sep)
     return parts[i - 1] if i <= len(parts) else ""
 
 
 def _string_split(s: str, sep: str) -> list[str]:
     if not sep:
-        raise _Slow
+        raise SlowPath
     return _text(s).split(sep)
 
 
 def _as_date(v: Any) -> date | None:
     """``try_cast(v AS DATE)`` for the ISO dates cleaning makes."""
     if type(v) is not str:
-        raise _Slow
+        raise SlowPath
     return _iso_date(v)
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def _iso_date(s: str) -> date | None:
-    if not _ISO.fullmatch(s) or s < "1000":
-        raise _Slow  # DuckDB reads more shapes than this; let it
+    if not ISO_DATE.fullmatch(s) or s < "1000":
+        raise SlowPath  # DuckDB reads more shapes than this; let it
     try:
         return date.fromisoformat(s)
     except ValueError:
@@ -174,7 +174,7 @@ def _iso_date(s: str) -> date | None:
 
 def _list(v: Any) -> list:
     if not isinstance(v, (list, tuple)) or any(x is None for x in v):
-        raise _Slow
+        raise SlowPath
     return list(v)
 
 
@@ -185,7 +185,7 @@ def _greatest(*args):
 
 def _number(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
-        raise _Slow  # DuckDB orders NaN above everything and makes it equal to itself
+        raise SlowPath  # DuckDB orders NaN above everything and makes it equal to itself
     return v
 
 
@@ -216,7 +216,7 @@ def _same_kind(a: Any, b: Any) -> None:
         isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool)
         and not isinstance(b, bool)) or (isinstance(a, date) and isinstance(b, date))
     if not ok:
-        raise _Slow
+        raise SlowPath
 
 
 class _Compiler:
@@ -224,7 +224,7 @@ class _Compiler:
     three-valued logic; a CASE takes a level only on True). ``L``/``R`` map a column to the
     query's and the stored record's value. Unknown SQL raises :class:`_Unsupported` (the
     comparison is then scored by DuckDB); values the evaluator cannot vouch for raise
-    :class:`_Slow` at run time (the query is then scored by DuckDB)."""
+    :class:`SlowPath` at run time (the query is then scored by DuckDB)."""
 
     def __init__(self, sql: str):
         self.toks = _tokens(sql)
@@ -269,7 +269,7 @@ class _Compiler:
                 if v is None:
                     unknown = True
                 elif v is not (not decides):
-                    raise _Slow
+                    raise SlowPath
             return None if unknown else not decides
         return f
 
@@ -362,7 +362,7 @@ class _Compiler:
             if x is None or y is None:
                 return None
             if isinstance(x, (str, list, date)) or isinstance(y, (str, list, date)):
-                raise _Slow
+                raise SlowPath
             return op(_number(x), _number(y))
         return f
 
@@ -437,7 +437,7 @@ class _Compiler:
             return f_common
         if name == "list_intersect" and len(args) == 2:
             def f_intersect(L, R):  # only its length is known to be read (above)
-                raise _Slow
+                raise SlowPath
             f_intersect.intersect = tuple(args)
             return f_intersect
         fn = _FUNCS.get(name)
@@ -487,6 +487,6 @@ def _gamma(levels: list, left: Mapping[str, Any], right: Mapping[str, Any]) -> i
     for g, test in levels:
         if test is None or test(left, right) is True:
             return g
-    raise _Slow  # a CASE without ELSE gives NULL: let DuckDB say so
+    raise SlowPath  # a CASE without ELSE gives NULL: let DuckDB say so
 
 

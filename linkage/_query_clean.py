@@ -18,21 +18,21 @@ from typing import Any, Mapping, Sequence
 import polars as pl
 
 from idweave.linkage.errors import LookupInputError, SourceError
-from idweave.linkage.kinds import KINDS, NAME_KINDS, _ADDRESS_ABBREV, _NAME_NOISE, _PLACEHOLDER_IDS, clean_expr
+from idweave.linkage.kinds import KINDS, NAME_KINDS, ADDRESS_ABBREV, NAME_NOISE, PLACEHOLDER_IDS, clean_expr
 from idweave.linkage.project import Source
 from idweave.linkage.sources import derive_names, parse_dates, records_from_frame
 
 _QUERY_ID = "_lookup_row"
 
 
-class _Slow(Exception):
+class SlowPath(Exception):
     """The fast path cannot be sure to give what the polars / DuckDB path gives: take that."""
 
 
 _PRINTABLE = re.compile(r"[ -~]*")  # printable ASCII: Python and polars (Rust) regexes agree on it
-_NOISE_RE = re.compile(_NAME_NOISE)
-_ABBREV = [(re.compile(p), r) for p, r in _ADDRESS_ABBREV.items()]
-_ISO = re.compile(r"\d{4}-\d{2}-\d{2}")
+_NOISE_RE = re.compile(NAME_NOISE)
+_ABBREV = [(re.compile(p), r) for p, r in ADDRESS_ABBREV.items()]
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _PLAIN_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 _MISSING = object()
 _CLEANABLE = frozenset(KINDS) - {"date"}
@@ -73,7 +73,7 @@ def _clean_ascii(kind: str, s: str) -> Any:
         return re.sub(r"[^0-9A-Z]", "", s.upper()) or None
     if kind == "national_id":
         t = re.sub(r"[^0-9A-Z]", "", s.upper())
-        return t if len(t) >= 4 and not _one_char(t) and t not in _PLACEHOLDER_IDS else None
+        return t if len(t) >= 4 and not _one_char(t) and t not in PLACEHOLDER_IDS else None
     if kind == "phone":
         d = re.sub(r"[^0-9]", "", s)
         d = re.sub(r"^00", "", d, count=1)
@@ -89,9 +89,9 @@ def _clean_ascii(kind: str, s: str) -> Any:
     if kind == "number":
         t = re.sub(r"[, ]", "", s)
         if not _PLAIN_NUMBER.fullmatch(t):
-            raise _Slow
+            raise SlowPath
         return float(t)
-    raise _Slow
+    raise SlowPath
 
 
 # ---------------------------------------------------------------------------------------
@@ -99,7 +99,16 @@ def _clean_ascii(kind: str, s: str) -> Any:
 # ---------------------------------------------------------------------------------------
 
 
-def _check_attributes(rec: Mapping[str, Any], i: int, kinds: Mapping[str, str]) -> None:
+def check_attributes(rec: Mapping[str, Any], i: int, kinds: Mapping[str, str]) -> None:
+    """Refuse a query record (row ``i``) that names an attribute the project does not have;
+    the error names the row and the attribute, never a value.
+
+    >>> check_attributes({"name": "Ann"}, 0, {"name": "full_name"})
+    >>> check_attributes({"nmae": "Ann"}, 3, {"name": "full_name"})
+    Traceback (most recent call last):
+    ...
+    idweave.linkage.errors.LookupInputError: column 'nmae', record '3': unknown attribute 'nmae'; the project's attributes are name
+    """
     for a in rec:
         if a not in kinds:
             unknown = sorted(set(rec) - set(kinds))[0]
@@ -107,13 +116,13 @@ def _check_attributes(rec: Mapping[str, Any], i: int, kinds: Mapping[str, str]) 
                                    f"{', '.join(kinds)}", row=str(i), column=unknown)
 
 
-class _RecordCleaner:
+class RecordCleaner:
     """Cleans one query record in plain Python, no frames: printable-ASCII values with
     :func:`_clean_ascii`, ISO dates as they are, anything else with the polars expressions
     themselves, one value at a time (memoised). ``tests/test_lookup_fast.py`` checks it
-    against :func:`_clean_frames` on every fixture value and on random ones.
+    against :func:`clean_frames` on every fixture value and on random ones.
 
-    >>> _RecordCleaner({"name": "full_name", "born": "date"}).clean({"name": "SMITH, Ann", "born": "1980-03-25"}, None)
+    >>> RecordCleaner({"name": "full_name", "born": "date"}).clean({"name": "SMITH, Ann", "born": "1980-03-25"}, None)
     {'name': 'ann smith', 'born': '1980-03-25'}
     """
 
@@ -124,7 +133,7 @@ class _RecordCleaner:
         self._name_attrs = tuple(names.values()) if all(names.values()) else None
 
     def clean(self, rec: Mapping[str, Any], date_format: str | None) -> dict[str, Any] | None:
-        """One record (of known attributes) cleaned as :func:`_clean_frames` cleans it; None
+        """One record (of known attributes) cleaned as :func:`clean_frames` cleans it; None
         when it must take that path (no attribute named, a date that does not parse: that
         path reports the error)."""
         if not rec:
@@ -143,7 +152,7 @@ class _RecordCleaner:
                     out[a] = _clean_ascii(kind, s)
                 else:
                     out[a] = self._polars(kind, s)
-        except _Slow:
+        except SlowPath:
             return None
         if self._name_attrs is not None:  # sources.derive_names, for one record
             g, f, n = self._name_attrs
@@ -164,7 +173,7 @@ class _RecordCleaner:
         hit = self._memo.get(key, _MISSING)
         if hit is _MISSING:
             if kind not in _CLEANABLE:
-                raise _Slow
+                raise SlowPath
             hit = pl.DataFrame({"v": [s]}, schema={"v": pl.Utf8}).select(clean_expr(kind, pl.col("v"))).item()
             if len(self._memo) < 100_000:
                 self._memo[key] = hit
@@ -174,7 +183,7 @@ class _RecordCleaner:
         t = s.strip(" ") if _PRINTABLE.fullmatch(s) else None
         if t == "":
             return None
-        if t is not None and fmt in (None, "%Y-%m-%d") and _ISO.fullmatch(t) and t >= "1000":
+        if t is not None and fmt in (None, "%Y-%m-%d") and ISO_DATE.fullmatch(t) and t >= "1000":
             try:
                 date.fromisoformat(t)
                 return t  # the first format tried, and it reads the value: parse_dates keeps it as it is
@@ -185,19 +194,19 @@ class _RecordCleaner:
         if hit is _MISSING:
             hit = parse_dates(pl.Series("v", [s], dtype=pl.Utf8), fmt)[0][0]
             if hit is None:
-                raise _Slow  # unless it is blank, the polars path refuses it with the place
+                raise SlowPath  # unless it is blank, the polars path refuses it with the place
             if len(self._memo) < 100_000:
                 self._memo[key] = hit
         return hit
 
 
-def _clean_frames(records: Mapping[str, Any] | Sequence[Mapping[str, Any]] | Any, kinds: Mapping[str, str],
+def clean_frames(records: Mapping[str, Any] | Sequence[Mapping[str, Any]] | Any, kinds: Mapping[str, str],
                   date_format: str | None) -> pl.DataFrame:
     """Query records cleaned through polars, as a source is
     (:func:`~idweave.linkage.sources.records_from_frame` and
     :func:`~idweave.linkage.sources.derive_names`): one row per record, ``query`` its position.
 
-    >>> _clean_frames([{"name": "Ann"}, {"name": "LEE, Bo"}], {"name": "full_name"}, None)["name"].to_list()
+    >>> clean_frames([{"name": "Ann"}, {"name": "LEE, Bo"}], {"name": "full_name"}, None)["name"].to_list()
     ['ann', 'bo lee']
     """
     if isinstance(records, Mapping):
@@ -210,7 +219,7 @@ def _clean_frames(records: Mapping[str, Any] | Sequence[Mapping[str, Any]] | Any
         if not rows or not all(isinstance(r, Mapping) for r in rows):
             raise LookupInputError("give a record as a mapping of attribute -> value (or a list of them)")
         for i, r in enumerate(rows):
-            _check_attributes(r, i, kinds)
+            check_attributes(r, i, kinds)
         cols = [a for a in kinds if any(a in r for r in rows)]
         raw = pl.DataFrame([{a: (None if r.get(a) is None else str(r.get(a))) for a in cols} for r in rows],
                            schema={a: pl.Utf8 for a in cols})

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import polars as pl
 
-from idweave.blocking.pairs import _key_frame
+from idweave.blocking.pairs import key_frame
 from idweave.linkage import model as model_mod
 from idweave.linkage._db import query_pl
 from idweave.linkage.errors import IdweaveError
@@ -122,8 +122,8 @@ def explain_pair(project: Project | str | Path | Mapping[str, Any], left: tuple[
 
 def _rule_agrees(rule, both: pl.DataFrame, a: int, b: int) -> bool:
     """Would ``rule`` put record ``a`` (left) and ``b`` (right) side by side?"""
-    left = _key_frame(both, rule, "l").filter(pl.col("rid") == a)["key"].to_list()
-    right = _key_frame(both, rule, "r").filter(pl.col("rid") == b)["key"].to_list()
+    left = key_frame(both, rule, "l").filter(pl.col("rid") == a)["key"].to_list()
+    right = key_frame(both, rule, "r").filter(pl.col("rid") == b)["key"].to_list()
     return bool(set(left) & set(right))
 
 

@@ -33,9 +33,9 @@ KINDS = (
 NAME_KINDS = ("given_name", "family_name", "full_name")
 
 # Titles and suffixes that say nothing about who a person is.
-_NAME_NOISE = r"\b(mr|mrs|ms|miss|dr|prof|sir|dame|jr|sr|ii|iii|iv)\b"
+NAME_NOISE = r"\b(mr|mrs|ms|miss|dr|prof|sir|dame|jr|sr|ii|iii|iv)\b"
 # Identifier placeholders: all one repeated character, or an obvious counting run.
-_PLACEHOLDER_IDS = ("123456789", "1234567890", "012345678", "987654321")
+PLACEHOLDER_IDS = ("123456789", "1234567890", "012345678", "987654321")
 
 
 # Letters that Unicode does not decompose into a base letter and an accent, so NFKD alone
@@ -64,7 +64,7 @@ def _null_if_empty(e: pl.Expr) -> pl.Expr:
 
 
 def _name(e: pl.Expr) -> pl.Expr:
-    t = _basic_text(e).str.replace_all(_NAME_NOISE, " ")
+    t = _basic_text(e).str.replace_all(NAME_NOISE, " ")
     t = t.str.replace_all(r"[0-9]+", " ").str.replace_all(r"\s+", " ").str.strip_chars()
     return _null_if_empty(t)
 
@@ -90,7 +90,7 @@ def _one_repeated_char(t: pl.Expr) -> pl.Expr:
 
 def _identifier(e: pl.Expr) -> pl.Expr:
     t = e.cast(pl.Utf8).str.to_uppercase().str.replace_all(r"[^0-9A-Z]", "")
-    placeholder = _one_repeated_char(t) | t.is_in(list(_PLACEHOLDER_IDS))
+    placeholder = _one_repeated_char(t) | t.is_in(list(PLACEHOLDER_IDS))
     # Fewer than 4 characters identify nobody; treat them as missing like placeholders.
     return pl.when((t.str.len_chars() >= 4) & ~placeholder).then(t).otherwise(None)
 
@@ -127,7 +127,7 @@ def _category(e: pl.Expr) -> pl.Expr:
     return _null_if_empty(_basic_text(e))
 
 
-_ADDRESS_ABBREV = {
+ADDRESS_ABBREV = {
     r"\bst\b": "street", r"\brd\b": "road", r"\bave?\b": "avenue", r"\bdr\b": "drive",
     r"\bln\b": "lane", r"\bct\b": "court", r"\bpl\b": "place", r"\bcres\b": "crescent",
     r"\bsq\b": "square", r"\bblvd\b": "boulevard", r"\bapt\b": "apartment", r"\bflt\b": "flat",
@@ -136,7 +136,7 @@ _ADDRESS_ABBREV = {
 
 def _address(e: pl.Expr) -> pl.Expr:
     t = _basic_text(e)
-    for pat, rep in _ADDRESS_ABBREV.items():
+    for pat, rep in ADDRESS_ABBREV.items():
         t = t.str.replace_all(pat, rep)
     return _null_if_empty(t)
 

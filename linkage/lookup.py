@@ -46,7 +46,7 @@ from idweave.blocking.rules import Rule
 from idweave.linkage import model as model_mod
 from idweave.linkage._db import fetch_one, query_pl
 from idweave.linkage._levels import _compile_comparison, _duckdb_fuses, _gamma
-from idweave.linkage._query_clean import _check_attributes, _clean_frames, _RecordCleaner, _Slow
+from idweave.linkage._query_clean import check_attributes, clean_frames, RecordCleaner, SlowPath
 from idweave.linkage.errors import LookupInputError, StoreError
 from idweave.linkage.graph import Store
 from idweave.linkage.project import Project
@@ -248,7 +248,7 @@ class Matcher:
         self._py_levels = [_compile_comparison(c) for c in self.model.settings["comparisons"]]
         _duckdb_fuses()  # asked once, now, rather than during a query
         self._log_prior = math.log2(self._parts.prior / (1 - self._parts.prior))
-        self._cleaner = _RecordCleaner(self.kinds)
+        self._cleaner = RecordCleaner(self.kinds)
 
     # ------------------------------------------------------------------ querying
     def clean(self, records: Mapping[str, Any] | Sequence[Mapping[str, Any]] | Any, *,
@@ -263,13 +263,13 @@ class Matcher:
         ('jose', None, 'jose', '1980-03-25')
         """
         if isinstance(records, Mapping):
-            _check_attributes(records, 0, self.kinds)
+            check_attributes(records, 0, self.kinds)
             rec = self._cleaner.clean(records, date_format)
             if rec is not None:
                 return pl.DataFrame([[rec[a]] for a in self.kinds] + [[0]], orient="col",
                                     schema={**{a: pl.Float64 if k == "number" else pl.Utf8 for a, k in self.kinds.items()},
                                             "query": pl.Int64})
-        return _clean_frames(records, self.kinds, date_format)
+        return clean_frames(records, self.kinds, date_format)
 
     def candidates(self, rec: Mapping[str, Any], *, source: str | None = None) -> dict[int, int]:
         """Stored rids a batch run would pair with this cleaned record -> the first rule that
@@ -355,7 +355,7 @@ class Matcher:
         if n:
             try:
                 gam = self._gammas_py(left, q_idx, rids)
-            except _Slow:
+            except SlowPath:
                 gam = None
             if gam is None:
                 gam = self._gammas_sql(left, q_idx, rids)
@@ -394,7 +394,7 @@ class Matcher:
 
     def _gammas_py(self, left: Mapping[int, dict], q_idx: list[int], rids: list[int]) -> list[list[int]] | None:
         """Each comparison's level per pair, in Python (None when a comparison has SQL the
-        evaluator does not know; raises :class:`_Slow` for a value it cannot vouch for)."""
+        evaluator does not know; raises :class:`SlowPath` for a value it cannot vouch for)."""
         if any(c is None for c in self._py_levels):
             return None
         sub = self._right[rids]
@@ -465,9 +465,9 @@ class Matcher:
         one = None
         try:
             if isinstance(records, Mapping):
-                _check_attributes(records, 0, self.kinds)
+                check_attributes(records, 0, self.kinds)
                 one = self._cleaner.clean(records, date_format)
-            recs = [one] if one is not None else list(_clean_frames(records, self.kinds, date_format)
+            recs = [one] if one is not None else list(clean_frames(records, self.kinds, date_format)
                                                       .iter_rows(named=True))
         except LookupInputError as exc:
             raise _query_error(exc, single=one is None and isinstance(records, Mapping)) from None

@@ -114,14 +114,14 @@ def test_scores_equal_splink_scoring_the_same_pairs(tiny) -> None:
 
 
 def test_every_key_of_every_record_is_the_key_blocking_makes(tiny) -> None:
-    from idweave.blocking.pairs import _key_frame
+    from idweave.blocking.pairs import key_frame
 
     project, store = tiny
     with Matcher(project, store=store) as m:
         recs = m.records
         for ri in m._index:
             for side in ("l", "r"):
-                want = _key_frame(recs, ri.rule, side).group_by("rid").agg(pl.col("key").sort())
+                want = key_frame(recs, ri.rule, side).group_by("rid").agg(pl.col("key").sort())
                 want = {r: k for r, k in want.iter_rows()}
                 for rec in recs.iter_rows(named=True):
                     combos = [m._memo_for(k.left if side == "l" else k.right, k.transforms).get(

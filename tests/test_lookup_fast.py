@@ -24,7 +24,7 @@ from idweave.linkage._incremental import canonical_scores
 from idweave.linkage.errors import LookupInputError
 from idweave.linkage.kinds import KINDS
 from idweave.linkage._levels import _Compiler, _jaro_winkler
-from idweave.linkage._query_clean import _clean_frames, _RecordCleaner, _Slow
+from idweave.linkage._query_clean import clean_frames, RecordCleaner, SlowPath
 from idweave.linkage.lookup import Matcher
 from idweave.linkage.project import load_project
 from idweave.linkage.readers import read_source
@@ -34,14 +34,14 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def polars_clean(rows: list[dict], kinds: dict[str, str], fmt: str | None) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "query"} for r in _clean_frames(rows, kinds, fmt).iter_rows(named=True)]
+    return [{k: v for k, v in r.items() if k != "query"} for r in clean_frames(rows, kinds, fmt).iter_rows(named=True)]
 
 
 def check_batch(rows: list[dict], kinds: dict[str, str], fmt: str | None) -> int:
     """Every row cleaned fast equals the polars cleaning (rows whose values are cleaned
     independently of each other: no date column without a format). Returns how many took the
     fast path."""
-    cleaner = _RecordCleaner(kinds)
+    cleaner = RecordCleaner(kinds)
     want = polars_clean(rows, kinds, fmt)
     fast = 0
     for row, w in zip(rows, want):
@@ -71,7 +71,7 @@ def test_fast_cleaning_is_the_polars_cleaning_on_every_fixture_value(fixture: st
                 fast += check_batch([{a: v} for v in values], kinds, src.date_format)
                 total += len(values)
             else:  # no format: the polars path infers one per batch, so one value at a time
-                cleaner = _RecordCleaner(kinds)
+                cleaner = RecordCleaner(kinds)
                 for v in values:
                     got = cleaner.clean({a: v}, None)
                     assert got == polars_clean([{a: v}], kinds, None)[0]
@@ -106,7 +106,7 @@ def test_fast_cleaning_of_dates(day: date, written: str, fmt: str | None, noise:
     kinds = {"born": "date", "name": "given_name"}
     fmt = written if fmt == "given" else fmt
     for value in (day.strftime(written), day.strftime(written) + noise, noise + day.strftime(written)):
-        got = _RecordCleaner(kinds).clean({"born": value}, fmt)
+        got = RecordCleaner(kinds).clean({"born": value}, fmt)
         try:
             want = polars_clean([{"born": value}], kinds, fmt)[0]
         except LookupInputError:
@@ -216,7 +216,7 @@ def test_every_level_is_the_sql_level_on_random_pairs(column: str, levels: list[
             right = {k[:-2]: v for k, v in row.items() if k.endswith("_r")}
             try:
                 got = test(left, right)
-            except _Slow:
+            except SlowPath:
                 continue
             assert (got is True) == (w is True), (lv["sql_condition"], row, got, w)
             checked += 1
@@ -263,5 +263,5 @@ def test_scores_do_not_depend_on_the_path(linked: Path) -> None:
         slow = m.score(q, pairs)
         assert fast.equals(slow) and fast.height == len(pairs) > 0
         # the frames path gives the same answer as the single-dict path
-        assert m.clean(query).equals(_clean_frames(query, m.kinds, None))
+        assert m.clean(query).equals(clean_frames(query, m.kinds, None))
         assert m.lookup(query).equals(m.lookup([query]))

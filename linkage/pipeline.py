@@ -33,6 +33,8 @@ from idweave.linkage.sources import LoadReport, load_records
 if TYPE_CHECKING:
     import numpy as np
 
+    from idweave.linkage import _incremental as inc
+
 __all__ = ["link", "LinkResult", "Progress"]
 
 Progress = Callable[[str, str], None]  # (stage, "start" | "end")
@@ -131,188 +133,357 @@ def link(
         raise
 
 
+@dataclass
+class _Run:
+    """The state of one run, filled in stage by stage (each stage's fields are listed where
+    it sets them). Only the stage functions below read or write it."""
+
+    proj: Project
+    timer: _Timer
+    threshold: float | None
+    retrain: bool
+    full: bool
+    started: Any = None
+    report: LoadReport = field(default_factory=LoadReport)
+    exclusive: list[str] = field(default_factory=list)
+    method: str = DEFAULT_CLUSTERING
+    min_average: float = 0.5
+    st: Any = None                      # the open Store (compare .. write)
+    # load
+    index: Any = None
+    loaded: Any = None
+    n_erased: int | None = None
+    # compare
+    delta: Any = None
+    records: Any = None
+    with_attributes: Any = None
+    rules: list = field(default_factory=list)
+    # train
+    trained: Any = None
+    retrained: bool = False
+    version: str = ""
+    sig: str = ""
+    prev: dict[str, Any] | None = None
+    mode: str = "full"
+    why: str = ""
+    rule_names: dict[int, str] = field(default_factory=dict)
+    # block
+    pairs: Any = None
+    dirty: Any = None
+    flip_pairs: Any = None
+    flipped: int = 0
+    new_keys: Any = None
+    # score
+    scored: Any = None
+    blocking: Any = None
+    derived_stored: Any = None
+    seeds: Any = None
+    gone_neighbours: Any = None
+    flip_old: Any = None
+    # affected
+    thr: float = 0.0
+    chosen: bool = False
+    must: list = field(default_factory=list)
+    cannot: list = field(default_factory=list)
+    reclustered_all: bool = True
+    constrained: Any = None
+    affected: Any = None
+    aff_mask: Any = None
+    blocking_affected: Any = None
+    # complete
+    derived: Any = None
+    derived_kept: Any = None
+    derived_light: Any = None
+    derived_drop: Any = None
+    # cluster
+    clusters: Any = None
+    joined: Any = None
+    links: Any = None
+    n_strong: int = 0
+    # write
+    entities: Any = None
+    sizes: dict = field(default_factory=dict)
+    run_id: int | None = None
+    n_events: int = 0
+
+    @property
+    def incremental(self) -> bool:
+        return self.mode == "incremental"
+
+
+_LIGHT = ["rid_l", "rid_r", "rule", "match_probability"]
+_NO_PAIRS = {"rid_l": pl.Int64, "rid_r": pl.Int64}
+
+
 def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, progress: Progress | None,
           wait: float) -> LinkResult:
-    """The body of :func:`link`, on a resolved project."""
+    """The body of :func:`link`, on a resolved project: DESIGN.md's chain of verbs, one stage
+    function each, over one :class:`_Run`. Everything before ``write`` only reads the store."""
+    run = _Run(proj, _Timer(progress), threshold, retrain, full, started=utc_now())
+    run.exclusive = [s.name for s in proj.sources.values() if s.exclusive]
+    run.method = str(proj.clustering.get("method", DEFAULT_CLUSTERING))
+    run.min_average = float(proj.clustering.get("min_average", 0.5))
+    _load(run)
+    with Store.open(proj.store, wait=wait) as st:
+        run.st = st
+        _compare(run)
+        _train(run)
+        _block(run)
+        _score(run)
+        _affected(run)
+        _complete(run)
+        _cluster(run)
+        _write(run)
+    return _result(run)
+
+
+def _load(run: _Run) -> None:
+    """Read, map and clean the sources (skipping unchanged rows of the stored index), and
+    screen erased records, before the store is taken."""
+    from idweave.linkage.forget import screen_erased
+    from idweave.linkage.privacy import check_project_store
+
+    proj = run.proj
+    with run.timer.stage("load"):
+        check_project_store(proj)  # a missing or wrong pseudonymisation key stops the run here
+        run.index = _stored_index(proj.store if not run.full else None)
+        loaded = load_records(proj, report=run.report, stored=run.index.by_source)
+        run.loaded, run.n_erased = screen_erased(proj, loaded, run.report)  # erased records refused or skipped
+
+
+def _compare(run: _Run) -> None:
+    """The run's records against the store: new, changed, gone and unchanged (``delta``), and
+    the blocking rules for the attributes present."""
+    from idweave.linkage import _incremental as inc
+    from idweave.linkage.forget import screen_erased
+    from idweave.linkage.privacy import check_store
+
+    proj, st = run.proj, run.st
+    check_store(proj, st)  # again, in case the store was busy when loading looked
+    if run.n_erased is None:  # the store was busy when loading looked
+        run.loaded, run.n_erased = screen_erased(proj, run.loaded, run.report, st=st)
+    with run.timer.stage("compare"):
+        try:
+            delta = inc.compare(st, proj, run.loaded, run.index)
+        except inc.StaleReuse:  # the store changed after loading read it: load again
+            run.report = LoadReport()
+            run.index = inc.StoredIndex.read(st)
+            delta = inc.compare(st, proj, screen_erased(proj, load_records(proj, report=run.report,
+                                                                           stored=run.index.by_source),
+                                                        run.report, st=st)[0], run.index)
+    run.delta = delta
+    # In an incremental run the records carry no attributes: those of the records cleaned
+    # now are in delta.fresh, the others stay in the store until a pair needs them.
+    run.records = delta.records
+    run.with_attributes = functools.cache(lambda: inc.attributes(st, delta))  # every record's, read once if needed
+    run.rules = project_rules(proj, present=inc.present_attributes(st, delta, list(proj.attributes)))
+
+
+def _signature(run: _Run) -> str:
+    from idweave.blocking.pairs import DEFAULT_MAX_BLOCK
+    from idweave.linkage import _incremental as inc
+
+    return inc.signature(run.proj, run.rules, run.exclusive, DEFAULT_MAX_BLOCK, run.version,
+                         model_mod.splink_version(), run.method, run.min_average)
+
+
+def _train(run: _Run) -> None:
+    """The stored model, or a new one; then full or incremental (``mode``, ``why``)."""
+    st = run.st
+    with run.timer.stage("train"):
+        run.trained, run.retrained = _model_for(run.proj, st, run.with_attributes, run.retrain)
+    run.version = run.trained.version  # a hash of the model and its term-frequency tables: once
+    run.sig = _signature(run)
+    run.prev = st.last_run_info()
+    run.mode, run.why = _choose_mode(run.full, run.retrained, run.prev, run.sig,
+                                     st.has_table("block_keys") and st.has_table("joins")
+                                     and "rk_l" in st.columns("links"))
+    if not run.incremental and run.delta.fresh is not None:
+        with run.timer.stage("read stored attributes"):
+            run.records = run.with_attributes()
+    run.rule_names = {i: r.name for i, r in enumerate(run.rules)}
+    run.rule_names[COMPLETION_RULE] = "cluster completion"
+
+
+def _block(run: _Run) -> None:
+    """Candidate pairs: all of them (full), or those of new and changed records and of blocks
+    that crossed their cap (incremental)."""
     from idweave.blocking.pairs import DEFAULT_MAX_BLOCK
     from idweave.linkage import _blockkeys as bk
     from idweave.linkage import _incremental as inc
-    from idweave.linkage.forget import erased_neighbours, screen_erased
-    from idweave.linkage.privacy import check_project_store, check_store
 
-    started = utc_now()
-    timer = _Timer(progress)
-    report = LoadReport()
-    with timer.stage("load"):
-        check_project_store(proj)  # a missing or wrong pseudonymisation key stops the run here
-        index = _stored_index(proj.store if not full else None)
-        loaded = load_records(proj, report=report, stored=index.by_source)
-        loaded, n_erased = screen_erased(proj, loaded, report)  # erased records refused or skipped
-    exclusive_sources = [s.name for s in proj.sources.values() if s.exclusive]
-    method = str(proj.clustering.get("method", DEFAULT_CLUSTERING))
-    min_average = float(proj.clustering.get("min_average", 0.5))
-    light_cols = ["rid_l", "rid_r", "rule", "match_probability"]
+    records = run.records
+    with run.timer.stage("block"):
+        if run.incremental:
+            plan = bk.plan_pairs(run.st, records, inc.attributes(run.st, run.delta, run.delta.dirty_rids),
+                                 run.delta.gone_rks, run.rules, max_block=DEFAULT_MAX_BLOCK, exclusive=run.exclusive)
+            run.pairs, run.dirty, run.flip_pairs, run.flipped = plan.pairs, plan.dirty, plan.flip_pairs, plan.flipped_members
+            run.new_keys = plan.new_keys
+        else:
+            keys, run.new_keys = bk.all_keys(records, run.rules)
+            run.pairs = generate_pairs(records, run.rules, exclusive=run.exclusive, stats=PairStats(), keys=keys)
+            run.dirty, run.flip_pairs, run.flipped = records["rid"], pl.DataFrame(schema=_NO_PAIRS), 0
+            del keys
 
-    with Store.open(proj.store, wait=wait) as st:
-        check_store(proj, st)  # again, in case the store was busy when loading looked
-        if n_erased is None:  # the store was busy when loading looked
-            loaded, n_erased = screen_erased(proj, loaded, report, st=st)
-        with timer.stage("compare"):
-            try:
-                delta = inc.compare(st, proj, loaded, index)
-            except inc.StaleReuse:  # the store changed after loading read it: load again
-                report = LoadReport()
-                index = inc.StoredIndex.read(st)
-                delta = inc.compare(st, proj, screen_erased(proj, load_records(proj, report=report,
-                                                                               stored=index.by_source), report, st=st)[0], index)
-        # In an incremental run the records carry no attributes: those of the records cleaned
-        # now are in delta.fresh, the others stay in the store until a pair needs them.
-        records = delta.records
-        with_attributes = functools.cache(lambda: inc.attributes(st, delta))  # every record's, read once if needed
-        rules = project_rules(proj, present=inc.present_attributes(st, delta, list(proj.attributes)))
-        with timer.stage("train"):
-            trained, retrained = _model_for(proj, st, with_attributes, retrain)
-        version = trained.version  # a hash of the model and its term-frequency tables: once
-        sig = inc.signature(proj, rules, exclusive_sources, DEFAULT_MAX_BLOCK, version,
-                            model_mod.splink_version(), method, min_average)
-        prev = st.last_run_info()
-        mode, why = _choose_mode(full, retrained, prev, sig,
-                                 st.has_table("block_keys") and st.has_table("joins")
-                                 and "rk_l" in st.columns("links"))
-        incremental = mode == "incremental"
-        if not incremental and delta.fresh is not None:
-            with timer.stage("read stored attributes"):
-                records = with_attributes()
-        rule_names = {i: r.name for i, r in enumerate(rules)}
-        rule_names[COMPLETION_RULE] = "cluster completion"
-        stats = PairStats()
-        no_pairs = pl.DataFrame(schema={"rid_l": pl.Int64, "rid_r": pl.Int64})
-        with timer.stage("block"):
-            if incremental:
-                plan = bk.plan_pairs(st, records, inc.attributes(st, delta, delta.dirty_rids), delta.gone_rks,
-                                     rules, max_block=DEFAULT_MAX_BLOCK, exclusive=exclusive_sources)
-                pairs, dirty, flip_pairs, flipped = plan.pairs, plan.dirty, plan.flip_pairs, plan.flipped_members
-                new_keys = plan.new_keys
-            else:
-                keys, new_keys = bk.all_keys(records, rules)
-                pairs = generate_pairs(records, rules, exclusive=exclusive_sources, stats=stats, keys=keys)
-                dirty, flip_pairs, flipped = records["rid"], no_pairs, 0
-                del keys
-        with timer.stage("score"):
-            scored = model_mod.score_pairs(inc.records_of(records, pairs, st, delta), pairs, trained,
-                                           engine=proj.engine)
-            if retrained:
-                # A new model's prior comes from its own candidate pairs (a retrain is always
-                # a full run, so every pair was scored).
-                trained, scored = model_mod.refine_prior(trained, scored, possible_pairs(records, exclusive_sources))
-                version = trained.version
-                sig = inc.signature(proj, rules, exclusive_sources, DEFAULT_MAX_BLOCK, version,
-                                    model_mod.splink_version(), method, min_average)
-            scored = inc.canonical_scores(scored, trained.prior)
-            blocking = scored.select(light_cols)
-            derived_stored = blocking.clear()
-            seeds = dirty
-            gone_neighbours = dirty.clear()
-            flip_old = blocking.clear()
-            if incremental:
-                # Stored links stand unless they touch a new or changed record or lie in a
-                # block that crossed its cap; the ends of those that go are re-clustered.
-                stored = inc.stored_links(st, records, {n: i for i, n in rule_names.items()},
-                                          derived=COMPLETION_RULE)
-                goes = _ends(stored, _rid_mask(records.height, dirty), both=False)
-                if flip_pairs.height:
-                    in_flip = _pair_key(stored, records.height).is_in(_pair_key(flip_pairs, records.height).implode())
-                    flip_old = stored.filter(in_flip)
-                    goes = goes | in_flip
-                hit, kept = stored.filter(goes), stored.filter(~goes)
-                gone_neighbours = pl.concat([inc.removed_neighbours(st, records, delta.removed),
+
+def _score(run: _Run) -> None:
+    """Score the new pairs; in an incremental run, join them to the stored links that stand
+    (``blocking``) and collect the records to cluster again from (``seeds``)."""
+    from idweave.linkage import _incremental as inc
+    from idweave.linkage.forget import erased_neighbours
+
+    st, records, dirty = run.st, run.records, run.dirty
+    with run.timer.stage("score"):
+        scored = model_mod.score_pairs(inc.records_of(records, run.pairs, st, run.delta), run.pairs, run.trained,
+                                       engine=run.proj.engine)
+        if run.retrained:
+            # A new model's prior comes from its own candidate pairs (a retrain is always
+            # a full run, so every pair was scored).
+            run.trained, scored = model_mod.refine_prior(run.trained, scored, possible_pairs(records, run.exclusive))
+            run.version = run.trained.version
+            run.sig = _signature(run)
+        run.scored = scored = inc.canonical_scores(scored, run.trained.prior)
+        blocking = scored.select(_LIGHT)
+        run.derived_stored = blocking.clear()
+        run.seeds = dirty
+        run.gone_neighbours = dirty.clear()
+        run.flip_old = blocking.clear()
+        if run.incremental:
+            # Stored links stand unless they touch a new or changed record or lie in a
+            # block that crossed its cap; the ends of those that go are re-clustered.
+            stored = inc.stored_links(st, records, {n: i for i, n in run.rule_names.items()},
+                                      derived=COMPLETION_RULE)
+            goes = _ends(stored, _rid_mask(records.height, dirty), both=False)
+            if run.flip_pairs.height:
+                in_flip = _pair_key(stored, records.height).is_in(_pair_key(run.flip_pairs, records.height).implode())
+                run.flip_old = stored.filter(in_flip)
+                goes = goes | in_flip
+            hit, kept = stored.filter(goes), stored.filter(~goes)
+            run.gone_neighbours = pl.concat([inc.removed_neighbours(st, records, run.delta.removed),
                                              erased_neighbours(st, records)])
-                seeds = pl.concat([dirty, hit["rid_l"], hit["rid_r"], pairs["rid_l"], pairs["rid_r"], gone_neighbours])
-                derived_stored = kept.filter(pl.col("rule") == COMPLETION_RULE)
-                blocking = pl.concat([kept.filter(pl.col("rule") != COMPLETION_RULE), blocking])
-        with timer.stage("affected"):  # the threshold, and the part of the graph to cluster again
-            thr = threshold if threshold is not None else proj.threshold
-            chosen = thr is None
-            if thr is None:
-                thr = choose_threshold(blocking["match_probability"])
-            must, cannot = _decision_constraints(st, records)
-            reclustered_all = not (incremental and prev is not None and prev["threshold"] == thr)
-            constrained = pl.Series("rid", [r for pair in [*must, *cannot] for r in pair], dtype=pl.Int64)
-            if reclustered_all:
-                affected = records["rid"]
-            else:
-                strong = pl.concat([blocking.filter(pl.col("match_probability") >= thr).select("rid_l", "rid_r"),
-                                    pl.DataFrame(must, schema={"rid_l": pl.Int64, "rid_r": pl.Int64}, orient="row")])
-                affected = closure(pl.concat([seeds.cast(pl.Int64), constrained]), strong, records["rid"])
-        aff = affected.implode()
-        aff_mask = _rid_mask(records.height, affected)
-        blocking_affected = blocking.filter(_ends(blocking, aff_mask, both=True))
-        touches_affected = _ends(derived_stored, aff_mask, both=False)
-        # Completion links are a function of each component: those of untouched components
-        # stand; inside the re-clustered part they are recomputed, scoring only pairs not
-        # already stored (a stored score is the score).
-        derived = scored.clear()
-        derived_kept = derived_stored.filter(~touches_affected)
-        derived_reused = derived_stored.clear()
-        derived_drop = no_pairs
-        if method == "average":
-            with timer.stage("complete"):
-                extra = completion_pairs(blocking_affected, affected, threshold=thr)
-                old = derived_stored.filter(touches_affected)
-                old_key, extra_key = _pair_key(old, records.height), _pair_key(extra, records.height)
-                wanted = old_key.is_in(extra_key.implode())
-                derived_reused = old.filter(wanted)
-                derived_drop = old.filter(~wanted).select("rid_l", "rid_r")
-                extra = extra.filter(~extra_key.is_in(old_key.implode()))
-                if extra.height:
-                    derived = inc.canonical_scores(model_mod.score_pairs(
-                        inc.records_of(records, extra, st, delta),
-                        extra.with_columns(pl.lit(COMPLETION_RULE, pl.Int32).alias("rule")), trained,
-                        engine=proj.engine), trained.prior).select(scored.columns)
-        elif derived_stored.height:
-            derived_drop = derived_stored.select("rid_l", "rid_r")
-        derived_light = pl.concat([derived_reused, derived.select(light_cols)])
-        with timer.stage("cluster"):
-            cl_links = pl.concat([blocking_affected, derived_light]).sort("rid_l", "rid_r")
-            excl = {rid: s for rid, s in records.filter(pl.col("source").is_in(exclusive_sources)
-                                                        & pl.col("rid").is_in(aff))
-                    .select("rid", "source").iter_rows()}
-            replay = {}
-            if not reclustered_all:
-                # Replay the last run's joins: only decisions touching a record whose links
-                # may differ from the last run's are made again (see cluster()); every other
-                # record's links among the re-clustered ones are as they were.
-                # A link of a flipped block changed only if it is not the same pair with the
-                # same probability before and after (most are: another rule still makes them).
-                flip_new = pl.concat([scored.select(light_cols), derived_light]).join(
-                    flip_pairs, on=["rid_l", "rid_r"], how="semi")
-                on = ["rid_l", "rid_r", "match_probability"]
-                flip_changed = pl.concat([flip_old.join(flip_new, on=on, how="anti").select("rid_l", "rid_r"),
-                                          flip_new.join(flip_old, on=on, how="anti").select("rid_l", "rid_r")])
-                changed_links = pl.concat([flip_changed, derived_drop, derived.select("rid_l", "rid_r")])
-                replay = {"previous_joined": inc.stored_joins(st, records, affected),
-                          "dirty": pl.concat([dirty, changed_links["rid_l"], changed_links["rid_r"],
-                                              gone_neighbours, constrained]).unique()}
-            clusters, joined = cluster(cl_links, affected, threshold=thr, exclusive=excl, must_link=must,
-                                       cannot_link=cannot, method=method, min_average=min_average,
-                                       with_trace=True, **replay)
-        links = pl.concat([blocking, derived_kept, derived_light])
-        n_strong = int((links["match_probability"] >= thr).sum()) if links.height else 0
-        with timer.stage("store"):
-            write = inc.RunWrite(
-                mode=mode, records=records, seen=delta.seen, delta=delta,
-                new_links=pl.concat([scored, derived]), rule_names=rule_names, rescored=dirty,
-                drop_pairs=pl.concat([flip_pairs, derived_drop]), affected=affected, clusters=clusters,
-                new_keys=new_keys, joined=joined, reclustered_all=reclustered_all,
-                n_links_total=links.height, n_strong_total=n_strong, started=started,
-                row={"project_hash": proj.config_hash(), "model_version": version, "threshold": thr,
-                     "clustering": method, "signature": sig,
-                     "summary": json.dumps({"timings": timer.timings, "report": report.__dict__,
-                                            "mode_reason": why, "training_log": trained.training_log})})
-            entities, sizes, run_id, n_events = inc.write_run(st, proj, write, trained, model_mod.splink_version())
-        if retrained or not proj.model_file.exists():
-            trained.save(proj.model_file)
+            run.seeds = pl.concat([dirty, hit["rid_l"], hit["rid_r"], run.pairs["rid_l"], run.pairs["rid_r"],
+                                   run.gone_neighbours])
+            run.derived_stored = kept.filter(pl.col("rule") == COMPLETION_RULE)
+            blocking = pl.concat([kept.filter(pl.col("rule") != COMPLETION_RULE), blocking])
+        run.blocking = blocking
 
+
+def _affected(run: _Run) -> None:
+    """The threshold, the decisions in force, and the part of the graph to cluster again."""
+    records, blocking = run.records, run.blocking
+    with run.timer.stage("affected"):
+        thr = run.threshold if run.threshold is not None else run.proj.threshold
+        run.chosen = thr is None
+        if thr is None:
+            thr = choose_threshold(blocking["match_probability"])
+        run.thr = thr
+        run.must, run.cannot = must, cannot = _decision_constraints(run.st, records)
+        run.reclustered_all = not (run.incremental and run.prev is not None and run.prev["threshold"] == thr)
+        run.constrained = pl.Series("rid", [r for pair in [*must, *cannot] for r in pair], dtype=pl.Int64)
+        if run.reclustered_all:
+            run.affected = records["rid"]
+        else:
+            strong = pl.concat([blocking.filter(pl.col("match_probability") >= thr).select("rid_l", "rid_r"),
+                                pl.DataFrame(must, schema=_NO_PAIRS, orient="row")])
+            run.affected = closure(pl.concat([run.seeds.cast(pl.Int64), run.constrained]), strong, records["rid"])
+    run.aff_mask = _rid_mask(records.height, run.affected)
+    run.blocking_affected = blocking.filter(_ends(blocking, run.aff_mask, both=True))
+
+
+def _complete(run: _Run) -> None:
+    """Average linkage: score the pairs that complete each re-clustered component. Completion
+    links are a function of each component: those of untouched components stand; inside the
+    re-clustered part they are recomputed, scoring only pairs not already stored (a stored
+    score is the score)."""
+    from idweave.linkage import _incremental as inc
+
+    records, derived_stored = run.records, run.derived_stored
+    touches_affected = _ends(derived_stored, run.aff_mask, both=False)
+    derived = run.scored.clear()
+    run.derived_kept = derived_stored.filter(~touches_affected)
+    derived_reused = derived_stored.clear()
+    derived_drop = pl.DataFrame(schema=_NO_PAIRS)
+    if run.method == "average":
+        with run.timer.stage("complete"):
+            extra = completion_pairs(run.blocking_affected, run.affected, threshold=run.thr)
+            old = derived_stored.filter(touches_affected)
+            old_key, extra_key = _pair_key(old, records.height), _pair_key(extra, records.height)
+            wanted = old_key.is_in(extra_key.implode())
+            derived_reused = old.filter(wanted)
+            derived_drop = old.filter(~wanted).select("rid_l", "rid_r")
+            extra = extra.filter(~extra_key.is_in(old_key.implode()))
+            if extra.height:
+                derived = inc.canonical_scores(model_mod.score_pairs(
+                    inc.records_of(records, extra, run.st, run.delta),
+                    extra.with_columns(pl.lit(COMPLETION_RULE, pl.Int32).alias("rule")), run.trained,
+                    engine=run.proj.engine), run.trained.prior).select(run.scored.columns)
+    elif derived_stored.height:
+        derived_drop = derived_stored.select("rid_l", "rid_r")
+    run.derived, run.derived_drop = derived, derived_drop
+    run.derived_light = pl.concat([derived_reused, derived.select(_LIGHT)])
+
+
+def _cluster(run: _Run) -> None:
+    """Cluster the affected records (replaying the last run's joins where their links are as
+    they were), with exclusivity and the decisions' must- and cannot-links."""
+    from idweave.linkage import _incremental as inc
+
+    records, aff = run.records, run.affected.implode()
+    with run.timer.stage("cluster"):
+        cl_links = pl.concat([run.blocking_affected, run.derived_light]).sort("rid_l", "rid_r")
+        excl = {rid: s for rid, s in records.filter(pl.col("source").is_in(run.exclusive)
+                                                    & pl.col("rid").is_in(aff))
+                .select("rid", "source").iter_rows()}
+        replay = {}
+        if not run.reclustered_all:
+            # Replay the last run's joins: only decisions touching a record whose links
+            # may differ from the last run's are made again (see cluster()); every other
+            # record's links among the re-clustered ones are as they were.
+            # A link of a flipped block changed only if it is not the same pair with the
+            # same probability before and after (most are: another rule still makes them).
+            flip_new = pl.concat([run.scored.select(_LIGHT), run.derived_light]).join(
+                run.flip_pairs, on=["rid_l", "rid_r"], how="semi")
+            on = ["rid_l", "rid_r", "match_probability"]
+            flip_changed = pl.concat([run.flip_old.join(flip_new, on=on, how="anti").select("rid_l", "rid_r"),
+                                      flip_new.join(run.flip_old, on=on, how="anti").select("rid_l", "rid_r")])
+            changed_links = pl.concat([flip_changed, run.derived_drop, run.derived.select("rid_l", "rid_r")])
+            replay = {"previous_joined": inc.stored_joins(run.st, records, run.affected),
+                      "dirty": pl.concat([run.dirty, changed_links["rid_l"], changed_links["rid_r"],
+                                          run.gone_neighbours, run.constrained]).unique()}
+        run.clusters, run.joined = cluster(cl_links, run.affected, threshold=run.thr, exclusive=excl,
+                                           must_link=run.must, cannot_link=run.cannot, method=run.method,
+                                           min_average=run.min_average, with_trace=True, **replay)
+    run.links = links = pl.concat([run.blocking, run.derived_kept, run.derived_light])
+    run.n_strong = int((links["match_probability"] >= run.thr).sum()) if links.height else 0
+
+
+def _write(run: _Run) -> None:
+    """Persistent ids for the clusters, and the store changed in one transaction."""
+    from idweave.linkage import _incremental as inc
+
+    proj = run.proj
+    with run.timer.stage("store"):
+        write = inc.RunWrite(
+            mode=run.mode, records=run.records, seen=run.delta.seen, delta=run.delta,
+            new_links=pl.concat([run.scored, run.derived]), rule_names=run.rule_names, rescored=run.dirty,
+            drop_pairs=pl.concat([run.flip_pairs, run.derived_drop]), affected=run.affected, clusters=run.clusters,
+            new_keys=run.new_keys, joined=run.joined, reclustered_all=run.reclustered_all,
+            n_links_total=run.links.height, n_strong_total=run.n_strong, started=run.started,
+            row={"project_hash": proj.config_hash(), "model_version": run.version, "threshold": run.thr,
+                 "clustering": run.method, "signature": run.sig,
+                 "summary": json.dumps({"timings": run.timer.timings, "report": run.report.__dict__,
+                                        "mode_reason": run.why, "training_log": run.trained.training_log})})
+        run.entities, run.sizes, run.run_id, run.n_events = inc.write_run(run.st, proj, write, run.trained,
+                                                                          model_mod.splink_version())
+    if run.retrained or not proj.model_file.exists():
+        run.trained.save(proj.model_file)
+
+
+def _result(run: _Run) -> LinkResult:
+    """What :func:`link` returns: the entities, the pairs (built on first use) and the summary."""
+    from idweave.linkage import _incremental as inc
+
+    records, links, blocking, timings = run.records, run.links, run.blocking, run.timer.timings
     key = records.select("rid", "source", "record_id")
 
     def pair_view() -> pl.DataFrame:
@@ -322,36 +493,36 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
                 .select("source_l", "record_id_l", "source_r", "record_id_r", "match_probability"))
     per_rule = dict(blocking.group_by("rule").len().iter_rows())
     summary = {
-        "run_id": run_id,
-        "mode": mode,
-        "mode_reason": why,
+        "run_id": run.run_id,
+        "mode": run.mode,
+        "mode_reason": run.why,
         "records": records.height,
-        "records_per_source": report.rows,
-        **inc.summary_counts(delta),
-        "erased_skipped": n_erased,
-        "unparsed_dates": report.unparsed_dates,
-        "date_formats": report.date_formats,
-        "rules": [r.name for r in rules],
-        "pairs_per_rule": [int(per_rule.get(i, 0)) for i in range(len(rules))],
+        "records_per_source": run.report.rows,
+        **inc.summary_counts(run.delta),
+        "erased_skipped": run.n_erased,
+        "unparsed_dates": run.report.unparsed_dates,
+        "date_formats": run.report.date_formats,
+        "rules": [r.name for r in run.rules],
+        "pairs_per_rule": [int(per_rule.get(i, 0)) for i in range(len(run.rules))],
         "candidate_pairs": blocking.height,
         "pairs_per_record": round(blocking.height / max(records.height, 1), 2),
-        "scored_pairs": scored.height + derived.height,
-        "rescored_records": int(dirty.len()),
-        "flipped_block_records": int(flipped),
-        "reclustered_records": int(affected.len()),
-        "threshold": thr,
-        "threshold_chosen": chosen,
-        "clustering": method,
-        "links": n_strong,
-        "entities": sum(sizes.values()),
-        "entity_sizes": {str(k): v for k, v in sizes.items()},
-        "model_version": version,
-        "retrained": retrained,
-        "training_log": trained.training_log,
-        "events": n_events,
-        "timings": timer.timings,
+        "scored_pairs": run.scored.height + run.derived.height,
+        "rescored_records": int(run.dirty.len()),
+        "flipped_block_records": int(run.flipped),
+        "reclustered_records": int(run.affected.len()),
+        "threshold": run.thr,
+        "threshold_chosen": run.chosen,
+        "clustering": run.method,
+        "links": run.n_strong,
+        "entities": sum(run.sizes.values()),
+        "entity_sizes": {str(k): v for k, v in run.sizes.items()},
+        "model_version": run.version,
+        "retrained": run.retrained,
+        "training_log": run.trained.training_log,
+        "events": run.n_events,
+        "timings": timings,
     }
-    return LinkResult(entities=entities, summary=summary, timings=timer.timings, run_id=run_id, _pairs=pair_view)
+    return LinkResult(entities=run.entities, summary=summary, timings=timings, run_id=run.run_id, _pairs=pair_view)
 
 
 def _stored_index(store: Path | None) -> "inc.StoredIndex":

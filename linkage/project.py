@@ -299,7 +299,8 @@ def project_from_dict(
     sources: Mapping[str, Any] | None = None,
     file: Path | None = None,
 ) -> Project:
-    """Validate a project given as a dict in the project-file form.
+    """Validate a project given as a dict in the project-file form. Every problem is found
+    before one :class:`~idweave.linkage.errors.ProjectError` lists them all.
 
     Relative paths resolve against ``base_dir`` (or a ``base_dir`` key, or the cwd).
 
@@ -317,39 +318,72 @@ def project_from_dict(
         problems.append(f"base_dir: must be a folder path, got {_type_name(raw_base)}")
         raw_base = "."
     base = Path(raw_base)
-    label = str(file) if file else None
 
     for key in data:
         if key not in _TOP_KEYS:
             problems.append(f"{key}: unknown key; expected one of {', '.join(sorted(_TOP_KEYS - {'base_dir'}))}")
-
-    # store
-    store_val = data.get("store")
-    if not store_val or not isinstance(store_val, (str, Path)):
-        problems.append("store: required: a path for the identity store (e.g. out/project.duckdb)")
-        store = base / "idweave.duckdb"
-    else:
-        store = _resolve(base, str(store_val))
-        msg = _store_path_problem(store)
-        if msg:
-            problems.append(f"store: {msg}")
-
-    # threshold
-    threshold = data.get("threshold")
-    if threshold is not None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
-            problems.append(f"threshold: must be a match probability between 0 and 1 (exclusive), got {_shown(threshold)}")
-            threshold = None
-        else:
-            threshold = float(threshold)
-
-    # attributes
-    attributes: dict[str, Attribute] = {}
+    store = _parse_store(data.get("store"), base, problems)
+    threshold = _parse_threshold(data.get("threshold"), problems)
     raw_attrs = data.get("attributes")
     if not isinstance(raw_attrs, dict) or not raw_attrs:
         problems.append("attributes: required: a mapping of attribute name -> kind "
                         f"(kinds: {', '.join(KINDS)})")
         raw_attrs = {}
+    attributes = _parse_attributes(raw_attrs, problems)
+    src_objs = _parse_sources(data.get("sources"), raw_attrs, frames, base, problems)
+    engine = _parse_engine(data.get("engine", "duckdb"), problems)
+    if data.get("model") is not None and (not isinstance(data["model"], str) or not data["model"]):
+        problems.append("model: must be a file path for the trained model (e.g. out/project.model.json), "
+                        f"got {_type_name(data['model'])}")
+        data["model"] = None
+    problems += _check_options_of(data, attributes, base)
+    # Column checks read the file headers (cheap) of every source whose path is sound, even
+    # when other parts of the file have problems, so that one run reports everything.
+    for src in src_objs.values():
+        problems += _column_problems(src)
+    if problems:
+        raise ProjectError(problems, file=str(file) if file else None)
+
+    model = data.get("model")
+    return Project(
+        attributes=attributes,
+        sources=src_objs,
+        store=store,
+        threshold=threshold,
+        blocking=data.get("blocking"),
+        comparisons=data.get("comparisons"),
+        engine=engine,
+        model_path=_resolve(base, model) if model else None,
+        training=dict(data.get("training") or {}),
+        clustering=dict(data.get("clustering") or {}),
+        file=file,
+        base_dir=base,
+        raw={k: v for k, v in data.items()},
+    )
+
+
+def _parse_store(store_val: Any, base: Path, problems: list[str]) -> Path:
+    if not store_val or not isinstance(store_val, (str, Path)):
+        problems.append("store: required: a path for the identity store (e.g. out/project.duckdb)")
+        return base / "idweave.duckdb"
+    store = _resolve(base, str(store_val))
+    msg = _store_path_problem(store)
+    if msg:
+        problems.append(f"store: {msg}")
+    return store
+
+
+def _parse_threshold(threshold: Any, problems: list[str]) -> float | None:
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        problems.append(f"threshold: must be a match probability between 0 and 1 (exclusive), got {_shown(threshold)}")
+        return None
+    return float(threshold)
+
+
+def _parse_attributes(raw_attrs: dict[Any, Any], problems: list[str]) -> dict[str, Attribute]:
+    attributes: dict[str, Attribute] = {}
     for name, kind in raw_attrs.items():
         name = str(name)
         if isinstance(kind, dict):
@@ -366,155 +400,151 @@ def project_from_dict(
             problems.append(f"attributes.{name}: unknown kind {_shown(kind)}; expected one of {', '.join(KINDS)}")
             continue
         attributes[name] = Attribute(name, kind)
+    return attributes
 
-    # sources
+
+def _parse_sources(raw_sources: Any, raw_attrs: dict[Any, Any], frames: dict[str, Any], base: Path,
+                   problems: list[str]) -> dict[str, Source]:
     src_objs: dict[str, Source] = {}
-    raw_sources = data.get("sources")
     if not isinstance(raw_sources, dict) or not raw_sources:
         problems.append("sources: required: a mapping of source name -> {path, id, columns}")
         raw_sources = {}
     for sname, spec in raw_sources.items():
-        sname = str(sname)
-        at = f"sources.{sname}"
-        if not re.match(r"^[A-Za-z0-9_.-]+$", sname):
-            problems.append(f"{at}: source names may hold letters, digits, '_', '-' and '.' only")
-            continue
-        if not isinstance(spec, dict):
-            problems.append(f"{at}: must be a mapping with path, id and columns")
-            continue
-        for key in spec:
-            if key not in _SOURCE_KEYS:
-                problems.append(f"{at}.{key}: unknown key; expected one of {', '.join(sorted(_SOURCE_KEYS))}")
-        id_col = spec.get("id")
-        if not id_col or not isinstance(id_col, str):
-            problems.append(f"{at}.id: required: the column holding the record id")
-            id_col = ""
-        cols = spec.get("columns")
-        if not isinstance(cols, dict) or not cols:
-            problems.append(f"{at}.columns: required: a mapping of attribute -> column")
-            cols = {}
-        columns: dict[str, str] = {}
-        for attr, col in cols.items():
-            if attr not in raw_attrs:
-                problems.append(f"{at}.columns.{attr}: not a declared attribute; declared: "
-                                f"{', '.join(map(str, raw_attrs)) or '(none)'}")
-                continue
-            if not isinstance(col, str) or not col:
-                problems.append(f"{at}.columns.{attr}: must name a column")
-                continue
-            columns[str(attr)] = col
-        mode = spec.get("mode", "snapshot")
-        if mode not in ("snapshot", "append"):
-            problems.append(f"{at}.mode: must be 'snapshot' or 'append', got {_shown(mode)}")
-        exclusive = spec.get("exclusive", False)
-        if not isinstance(exclusive, bool):
-            problems.append(f"{at}.exclusive: must be true or false, got {_shown(exclusive)}")
-            exclusive = False
-        date_format = spec.get("date_format")
-        if date_format is not None and (not isinstance(date_format, str) or "%" not in date_format):
-            problems.append(f"{at}.date_format: must be a strftime pattern like '%d/%m/%Y', got {_shown(date_format)}")
-            date_format = None
-        src = Source(name=sname, id=id_col, columns=columns, date_format=date_format,
-                     exclusive=exclusive, mode=mode)
-        if sname in frames:
-            src.frame = frames[sname]
-        else:
-            p = spec.get("path")
-            if not p or not isinstance(p, str):
-                problems.append(f"{at}.path: required: a csv, parquet or ndjson file (or a glob of several)")
-            else:
-                src.path = p
-                full = _resolve(base, p)
-                files = sorted(Path(f) for f in glob.glob(str(full))) if glob.has_magic(p) else [full]
-                odd = [m for m in (_source_file_problem(f) for f in files) if m]
-                if odd:
-                    problems.append(f"{at}.path: {odd[0]}")
-                    files = []
-                elif not files:
-                    problems.append(f"{at}.path: no file matches {full}")
-                fmt = spec.get("format") or (_FORMATS.get(files[0].suffix.lower()) if files else None)
-                if files and fmt not in ("csv", "parquet", "ndjson"):
-                    problems.append(f"{at}.path: cannot tell the format of {files[0].name}; "
-                                    "use .csv, .parquet or .ndjson, or set format")
-                src.files, src.format = files, fmt
-        src_objs[sname] = src
+        src = _parse_source(str(sname), spec, raw_attrs, frames, base, problems)
+        if src is not None:
+            src_objs[src.name] = src
     for name in frames:
         if name not in raw_sources:
             problems.append(f"sources.{name}: a frame was given for a source the project does not declare")
+    return src_objs
 
-    engine = data.get("engine", "duckdb")
+
+def _parse_source(sname: str, spec: Any, raw_attrs: dict[Any, Any], frames: dict[str, Any], base: Path,
+                  problems: list[str]) -> Source | None:
+    at = f"sources.{sname}"
+    if not re.match(r"^[A-Za-z0-9_.-]+$", sname):
+        problems.append(f"{at}: source names may hold letters, digits, '_', '-' and '.' only")
+        return None
+    if not isinstance(spec, dict):
+        problems.append(f"{at}: must be a mapping with path, id and columns")
+        return None
+    for key in spec:
+        if key not in _SOURCE_KEYS:
+            problems.append(f"{at}.{key}: unknown key; expected one of {', '.join(sorted(_SOURCE_KEYS))}")
+    id_col = spec.get("id")
+    if not id_col or not isinstance(id_col, str):
+        problems.append(f"{at}.id: required: the column holding the record id")
+        id_col = ""
+    cols = spec.get("columns")
+    if not isinstance(cols, dict) or not cols:
+        problems.append(f"{at}.columns: required: a mapping of attribute -> column")
+        cols = {}
+    columns: dict[str, str] = {}
+    for attr, col in cols.items():
+        if attr not in raw_attrs:
+            problems.append(f"{at}.columns.{attr}: not a declared attribute; declared: "
+                            f"{', '.join(map(str, raw_attrs)) or '(none)'}")
+            continue
+        if not isinstance(col, str) or not col:
+            problems.append(f"{at}.columns.{attr}: must name a column")
+            continue
+        columns[str(attr)] = col
+    mode = spec.get("mode", "snapshot")
+    if mode not in ("snapshot", "append"):
+        problems.append(f"{at}.mode: must be 'snapshot' or 'append', got {_shown(mode)}")
+    exclusive = spec.get("exclusive", False)
+    if not isinstance(exclusive, bool):
+        problems.append(f"{at}.exclusive: must be true or false, got {_shown(exclusive)}")
+        exclusive = False
+    date_format = spec.get("date_format")
+    if date_format is not None and (not isinstance(date_format, str) or "%" not in date_format):
+        problems.append(f"{at}.date_format: must be a strftime pattern like '%d/%m/%Y', got {_shown(date_format)}")
+        date_format = None
+    src = Source(name=sname, id=id_col, columns=columns, date_format=date_format,
+                 exclusive=exclusive, mode=mode)
+    if sname in frames:
+        src.frame = frames[sname]
+    else:
+        _parse_source_path(src, spec, base, problems)
+    return src
+
+
+def _parse_source_path(src: Source, spec: dict[str, Any], base: Path, problems: list[str]) -> None:
+    """``src.path``, ``src.files`` and ``src.format`` from the source's ``path`` (a file or a
+    glob) and ``format``."""
+    at = f"sources.{src.name}"
+    p = spec.get("path")
+    if not p or not isinstance(p, str):
+        problems.append(f"{at}.path: required: a csv, parquet or ndjson file (or a glob of several)")
+        return
+    src.path = p
+    full = _resolve(base, p)
+    files = sorted(Path(f) for f in glob.glob(str(full))) if glob.has_magic(p) else [full]
+    odd = [m for m in (_source_file_problem(f) for f in files) if m]
+    if odd:
+        problems.append(f"{at}.path: {odd[0]}")
+        files = []
+    elif not files:
+        problems.append(f"{at}.path: no file matches {full}")
+    fmt = spec.get("format") or (_FORMATS.get(files[0].suffix.lower()) if files else None)
+    if files and fmt not in ("csv", "parquet", "ndjson"):
+        problems.append(f"{at}.path: cannot tell the format of {files[0].name}; "
+                        "use .csv, .parquet or .ndjson, or set format")
+    src.files, src.format = files, fmt
+
+
+def _parse_engine(engine: Any, problems: list[str]) -> Any:
     if engine not in _ENGINES:
         problems.append(f"engine: must be one of {', '.join(_ENGINES)}, got {_shown(engine)}")
     elif engine not in _AVAILABLE_ENGINES:
         # Said here, not when the model is trained: by then a run would have opened the store.
         problems.append(f"engine: {_shown(engine)} is not available in this version of idweave; use "
                         f"{' or '.join(_AVAILABLE_ENGINES)}")
+    return engine
 
-    if data.get("model") is not None and (not isinstance(data["model"], str) or not data["model"]):
-        problems.append("model: must be a file path for the trained model (e.g. out/project.model.json), "
-                        f"got {_type_name(data['model'])}")
-        data["model"] = None
 
-    blocking = data.get("blocking")
-    if blocking is not None:
-        problems += _check_blocking(blocking, attributes)
-    comparisons = data.get("comparisons")
-    if comparisons is not None:
-        problems += _check_comparisons(comparisons, attributes)
+def _check_options_of(data: dict[str, Any], attributes: dict[str, Attribute], base: Path) -> list[str]:
+    """Problems of the blocking, comparisons, training, clustering, erasure and privacy keys."""
+    from idweave.linkage.privacy import option_problems  # erasure and privacy keys (privacy.py)
 
+    problems: list[str] = []
+    if data.get("blocking") is not None:
+        problems += _check_blocking(data["blocking"], attributes)
+    if data.get("comparisons") is not None:
+        problems += _check_comparisons(data["comparisons"], attributes)
     for key in ("training", "clustering"):
         if data.get(key) is not None and not isinstance(data.get(key), dict):
             problems.append(f"{key}: must be a mapping")
     problems += _check_options(data.get("training"), data.get("clustering"), base)
-    from idweave.linkage.privacy import option_problems  # erasure and privacy keys (privacy.py)
-
     problems += option_problems(data, attributes)
+    return problems
 
-    # Column checks read the file headers (cheap) of every source whose path is sound, even
-    # when other parts of the file have problems, so that one run reports everything.
+
+def _column_problems(src: Source) -> list[str]:
+    """The source's id and mapped columns against its file header (or frame)."""
     from idweave.linkage.readers import nested_columns, source_schema
 
-    for src in src_objs.values():
-        if src.frame is None and (not src.files or src.format not in ("csv", "parquet", "ndjson")):
-            continue  # its path problem is already reported
-        try:
-            schema = source_schema(src)
-        except Exception as exc:  # unreadable file: report it as that source's problem
-            problems.append(f"sources.{src.name}.path: {_read_problem(src, exc)}")
-            continue
-        found = list(schema)
-        shown = _found_columns(found, [src.id, *src.columns.values()], header_row=src.format == "csv"
-                               and src.frame is None)
-        for attr, col in src.columns.items():
-            if col in nested_columns(schema, [col]):
-                problems.append(f"sources.{src.name}.columns.{attr}: column '{col}' of {src.label} holds "
-                                f"{schema[col]} values; an attribute needs one value per record")
-        if src.id and src.id not in found:
-            problems.append(f"sources.{src.name}.id: column '{src.id}' not in {src.label}; found: {shown}")
-        for attr, col in src.columns.items():
-            if col not in found:
-                problems.append(f"sources.{src.name}.columns.{attr}: column '{col}' not in {src.label}; "
-                                f"found: {shown}")
-
-    if problems:
-        raise ProjectError(problems, file=label)
-
-    model = data.get("model")
-    return Project(
-        attributes=attributes,
-        sources=src_objs,
-        store=store,
-        threshold=threshold,
-        blocking=blocking,
-        comparisons=comparisons,
-        engine=engine,
-        model_path=_resolve(base, model) if model else None,
-        training=dict(data.get("training") or {}),
-        clustering=dict(data.get("clustering") or {}),
-        file=file,
-        base_dir=base,
-        raw={k: v for k, v in data.items()},
-    )
+    if src.frame is None and (not src.files or src.format not in ("csv", "parquet", "ndjson")):
+        return []  # its path problem is already reported
+    try:
+        schema = source_schema(src)
+    except Exception as exc:  # unreadable file: report it as that source's problem
+        return [f"sources.{src.name}.path: {_read_problem(src, exc)}"]
+    problems = []
+    found = list(schema)
+    shown = _found_columns(found, [src.id, *src.columns.values()], header_row=src.format == "csv"
+                           and src.frame is None)
+    for attr, col in src.columns.items():
+        if col in nested_columns(schema, [col]):
+            problems.append(f"sources.{src.name}.columns.{attr}: column '{col}' of {src.label} holds "
+                            f"{schema[col]} values; an attribute needs one value per record")
+    if src.id and src.id not in found:
+        problems.append(f"sources.{src.name}.id: column '{src.id}' not in {src.label}; found: {shown}")
+    for attr, col in src.columns.items():
+        if col not in found:
+            problems.append(f"sources.{src.name}.columns.{attr}: column '{col}' not in {src.label}; "
+                            f"found: {shown}")
+    return problems
 
 
 def resolve_project(project: Project | str | Path | Mapping[str, Any], *,
@@ -531,12 +561,13 @@ def resolve_project(project: Project | str | Path | Mapping[str, Any], *,
 
 
 def project_rules(project: Project, records: pl.DataFrame | None = None, *,
-                  present: set[str] | None = None) -> list[Rule]:
+                  present: set[str] | None = None, n_records: int | None = None) -> list[Rule]:
     """The project's blocking rules, or the ones derived from its kinds.
 
     Derived rules only use attributes some record has (of ``records``, or the names in
     ``present``), so a project with an attribute no source maps does not pay for rules that
-    can find nothing.
+    can find nothing. Their block caps follow the number of records (``n_records``, or the
+    height of ``records``): see :func:`~idweave.blocking.rules.derive_rules`.
 
     >>> from idweave.linkage.project import load_project
     >>> len(project_rules(load_project("fixtures/tiny/project.yaml"))) > 0
@@ -549,7 +580,7 @@ def project_rules(project: Project, records: pl.DataFrame | None = None, *,
         kinds = {a: k for a, k in kinds.items() if records[a].null_count() < records.height}
     if present is not None:
         kinds = {a: k for a, k in kinds.items() if a in present}
-    return derive_rules(kinds)
+    return derive_rules(kinds, n_records if n_records is not None or records is None else records.height)
 
 
 def with_rids(records: pl.DataFrame) -> pl.DataFrame:

@@ -32,8 +32,10 @@ def link_cmd(
     """Run the linkage job: load, block, train (or reuse) the model, score, cluster, store."""
     from idweave.linkage import link
 
-    if threshold is not None and not 0 < threshold < 1:
-        fail(f"--threshold: must be a match probability between 0 and 1 (exclusive), got {threshold:g}")
+    from idweave.linkage.project import threshold_problem
+
+    if threshold is not None and threshold_problem(threshold):
+        fail(f"--threshold: {threshold_problem(threshold)}")
     with stage_progress(not as_json) as progress:
         result = link(project, threshold=threshold, retrain=retrain, full=full, progress=progress, wait=wait)
     s = result.summary

@@ -27,7 +27,7 @@ from idweave.linkage import model as model_mod
 from idweave.linkage.cluster import DEFAULT_CLUSTERING, choose_threshold, closure, cluster, completion_pairs
 from idweave.linkage.errors import IdweaveError, StoreBusyError
 from idweave.linkage.graph import Store, utc_now
-from idweave.linkage.project import Project, project_rules, resolve_project
+from idweave.linkage.project import Project, project_rules, resolve_project, threshold_problem
 from idweave.linkage.sources import LoadReport, load_records
 
 if TYPE_CHECKING:
@@ -116,7 +116,13 @@ def link(
     True
     >>> link("fixtures/tiny/project.yaml").summary["events"]  # the same input again: nothing changes
     0
+    >>> link("fixtures/tiny/project.yaml", threshold=1.5)
+    Traceback (most recent call last):
+    ...
+    idweave.linkage.errors.IdweaveError: threshold: must be a match probability between 0 and 1 (exclusive), got 1.5
     """
+    if threshold is not None and threshold_problem(threshold):
+        raise IdweaveError(f"threshold: {threshold_problem(threshold)}")  # before anything is read
     proj = resolve_project(project, sources=sources)
     if store is not None:
         proj.store = Path(store)

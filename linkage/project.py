@@ -31,7 +31,7 @@ from idweave.linkage.errors import ProjectError
 from idweave.linkage.kinds import KINDS
 
 __all__ = ["Attribute", "Source", "Project", "load_project", "project_from_dict", "resolve_project",
-           "project_rules", "with_rids"]
+           "project_rules", "with_rids", "threshold_problem"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _RESERVED = {"source", "record_id", "rid", "entity_id", "cluster_id", "match_key", "unique_id"}
@@ -373,11 +373,24 @@ def _parse_store(store_val: Any, base: Path, problems: list[str]) -> Path:
     return store
 
 
+def threshold_problem(threshold: Any) -> str | None:
+    """What is wrong with a threshold (from a project file, a command or a caller), or None:
+    one rule for all of them.
+
+    >>> threshold_problem(0.9) is None, threshold_problem(2)
+    (True, 'must be a match probability between 0 and 1 (exclusive), got 2')
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        return f"must be a match probability between 0 and 1 (exclusive), got {_shown(threshold)}"
+    return None
+
+
 def _parse_threshold(threshold: Any, problems: list[str]) -> float | None:
     if threshold is None:
         return None
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
-        problems.append(f"threshold: must be a match probability between 0 and 1 (exclusive), got {_shown(threshold)}")
+    msg = threshold_problem(threshold)
+    if msg:
+        problems.append(f"threshold: {msg}")
         return None
     return float(threshold)
 

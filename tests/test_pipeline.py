@@ -27,3 +27,22 @@ def test_a_first_run_that_fails_in_training_leaves_no_store(tmp_path):
         link(d / "project.yaml")
     assert not (d / "out" / "store.duckdb").exists()
     assert not (d / "out" / "store.duckdb.wal").exists()
+
+
+@pytest.mark.parametrize("threshold", [-1, 0, 1, 2.5, float("nan"), True, "0.9"])
+def test_link_refuses_a_threshold_that_is_not_a_probability_and_touches_nothing(tmp_path, threshold):
+    import hashlib
+
+    from idweave.linkage import IdweaveError
+
+    d = tmp_path / "tiny"
+    shutil.copytree(REPO / "fixtures" / "tiny", d)
+    p = yaml.safe_load((d / "project.yaml").read_text())
+    p["store"] = "out/store.duckdb"
+    (d / "project.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    link(d / "project.yaml")
+    store = d / "out" / "store.duckdb"
+    before = hashlib.sha256(store.read_bytes()).hexdigest()
+    with pytest.raises(IdweaveError, match=r"^threshold: must be a match probability between 0 and 1"):
+        link(d / "project.yaml", threshold=threshold)
+    assert hashlib.sha256(store.read_bytes()).hexdigest() == before

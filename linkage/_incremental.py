@@ -34,13 +34,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
-from pathlib import Path
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Sequence
 
 import polars as pl
 
 from idweave.blocking.rules import Rule
+from idweave.linkage.fingerprint import code_fingerprint
 from idweave.linkage.graph import Store
 from idweave.linkage.project import Project
 
@@ -48,25 +48,6 @@ if TYPE_CHECKING:
     from idweave.linkage.sources import Reused
 
 __all__: list[str] = []
-
-# Modules whose behaviour decides which pairs exist, how they score and how they cluster: a
-# change to any of them makes stored links and clusters stale, so the next run is full.
-_CODE_FILES = ("blocking/keys.py", "blocking/pairs.py", "blocking/rules.py", "linkage/cluster.py",
-               "linkage/model.py", "linkage/_blockkeys.py")
-
-
-@lru_cache(maxsize=1)
-def code_fingerprint() -> str:
-    """A hash of the code that stored links and clusters depend on (read once per process:
-    the code that runs is the code that was imported)."""
-    root = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256()
-    for rel in _CODE_FILES:
-        f = root / rel
-        h.update(rel.encode())
-        h.update(f.read_bytes() if f.exists() else b"")
-    return h.hexdigest()[:16]
-
 
 def signature(project: Project, rules: Sequence[Rule], exclusive: Sequence[str], max_block: int,
               model_version: str, splink_version: str, method: str, min_average: float) -> str:
@@ -79,7 +60,7 @@ def signature(project: Project, rules: Sequence[Rule], exclusive: Sequence[str],
         "model": model_version,
         "splink": splink_version,
         "clustering": [method, min_average],
-        "code": code_fingerprint(),
+        "code": code_fingerprint(),  # every module that decides stored state (fingerprint.py)
         "polars": pl.__version__,  # stored block keys are polars hashes
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]

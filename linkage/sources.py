@@ -15,7 +15,6 @@ attribute (cleaned per kind; dates as ISO ``YYYY-MM-DD`` strings), and ``content
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from datetime import date
 from pathlib import Path
 from typing import Callable, Iterable
@@ -267,18 +266,16 @@ def raw_hashes(df: pl.DataFrame, src: Source, kinds: dict[str, str], ids: pl.Ser
 
 
 def _cleaning_salt(src: Source, kinds: dict[str, str]) -> int:
+    """The seed of a source's raw-row hashes: a row whose hash is stored was cleaned by this
+    code (fingerprint.py), for this mapping and these kinds, so its stored values stand."""
     import hashlib
 
-    h = hashlib.sha256(_cleaning_code())
+    from idweave.linkage.fingerprint import code_fingerprint
+
+    h = hashlib.sha256(code_fingerprint().encode())
     h.update(f"{pl.__version__}|{src.name}|{sorted(kinds.items())}|{sorted(src.columns.items())}|"
              f"{src.date_format}".encode())
     return int.from_bytes(h.digest()[:8], "little")
-
-
-@lru_cache(maxsize=1)
-def _cleaning_code() -> bytes:
-    here = Path(__file__).resolve().parent
-    return b"".join((here / f).read_bytes() for f in ("kinds.py", "sources.py"))
 
 
 def _finish(records: pl.DataFrame, kinds: dict[str, str]) -> pl.DataFrame:

@@ -20,14 +20,15 @@ from typing import Iterable, Sequence
 import polars as pl
 
 from idweave.blocking.keys import key_values
-from idweave.blocking.rules import Key, Rule
+from idweave.blocking.rules import DEFAULT_CAP, PAIR_BUDGET, Key, Rule
 
 __all__ = ["generate_pairs", "count_pairs", "rule_pairs", "rule_keys", "key_table", "pairs_from_keys",
-           "PairStats", "DEFAULT_MAX_BLOCK"]
+           "PairStats", "DEFAULT_MAX_BLOCK", "pair_budget"]
 
 # A key value shared by more records than this makes too many pairs to be informative
-# (a very common name, a placeholder date): its block is skipped for that rule and counted.
-DEFAULT_MAX_BLOCK = 400
+# (a very common name, a placeholder date): its block is skipped for that rule and counted
+# (derived rules carry caps of their own that follow the size of the data: rules.py).
+DEFAULT_MAX_BLOCK = DEFAULT_CAP
 
 
 @dataclass
@@ -244,10 +245,28 @@ def pairs_from_keys(keys: pl.DataFrame, rules: Sequence[Rule], *, max_block: int
     return out.collect()
 
 
+def pair_budget(n_records: int, budget: float = PAIR_BUDGET) -> int:
+    """The most candidate pairs derived rules are meant to make for ``n_records`` records:
+    ``budget`` pairs per record (:data:`~idweave.blocking.rules.PAIR_BUDGET`).
+
+    >>> pair_budget(1000)
+    25000
+    """
+    return int(budget * n_records)
+
+
 def count_pairs(records: pl.DataFrame, rules: Sequence[Rule], *, max_block: int = DEFAULT_MAX_BLOCK,
                 exclusive: Iterable[str] = ()) -> pl.DataFrame:
     """Pairs each rule adds and the running total, per source pair, with the share of all
     possible pairs; one row per (rule, source pair) plus a row per rule for all sources.
+
+    Per rule also: ``budget``, the pairs derived rules are meant to stay within
+    (:func:`pair_budget` of the number of records, the same on every row), its block ``cap``, the rule it ``sharpens`` (whose blocks above the cap it
+    splits by one more key; null for a rule of its own), ``pairs_made`` (its own pairs, found
+    by an earlier rule or not: what generating them costs), ``skipped_records`` (records in
+    its blocks above the cap) and what happens to those blocks (``big_blocks``:
+    ``"sharpened"`` when a later rule splits them, ``"dropped"`` when none does, empty when
+    there are none).
 
     >>> import polars as pl
     >>> from idweave.blocking.rules import Rule, Key
@@ -277,6 +296,8 @@ def count_pairs(records: pl.DataFrame, rules: Sequence[Rule], *, max_block: int 
                 possible[f"{a}-{b}"] = sizes[a] * sizes[b]
     possible["all"] = sum(possible.values())
     counts = labelled.group_by("rule", "sources").len()
+    split = {r.sharpens for r in rules if r.sharpens is not None}
+    budget = pair_budget(records.height)
     rows = []
     for sp in possible:
         cum = 0
@@ -290,8 +311,13 @@ def count_pairs(records: pl.DataFrame, rules: Sequence[Rule], *, max_block: int 
             rows.append({"rule_index": i, "rule": rule.name, "sources": sp, "pairs_added": n,
                          "cumulative": cum, "possible": possible[sp],
                          "share_of_possible": (cum / possible[sp]) if possible[sp] else 0.0,
-                         "skipped_blocks": stats.skipped_blocks[i]})
-    df = pl.DataFrame(rows)
+                         "skipped_blocks": stats.skipped_blocks[i],
+                         "cap": rule.max_block if rule.max_block is not None else max_block,
+                         "sharpens": rule.sharpens, "pairs_made": stats.raw[i],
+                         "skipped_records": stats.skipped_records[i], "budget": budget,
+                         "big_blocks": "" if not stats.skipped_blocks[i] else
+                         "sharpened" if rule.name in split else "dropped"})
+    df = pl.DataFrame(rows, schema_overrides={"sharpens": pl.Utf8})
     order = {s: j for j, s in enumerate(possible)}
     return df.with_columns(pl.col("sources").replace_strict(order, return_dtype=pl.Int32).alias("_o")) \
         .sort("rule_index", "_o").drop("_o")

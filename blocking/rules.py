@@ -18,13 +18,14 @@ left record with another of the right (for swapped first and last names). In a p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, Iterable, Mapping
 
 from idweave.blocking.keys import check_transform, sql_transform
 
-__all__ = ["Key", "Rule", "parse_rules", "derive_rules"]
+__all__ = ["Key", "Rule", "parse_rules", "derive_rules", "scale_factor", "scaled_cap", "PAIR_BUDGET", "SCALE_FROM"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,9 @@ class Rule:
     # Skip key values shared by more records than this (None: the generator's default). A
     # small cap turns a weak key into a "rare value" rule: a rare surname identifies alone.
     max_block: int | None = None
+    # The name of the rule whose too-big blocks this one splits (its keys plus one more): a
+    # derived rule's block above its cap is sharpened by that key instead of being dropped.
+    sharpens: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -107,6 +111,8 @@ class Rule:
         d: dict[str, Any] = {"name": self.name, "keys": [str(k) for k in self.keys]}
         if self.max_block is not None:
             d["max_block"] = self.max_block
+        if self.sharpens is not None:
+            d["sharpens"] = self.sharpens
         return d
 
     @classmethod
@@ -155,7 +161,49 @@ def parse_rules(spec: Any, *, attributes: Mapping[str, str]) -> list[Rule]:
 _RARE_BLOCK = 25
 
 
-def derive_rules(attributes: Mapping[str, str]) -> list[Rule]:
+# The cap of a derived rule without its own (the pair generator's default).
+DEFAULT_CAP = 400
+# Derived caps hold as they are up to this many records, so a register of 50k records blocks
+# exactly as before; above it they shrink with the number of records, in steps at each
+# doubling (an incremental run of a few per cent rarely crosses one, and a run that does is
+# a full run: the rules are in the incremental signature).
+SCALE_FROM = 65_536
+CAP_EXPONENT = 0.75
+# How many keys a too-big block may gain before it is dropped.
+SHARPEN_DEPTH = 2
+# Pairs per record the derived rules are meant to stay within, whatever the size of the data.
+PAIR_BUDGET = 25
+
+
+def scale_factor(n_records: int | None, scale_from: int | None = None) -> int:
+    """How many times larger than ``scale_from`` (:data:`SCALE_FROM`) the data are, as a
+    power of two (1 up to it, and when the size is unknown).
+
+    >>> scale_factor(50_000), scale_factor(202_000), scale_factor(1_010_000)
+    (1, 4, 16)
+    """
+    scale_from = SCALE_FROM if scale_from is None else scale_from
+    if n_records is None or n_records <= scale_from:
+        return 1
+    return 1 << math.ceil(math.log2(n_records / scale_from))
+
+
+def scaled_cap(base: int, n_records: int | None, scale_from: int | None = None) -> int:
+    """A derived rule's block cap for ``n_records`` records: ``base`` up to ``scale_from``
+    (:data:`SCALE_FROM`), then ``base / factor ** CAP_EXPONENT`` (at least 2), with the
+    ``factor`` of :func:`scale_factor`. The exponent is measured, not derived: on
+    historical_50k scaled to 1M records it keeps the pairs per record about where they are
+    at 50k (``bench/bench_blocking_scale.py``).
+
+    >>> scaled_cap(400, 50_000), scaled_cap(400, 202_000), scaled_cap(400, 1_010_000)
+    (400, 141, 50)
+    """
+    f = scale_factor(n_records, scale_from)
+    return base if f == 1 else max(2, int(base / f ** CAP_EXPONENT))
+
+
+def derive_rules(attributes: Mapping[str, str], n_records: int | None = None, *,
+                 scale_from: int | None = None) -> list[Rule]:
     """Blocking rules derived from attribute kinds alone, most specific first.
 
     The aim is high recall at bounded cost: strong identifiers alone; then a name key paired
@@ -165,8 +213,22 @@ def derive_rules(attributes: Mapping[str, str]) -> list[Rule]:
     through nicknames to formal names and to a phonetic code. Very common key values are
     skipped at pair generation (see ``pairs.DEFAULT_MAX_BLOCK``), which bounds the cost.
 
+    The cost must not grow with the data: a key's blocks grow with the number of records
+    (``n_records``), so above ``scale_from`` records (:data:`SCALE_FROM`) a conjunction's cap
+    shrinks as :func:`scaled_cap` says (a rare-value rule keeps its small cap: its blocks are
+    small however large the data), and a block above its cap is no longer simply dropped:
+    each rule is followed by up to :data:`SHARPEN_DEPTH` rules that ``sharpen`` it, its keys
+    plus the birth year, an initial, the postcode district or the city (the first not
+    already in the rule). Such a rule's blocks inside the parent's small blocks make pairs
+    the parent already made; inside a block above the parent's cap they are what is left of
+    it. The aim is :data:`PAIR_BUDGET` pairs per record (``count-pairs`` shows it).
+
     >>> [r.name for r in derive_rules({"ssn": "national_id", "fn": "given_name", "ln": "family_name"})]
     ['ssn', 'fn:nickname:metaphone & ln:metaphone', 'fn~ln:metaphone & ln~fn:metaphone', 'fn:prefix2 & ln:prefix3', 'fn:initial & ln:metaphone', 'fn+ln:tokens:nickname:metaphone (blocks <= 25)']
+    >>> big = derive_rules({"fn": "given_name", "ln": "family_name", "dob": "date"}, 1_000_000)
+    >>> [(r.name, r.sharpens) for r in big[:3]]  # doctest: +NORMALIZE_WHITESPACE
+    [('dob (blocks <= 25)', None), ('dob & fn:initial (blocks <= 25)', 'dob (blocks <= 25)'),
+     ('dob & fn:initial & ln:initial (blocks <= 25)', 'dob & fn:initial (blocks <= 25)')]
     """
     by_kind: dict[str, list[str]] = {}
     for a, k in attributes.items():
@@ -231,4 +293,36 @@ def derive_rules(attributes: Mapping[str, str]) -> list[Rule]:
         if r.name not in seen:
             seen.add(r.name)
             out.append(r)
+    if scale_factor(n_records, scale_from) == 1:
+        return out
+    sharpeners = _sharpeners(by_kind)
+    base_sets = {frozenset(r.keys) for r in out}
+    scaled: list[Rule] = []
+    for r in out:
+        # A rare-value rule's cap already bounds what a record costs (its blocks are small
+        # whatever N is); a conjunction's blocks grow with N, so its cap shrinks.
+        cap = r.max_block if r.max_block is not None else scaled_cap(DEFAULT_CAP, n_records, scale_from)
+        parent = Rule(r.keys, max_block=cap)
+        scaled.append(parent)
+        extra = [k for k in sharpeners if not any(k.left in (rk.left, rk.right) for rk in r.keys)]
+        keys = r.keys
+        for k in extra[:SHARPEN_DEPTH]:
+            keys = (*keys, k)
+            if frozenset(keys) in base_sets:
+                break  # that rule is derived anyway, with its own cap and sharpening
+            child = Rule(keys, max_block=cap, sharpens=parent.name)
+            scaled.append(child)
+            parent = child
+    seen = set()
+    return [r for r in scaled if not (r.name in seen or seen.add(r.name))]
+
+
+def _sharpeners(by_kind: Mapping[str, list[str]]) -> list[Key]:
+    """The keys that split a too-big block, most independent of names first: the birth year,
+    the given and family names' initials, the postcode district, the city."""
+    out: list[Key] = []
+    for kind, transforms in (("date", ("year",)), ("given_name", ("initial",)), ("family_name", ("initial",)),
+                             ("postcode", ("district",)), ("city", ())):
+        for a in by_kind.get(kind, [])[:1]:
+            out.append(Key(a, a, transforms))
     return out

@@ -116,22 +116,35 @@ def export_cmd(
 @reads_store
 def count_pairs_cmd(project: Path = PROJECT) -> None:
     """Before any scoring: the pairs each blocking rule adds, per source pair, and the total."""
+    from idweave.blocking.rules import PAIR_BUDGET
     from idweave.linkage.export import count_pairs
 
     df = count_pairs(project)
+    index = {r: i + 1 for i, r in enumerate(df["rule"].unique(maintain_order=True).to_list())}
     for sp in df["sources"].unique(maintain_order=True).to_list():
         part = df.filter(df["sources"] == sp)
         t = Table(title=f"candidate pairs: {safe(sp)}" if sp != "all" else "candidate pairs: all sources")
         for c, j in (("rule", "left"), ("added", "right"), ("cumulative", "right"), ("share of possible", "right"),
-                     ("skipped blocks", "right")):
+                     ("skipped blocks", "right"), ("#", "right"), ("cap", "right"), ("pairs made", "right"),
+                     ("blocks above the cap", "left")):
             t.add_column(c, justify=j)
         for r in part.iter_rows(named=True):
-            t.add_row(cell(r["rule"]), f"{r['pairs_added']:,}", f"{r['cumulative']:,}",
-                      f"{r['share_of_possible']:.4%}", f"{r['skipped_blocks']:,}")
+            sharpens = f" (sharpens #{index[r['sharpens']]})" if r["sharpens"] is not None else ""
+            child = part.filter(part["sharpens"] == r["rule"])["rule"].to_list()
+            fate = (f"sharpened by #{index[child[0]]}" if r["big_blocks"] == "sharpened" and child
+                    else r["big_blocks"])
+            t.add_row(cell(r["rule"] + sharpens), f"{r['pairs_added']:,}", f"{r['cumulative']:,}",
+                      f"{r['share_of_possible']:.4%}", f"{r['skipped_blocks']:,}", str(index[r["rule"]]),
+                      f"{r['cap']:,}", f"{r['pairs_made']:,}", fate)
         console.print(t)
     total = df.filter(df["sources"] == "all")
     if total.height:
         last = total.row(-1, named=True)
+        n = int(last["budget"] / PAIR_BUDGET)
+        made = last["cumulative"]
+        console.print(f"budget: {PAIR_BUDGET} pairs per record x {n:,} records = {last['budget']:,} pairs; "
+                      f"the rules make {made:,} ({made / max(n, 1):.1f} per record): "
+                      + ("within the budget" if made <= last["budget"] else "over the budget"), highlight=False)
         console.print(f"total: {last['cumulative']:,} candidate pairs of {last['possible']:,} possible "
                       f"({last['share_of_possible']:.4%})")
 

@@ -282,7 +282,8 @@ def _compare(run: _Run) -> None:
     # now are in delta.fresh, the others stay in the store until a pair needs them.
     run.records = delta.records
     run.with_attributes = functools.cache(lambda: inc.attributes(st, delta))  # every record's, read once if needed
-    run.rules = project_rules(proj, present=inc.present_attributes(st, delta, list(proj.attributes)))
+    run.rules = project_rules(proj, present=inc.present_attributes(st, delta, list(proj.attributes)),
+                              n_records=delta.records.height)
 
 
 def _signature(run: _Run) -> str:

@@ -151,7 +151,8 @@ def test_no_rules_no_pairs() -> None:
 def test_count_pairs_per_rule_and_source_pair() -> None:
     df = count_pairs(RECORDS, RULES)
     assert df.columns == ["rule_index", "rule", "sources", "pairs_added", "cumulative", "possible",
-                          "share_of_possible", "skipped_blocks"]
+                          "share_of_possible", "skipped_blocks", "cap", "sharpens", "pairs_made",
+                          "skipped_records", "budget", "big_blocks"]
     got = {(r["rule"], r["sources"]): (r["pairs_added"], r["cumulative"], r["possible"])
            for r in df.iter_rows(named=True)}
     possible = {"a-a": 1, "a-b": 4, "a-c": 6, "b-b": 1, "b-c": 6, "c-c": 3, "all": 21}

@@ -40,7 +40,7 @@ from splink import ColumnExpression, DuckDBAPI, Linker, SettingsCreator, block_o
 from _harness import StageTimer, ToolRun
 from datasets import BenchDataset
 
-__all__ = ["DEMOS", "febrl3", "febrl4", "fake1000", "hist50k", "run"]
+__all__ = ["DEMOS", "HIST50K_BLOCKING", "febrl3", "febrl4", "fake1000", "hist50k", "run"]
 
 #: Splink prefixes a record's id with its source and this separator when there are several inputs
 _CONCAT_SEPARATOR = "-__-"
@@ -306,20 +306,24 @@ def fake1000(ds: BenchDataset, *, u_seed: int | None = None) -> ToolRun:
 # ---------------------------------------------------------------------------------------------
 # historical_50k: docs/demos/examples/duckdb/deduplicate_50k_synthetic.nb.py
 # ---------------------------------------------------------------------------------------------
+#: the 50k synthetic demo's blocking rules for prediction (also counted by bench_blocking_scale.py)
+HIST50K_BLOCKING = [
+    block_on("substr(first_name,1,3)", "substr(surname,1,4)"),
+    block_on("surname", "dob"),
+    block_on("first_name", "dob"),
+    block_on("postcode_fake", "first_name"),
+    block_on("postcode_fake", "surname"),
+    block_on("dob", "birth_place"),
+    block_on("substr(postcode_fake,1,3)", "dob"),
+    block_on("substr(postcode_fake,1,3)", "first_name"),
+    block_on("substr(postcode_fake,1,3)", "surname"),
+    block_on("substr(first_name,1,2)", "substr(surname,1,2)", "substr(dob,1,4)"),
+]
+
+
 def hist50k(ds: BenchDataset, *, u_seed: int | None = None) -> ToolRun:
     """historical_50k dedupe with the 50k synthetic demo's model (predict all, cluster 0.95)."""
-    blocking_rules = [
-        block_on("substr(first_name,1,3)", "substr(surname,1,4)"),
-        block_on("surname", "dob"),
-        block_on("first_name", "dob"),
-        block_on("postcode_fake", "first_name"),
-        block_on("postcode_fake", "surname"),
-        block_on("dob", "birth_place"),
-        block_on("substr(postcode_fake,1,3)", "dob"),
-        block_on("substr(postcode_fake,1,3)", "first_name"),
-        block_on("substr(postcode_fake,1,3)", "surname"),
-        block_on("substr(first_name,1,2)", "substr(surname,1,2)", "substr(dob,1,4)"),
-    ]
+    blocking_rules = HIST50K_BLOCKING
     settings = SettingsCreator(
         link_type="dedupe_only",
         blocking_rules_to_generate_predictions=blocking_rules,

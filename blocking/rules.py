@@ -169,7 +169,7 @@ DEFAULT_CAP = 400
 # a full run: the rules are in the incremental signature).
 SCALE_FROM = 65_536
 CAP_EXPONENT = 0.75
-# How many keys a too-big block may gain before it is dropped.
+# How many keys a too-big block may gain, one after the other, before it is dropped.
 SHARPEN_DEPTH = 2
 # Pairs per record the derived rules are meant to stay within, whatever the size of the data.
 PAIR_BUDGET = 25
@@ -304,7 +304,10 @@ def derive_rules(attributes: Mapping[str, str], n_records: int | None = None, *,
         cap = r.max_block if r.max_block is not None else scaled_cap(DEFAULT_CAP, n_records, scale_from)
         parent = Rule(r.keys, max_block=cap)
         scaled.append(parent)
-        extra = [k for k in sharpeners if not any(k.left in (rk.left, rk.right) for rk in r.keys)]
+        # A rare value's pairs are those no other key found (a missing or mistyped date):
+        # its blocks are split by the names' initials first, not by a date.
+        order = sharpeners if r.max_block is None else sorted(sharpeners, key=lambda k: k.transforms != ("initial",))
+        extra = [k for k in order if not any(k.left in (rk.left, rk.right) for rk in r.keys)]
         keys = r.keys
         for k in extra[:SHARPEN_DEPTH]:
             keys = (*keys, k)

@@ -337,10 +337,6 @@ def removed_neighbours(st: Store, records: pl.DataFrame, removed: pl.DataFrame) 
 # --------------------------------------------------------------------------------------
 # writing a run
 # --------------------------------------------------------------------------------------
-_ENTITY_SCHEMA = {"entity_id": pl.Utf8, "status": pl.Utf8, "merged_into": pl.Utf8, "split_from": pl.Utf8,
-                  "created_run": pl.Int32, "changed_run": pl.Int32, "size": pl.Int32}
-
-
 @dataclass
 class RunWrite:
     """Everything :func:`write_run` needs to know about a computed run."""
@@ -401,7 +397,6 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
     the number of events written.
     """
     from idweave.linkage import _blockkeys as bk
-    from idweave.linkage._db import query_pl
     from idweave.linkage.graph import assign_ids, utc_now
 
     records, delta = w.records, w.delta
@@ -435,7 +430,7 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
     final = before.with_columns(before["entity_id"].scatter(moved_to["rid"], moved_to["_new"]))
     entities = final.select("source", "record_id", "entity_id")  # rid order: (source, record_id)
 
-    events = list(assignment.events)
+    events = []  # after assignment.events (the store writes those, see Store.write_identity)
     for s, r, e in delta.removed.sort("source", "record_id").select("source", "record_id", "entity_id").iter_rows():
         events.append({"type": "record_removed", "entity_id": e, "source": s, "record_id": r})
     changed_keys = _keys(records, delta.changed).join(entities, on=["source", "record_id"])
@@ -446,8 +441,6 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
     alive = set(entities["entity_id"].filter(entities["entity_id"].is_in(list(candidates))).unique().to_list())
     merged_away = {m for m, _ in assignment.merged}
     retired = sorted(candidates - alive - merged_away)
-    for e in retired:
-        events.append({"type": "entity_retired", "entity_id": e})
 
     attrs = list(project.attributes)
     extra = [c for c in ("raw_hash",) if c in records.columns]
@@ -476,8 +469,7 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
             st.replace_table("records", rec_rows.drop("rid", "_seen").sort("source", "record_id"))
             st.replace_table("links", link_rows)
         else:
-            _write_records_delta(st, records, delta, rec_rows, moved_to.select("rid", "_new"), run_id,
-                                 all_seen=bool(w.seen.all()))
+            _write_records_delta(st, records, delta, rec_rows, run_id, all_seen=bool(w.seen.all()))
             _write_links_delta(st, records, delta, w, link_rows)
         if w.joined is not None:
             rk = records.select("rid", "rk")
@@ -493,35 +485,11 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
                 bk.write_all(st, w.new_keys)
             else:
                 bk.write_delta(st, delta.gone_rks, w.new_keys)
-        # entities: rewrite the rows this run touched (all of them in a full run).
-        if full:
-            ent_old = query_pl(st.con, "select * from entities")
-        else:
-            with st.registered("_ids", pl.DataFrame({"entity_id": sorted(size_ids)}, schema={"entity_id": pl.Utf8})):
-                ent_old = query_pl(st.con, "select e.* from entities e join _ids using (entity_id)")
-        rows = {r["entity_id"]: r for r in ent_old.iter_rows(named=True)}
-        out: dict[str, dict[str, Any]] = {}
-        for eid, split_from in assignment.created:
-            out[eid] = {"entity_id": eid, "status": "active", "merged_into": None, "split_from": split_from,
-                        "created_run": run_id, "changed_run": run_id, "size": sizes.get(eid, 0)}
-        for loser, survivor in assignment.merged:
-            out[loser] = dict(rows[loser], status="merged", merged_into=survivor, changed_run=run_id, size=0)
-        for e in retired:
-            out[e] = dict(rows[e], status="retired", changed_run=run_id, size=0)
-        for eid in size_ids:
-            if eid in out or eid not in rows:
-                continue
-            r = dict(rows[eid])
-            n = sizes.get(eid, 0)
-            if r.get("size") != n or eid in touched:
-                r["size"] = n
-                if eid in touched:
-                    r["changed_run"] = run_id
-                out[eid] = r
-        if out:
-            with st.registered("_ent", pl.DataFrame(list(out.values()), schema=_ENTITY_SCHEMA)):
-                st.con.execute("insert or replace into entities by name select * from _ent")  # by primary key
-        n_events = st.append_events(events, run_id=run_id)
+        # Record moves, the entity rows this run touched and the events: the one write path
+        # for identity changes (a decision writes through it too).
+        moves = None if full else _moves(records, delta, moved_to.select("rid", "_new"))
+        n_events = st.write_identity(assignment, sizes={e: sizes.get(e, 0) for e in size_ids}, run_id=run_id,
+                                     moves=moves, retired=retired, events_after=events)
         from idweave.linkage.forget import clear_pending  # this run decided their clusters again
         from idweave.linkage.privacy import record_check  # the check value of the key (never the key)
 
@@ -551,11 +519,22 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
     return entities, size_counts, run_id, n_events
 
 
+def _moves(records: pl.DataFrame, delta: Delta, assigned: pl.DataFrame) -> pl.DataFrame:
+    """``rk`` and new ``entity_id`` of the stored records whose entity changed (``assigned``:
+    ``rid`` and ``_new`` entity id of the records given ids this run); new records are
+    inserted whole instead."""
+    # delta.prior and records are in rid order: gather by rid.
+    return (assigned.with_columns(delta.prior["entity_id"].gather(assigned["rid"]).alias("_old"),
+                                  records["rk"].gather(assigned["rid"]).alias("rk"))
+            .filter(pl.col("_new") != pl.col("_old"))  # new records (no _old) were inserted whole
+            .select("rk", pl.col("_new").alias("entity_id")))
+
+
 def _write_records_delta(st: Store, records: pl.DataFrame, delta: Delta, rec_rows: pl.DataFrame,
-                         assigned: pl.DataFrame, run_id: int, *, all_seen: bool) -> None:
+                         run_id: int, *, all_seen: bool) -> None:
     """Records of an incremental run: drop removed and changed rows, insert new and changed
-    ones, move the others whose entity changed (``assigned``: ``rid`` and ``_new`` entity id
-    of the records given ids this run), mark what the sources held as seen."""
+    ones, mark what the sources held as seen (the records whose entity changed move in
+    :meth:`Store.write_identity`)."""
     if delta.gone_rks.len():
         with st.registered("_gone", pl.DataFrame({"rk": delta.gone_rks})):
             st.con.execute("delete from records where rk in (select rk from _gone)")
@@ -570,21 +549,6 @@ def _write_records_delta(st: Store, records: pl.DataFrame, delta: Delta, rec_row
         if redone.height:
             with st.registered("_redone", redone):
                 st.con.execute("update records set raw_hash = x.raw_hash from _redone x where records.rk = x.rk")
-    # delta.prior and records are in rid order: gather by rid.
-    moved = (assigned.with_columns(delta.prior["entity_id"].gather(assigned["rid"]).alias("_old"),
-                                   records["rk"].gather(assigned["rid"]).alias("rk"))
-             .filter(pl.col("_new") != pl.col("_old"))  # new records (no _old) were inserted whole
-             .select("rk", pl.col("_new").alias("entity_id")))
-    if moved.height:
-        # Deleted and inserted again rather than updated: DuckDB rewrites a whole column of
-        # every row group an update touches when it checkpoints (~0.4 s at a million records),
-        # while deletes and appends cost little.
-        with st.registered("_moves", moved):
-            st.con.execute("create temp table _moved as select r.* replace (m.entity_id as entity_id) "
-                           "from records r join _moves m on r.rk = m.rk")
-            st.con.execute("delete from records where rk in (select rk from _moves)")
-            st.con.execute("insert into records select * from _moved")
-            st.con.execute("drop table _moved")
     if all_seen:
         st.con.execute("update records set last_seen_run = ? where last_seen_run is distinct from ?",
                        [run_id, run_id])

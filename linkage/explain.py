@@ -240,7 +240,7 @@ def explain_entity(project: Project | str | Path | Mapping[str, Any], entity_id:
     >>> len(ex.tree) == len(ex.records) - 1 - len(ex.unjoined)
     True
     """
-    from idweave.linkage.review import _decision_rows, _replay
+    from idweave.linkage.decisions import decision_rows as _decision_rows, replay as _replay
 
     proj = resolve_project(project)
     with Store.open(proj.store, read_only=True) as st:

@@ -33,7 +33,7 @@ STATE_MODULES = (
     "linkage/project.py", "linkage/readers.py", "linkage/sources.py", "linkage/kinds.py", "linkage/privacy.py",
     "linkage/model.py",
     "linkage/cluster.py", "linkage/_blockkeys.py", "linkage/_incremental.py", "linkage/pipeline.py",
-    "linkage/graph.py", "linkage/forget.py", "linkage/review.py",
+    "linkage/graph.py", "linkage/forget.py", "linkage/review.py", "linkage/decisions.py",
 )
 
 # Modules a run imports that cannot change what it stores (with why).

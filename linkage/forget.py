@@ -136,7 +136,7 @@ def forget(project: ProjectLike, source: str, record_id: str, *, reason: str, au
     (see the module docstring). ``reason`` is required; ``author`` defaults as for a
     decision (``$IDWEAVE_AUTHOR``, else the operating-system user)."""
     from idweave.linkage.project import resolve_project
-    from idweave.linkage.review import apply_decision, default_author
+    from idweave.linkage.decisions import apply_decision, default_author
 
     if not reason or not str(reason).strip():
         raise IdweaveError("an erasure needs a reason (--reason TEXT)")

@@ -97,12 +97,12 @@ def golden(project: ProjectLike, out: str | Path | None = None, *,
     if unknown:
         raise IdweaveError(f"survivorship: no attribute {', '.join(unknown)} in the project")
     sources = list(proj.sources)
-    proj, st = review._open(proj, read_only=True)
+    proj, st = review.open_store(proj, read_only=True)
     with st:
         attrs = [a for a in proj.attributes if a in st.columns("records")]
         cols = ", ".join(f'"{a}"' for a in attrs)
         if entity_id is not None:
-            eid = review._active_entity(st, entity_id)
+            eid = review.active_entity(st, entity_id)
             recs = query_pl(st.con, f"select entity_id, source, record_id, last_seen_run, {cols} from records "
                                     "where entity_id = ?", [eid])
         else:

@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import duckdb
 import polars as pl
@@ -103,6 +103,7 @@ class IdAssignment:
     merged: list[tuple[str, str]] = field(default_factory=list)  # (loser, survivor)
     retired: list[str] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
+    restored: list[str] = field(default_factory=list)  # dormant ids inherited again
 
 
 def assign_ids(
@@ -111,6 +112,8 @@ def assign_ids(
     entity_age: dict[str, tuple[int, str]],
     *,
     mint=new_entity_id,
+    claims: Mapping[tuple[str, str], str | None] | None = None,
+    dormant: Mapping[str, str | None] | None = None,
 ) -> IdAssignment:
     """Give each cluster a persistent id.
 
@@ -124,14 +127,27 @@ def assign_ids(
     ...                {"EA": (1, "EA"), "EB": (2, "EB")})
     >>> a.entity_of[("s", "2")], a.merged
     ('EA', [('EB', 'EA')])
+
+    ``claims`` (a decision's basis) says which old entity each record's id passes to, where
+    that is not the entity it is in now (``old_entity_of``, which the events compare with):
+    None claims none (records a split takes out start a new entity), an id of ``dormant``
+    (entities merged away, id -> the one they went into) revives it (``entity_restored``).
+    An entity no record claims any more is merged into the one holding most of its records.
+
+    >>> a = assign_ids({("s", "1"): 0, ("s", "2"): 1}, {("s", "1"): "EA", ("s", "2"): "EA"},
+    ...                {"EA": (1, "EA"), "EB": (1, "EB")}, claims={("s", "2"): "EB"}, dormant={"EB": "EA"})
+    >>> a.entity_of[("s", "2")], a.restored, [e["type"] for e in a.events]
+    ('EB', ['EB'], ['entity_restored', 'record_moved'])
     """
+    claims = old_entity_of if claims is None else {**old_entity_of, **claims}
+    dormant = dormant or {}
     members: dict[int, list[tuple[str, str]]] = {}
     for rec, c in clusters.items():
         members.setdefault(c, []).append(rec)
     # Overlap of each old entity with each new cluster.
     overlap: dict[str, dict[int, int]] = {}
     for rec, c in clusters.items():
-        e = old_entity_of.get(rec)
+        e = claims.get(rec)
         if e is not None:
             overlap.setdefault(e, {}).setdefault(c, 0)
             overlap[e][c] += 1
@@ -151,6 +167,10 @@ def assign_ids(
                            key=lambda e: (entity_age.get(e, (10**9, e))[0], -overlap[e][c], e))
         if inherited:
             eid = inherited[0]
+            if eid in dormant:
+                out.restored.append(eid)
+                out.touched.add(eid)
+                out.events.append({"type": "entity_restored", "entity_id": eid, "other_entity_id": dormant[eid]})
             for loser in inherited[1:]:
                 out.merged.append((loser, eid))
                 out.events.append({"type": "entities_merged", "entity_id": eid, "other_entity_id": loser})
@@ -178,8 +198,25 @@ def assign_ids(
                 out.events.append({"type": "record_moved", "entity_id": eid, "other_entity_id": before,
                                    "source": rec[0], "record_id": rec[1]})
                 out.touched |= {eid, before}
+    # An entity whose records all claim others (a decision's basis) goes into the entity
+    # holding most of them; with no claims every old entity has an heir and this finds none.
+    ids = set(out.entity_of.values()) | {loser for loser, _ in out.merged}
+    now_in: dict[str, dict[str, int]] = {}
+    for rec in sorted(out.entity_of):
+        e = old_entity_of.get(rec)
+        if e is not None and e not in ids:
+            by = now_in.setdefault(e, {})
+            by[out.entity_of[rec]] = by.get(out.entity_of[rec], 0) + 1
+    for e in sorted(now_in):
+        heir_id = min(now_in[e], key=lambda x: (-now_in[e][x], x))
+        out.merged.append((e, heir_id))
+        out.touched |= {e, heir_id}
+        out.events.append({"type": "entities_merged", "entity_id": heir_id, "other_entity_id": e})
     return out
 
+
+_ENTITY_SCHEMA = {"entity_id": pl.Utf8, "status": pl.Utf8, "merged_into": pl.Utf8, "split_from": pl.Utf8,
+                  "created_run": pl.Int32, "changed_run": pl.Int32, "size": pl.Int32}
 
 _RECORD_INDEX_SCHEMA = {"source": pl.Utf8, "record_id": pl.Utf8, "content_hash": pl.Utf8, "entity_id": pl.Utf8,
                         "first_seen_run": pl.Int32, "last_seen_run": pl.Int32, "rk": pl.Int64, "raw_hash": pl.UInt64}
@@ -580,6 +617,177 @@ class Store:
         text = model_mod.compiled_text(settings, compile="splink" in sys.modules)
         if text is not None:
             self.con.execute("insert into model_sql values (?, ?, ?, ?, ?)", [*key, run_id, text])
+
+    # --- identity changes (one write path) ---
+    def write_identity(self, a: IdAssignment, *, sizes: Mapping[str, int], run_id: int | None,
+                       moves: pl.DataFrame | None = None, retired: Iterable[str] = (),
+                       events_before: Iterable[dict[str, Any]] = (), events_after: Iterable[dict[str, Any]] = (),
+                       decision_id: int | None = None) -> int:
+        """Write what :func:`assign_ids` decided, inside the caller's transaction: the records
+        that change entity (``moves``: ``rk`` and new ``entity_id``; None when the caller
+        wrote the records whole), the entity rows it touched, and its events, between
+        ``events_before`` and ``events_after`` and the ``entity_retired`` events of
+        ``retired``. Runs and decisions both write identity changes through here.
+
+        ``sizes`` holds the record count of every entity touched (and any other whose size
+        may have changed). ``run_id`` is the run writing (its id stamps ``changed_run``);
+        None for a decision, whose new entities take the last run's id and which leaves
+        ``changed_run`` of the others alone. Returns the number of events written.
+
+        >>> st = Store.open("out/doctest-write-identity.duckdb")
+        >>> a = assign_ids({("s", "1"): 0}, {}, {}, mint=lambda: "EX")
+        >>> st.begin(); st.write_identity(a, sizes={"EX": 1}, run_id=None, decision_id=None); st.rollback()
+        2
+        >>> st.close()
+        """
+        if moves is not None and moves.height:
+            # Deleted and inserted again rather than updated: DuckDB rewrites a whole column of
+            # every row group an update touches when it checkpoints (~0.4 s at a million records),
+            # while deletes and appends cost little.
+            with self.registered("_moves", moves.select(pl.col("rk").cast(pl.Int64), "entity_id")):
+                self.con.execute("create temp table _moved as select r.* replace (m.entity_id as entity_id) "
+                                 "from records r join _moves m on r.rk = m.rk")
+                self.con.execute("delete from records where rk in (select rk from _moves)")
+                self.con.execute("insert into records select * from _moved")
+                self.con.execute("drop table _moved")
+        retired = sorted(retired)
+        merged_away = {m for m, _ in a.merged}
+        touched = a.touched | set(retired) | merged_away
+        ids = touched | set(sizes)
+        with self.registered("_ids", pl.DataFrame({"entity_id": sorted(ids)}, schema={"entity_id": pl.Utf8})):
+            ent_old = query_pl(self.con, "select e.* from entities e join _ids using (entity_id)")
+        rows = {r["entity_id"]: r for r in ent_old.iter_rows(named=True)}
+        stamp = run_id if run_id is not None else self.last_run()
+        changed = {} if run_id is None else {"changed_run": run_id}
+        out: dict[str, dict[str, Any]] = {}
+        for eid, split_from in a.created:
+            out[eid] = {"entity_id": eid, "status": "active", "merged_into": None, "split_from": split_from,
+                        "created_run": stamp, "changed_run": stamp, "size": sizes.get(eid, 0)}
+        for eid in a.restored:
+            out[eid] = dict(rows[eid], status="active", merged_into=None, size=sizes.get(eid, 0), **changed)
+        for loser, survivor in a.merged:
+            out[loser] = dict(rows[loser], status="merged", merged_into=survivor, size=0, **changed)
+        for e in retired:
+            out[e] = dict(rows[e], status="retired", size=0, **changed)
+        for eid in ids:
+            if eid in out or eid not in rows:
+                continue
+            r = dict(rows[eid])
+            n = sizes.get(eid, 0)
+            if r.get("size") != n or eid in touched:
+                r["size"] = n
+                r.update(changed if eid in touched else {})
+                out[eid] = r
+        if out:
+            with self.registered("_ent", pl.DataFrame(list(out.values()), schema=_ENTITY_SCHEMA)):
+                self.con.execute("insert or replace into entities by name select * from _ent")  # by primary key
+        events = [*events_before, *a.events, *events_after, *({"type": "entity_retired", "entity_id": e}
+                                                               for e in retired)]
+        return self.append_events(events, run_id=run_id, decision_id=decision_id)
+
+    def decision_rows(self) -> list[dict[str, Any]]:
+        """Every decision, oldest first, its ``payload`` parsed."""
+        df = query_pl(self.con, "select decision_id, decided_at, author, action, reason, payload, undone_by, undoes "
+                                "from decisions order by decision_id")
+        rows = df.to_dicts() if df.height else []
+        for r in rows:
+            r["payload"] = json.loads(r["payload"]) if isinstance(r["payload"], str) else (r["payload"] or {})
+        return rows
+
+    def record_decision(self, decision_id: int, author: str, action: str, reason: str, payload: Mapping[str, Any],
+                        undoes: int | None = None) -> None:
+        """Insert a decision (inside the caller's transaction); an undo marks the one it undoes."""
+        self.con.execute("insert into decisions values (?, ?, ?, ?, ?, ?, NULL, ?)",
+                         [decision_id, utc_now(), author, action, reason, json.dumps(payload), undoes])
+        if undoes is not None:
+            self.con.execute("update decisions set undone_by = ? where decision_id = ?", [decision_id, undoes])
+
+    def entity_status(self, entity_id: str) -> str | None:
+        """``active``, ``merged`` or ``retired`` (None: no such entity)."""
+        row = fetch_one(self.con, "select status from entities where entity_id = ?", [entity_id])
+        return None if row is None else row[0]
+
+    def entity_rows(self) -> dict[str, dict[str, Any]]:
+        """Every entity row by id."""
+        return {r["entity_id"]: r for r in query_pl(self.con, "select * from entities").iter_rows(named=True)}
+
+    def members(self, entity_id: str) -> list[tuple[str, str]]:
+        """The (source, record_id) of an entity's records, sorted."""
+        rows = self.con.execute("select source, record_id from records where entity_id = ? "
+                                "order by source, record_id", [entity_id]).fetchall()
+        return [(s, r) for s, r in rows]
+
+    def entity_records(self, entity_id: str) -> pl.DataFrame:
+        """An entity's stored records (every column), by source and record id."""
+        return query_pl(self.con, "select * from records where entity_id = ? order by source, record_id", [entity_id])
+
+    def record_entities(self) -> pl.DataFrame:
+        """``source``, ``record_id``, ``entity_id``, ``content_hash`` and ``rk`` of every record,
+        by source and record id."""
+        rk = "rk" if "rk" in self.columns("records") else "null::bigint as rk"
+        return query_pl(self.con, f"select source, record_id, entity_id, content_hash, {rk} from records "
+                                  "order by source, record_id")
+
+    @staticmethod
+    def _keys_frame(recs: Iterable[tuple[str, str]]) -> pl.DataFrame:
+        recs = list(recs)
+        return pl.DataFrame({"source": [r[0] for r in recs], "record_id": [r[1] for r in recs]},
+                            schema={"source": pl.Utf8, "record_id": pl.Utf8})
+
+    def entity_of_records(self, recs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """(source, record_id) -> entity of those of ``recs`` the store holds."""
+        keys = self._keys_frame(recs)
+        if not keys.height:
+            return {}
+        with self.registered("_q_recs", keys):
+            out = query_pl(self.con, "select r.source, r.record_id, r.entity_id from records r join _q_recs q "
+                                     "on r.source = q.source and r.record_id = q.record_id")
+        return {(s, r): e for s, r, e in out.iter_rows()}
+
+    def content_hashes(self, recs: Iterable[tuple[str, str]]) -> list[tuple[str, str, str]]:
+        """(source, record_id, content_hash) of those of ``recs`` the store holds."""
+        with self.registered("_dig", self._keys_frame(recs)):
+            return self.con.execute("select r.source, r.record_id, r.content_hash from records r join _dig d "
+                                    "on r.source = d.source and r.record_id = d.record_id").fetchall()
+
+    def links_among(self, recs: Iterable[tuple[str, str]], *, min_p: float | None = None) -> pl.DataFrame:
+        """The stored links (every column) both of whose records are among ``recs``."""
+        cond = "" if min_p is None else f" where l.match_probability >= {float(min_p)!r}"
+        with self.registered("_q_among", self._keys_frame(recs)):
+            return query_pl(self.con, "select l.* from links l "
+                                      "semi join _q_among a on l.source_l = a.source and l.record_id_l = a.record_id "
+                                      "semi join _q_among b on l.source_r = b.source and l.record_id_r = b.record_id"
+                                      + cond)
+
+    def link_pairs(self, min_p: float | None = None) -> pl.DataFrame:
+        """``source_l, record_id_l, source_r, record_id_r, match_probability`` of every stored
+        link (at least ``min_p``)."""
+        cond = "" if min_p is None else " where match_probability >= ?"
+        return query_pl(self.con, "select source_l, record_id_l, source_r, record_id_r, match_probability from links"
+                        + cond, [] if min_p is None else [float(min_p)])
+
+    def links_leaving(self, recs: Iterable[tuple[str, str]], entity_id: str, limit: int) -> pl.DataFrame:
+        """The best ``limit`` links from ``recs`` to records outside ``entity_id`` (``source``,
+        ``record_id``, ``other_source``, ``other_record_id``, ``other_entity_id``,
+        ``match_probability``)."""
+        with self.registered("_q_near", self._keys_frame(recs)):
+            return query_pl(self.con, f"""
+                select * from (
+                  select l.source_l as source, l.record_id_l as record_id, l.source_r as other_source,
+                         l.record_id_r as other_record_id, r.entity_id as other_entity_id, l.match_probability
+                  from links l semi join _q_near q on l.source_l = q.source and l.record_id_l = q.record_id
+                  join records r on r.source = l.source_r and r.record_id = l.record_id_r
+                  where r.entity_id <> ?
+                  union all
+                  select l.source_r, l.record_id_r, l.source_l, l.record_id_l, r.entity_id, l.match_probability
+                  from links l semi join _q_near q on l.source_r = q.source and l.record_id_r = q.record_id
+                  join records r on r.source = l.source_l and r.record_id = l.record_id_l
+                  where r.entity_id <> ?)
+                order by match_probability desc, other_entity_id limit {int(limit)}""", [entity_id, entity_id])
+
+    def all_records(self) -> pl.DataFrame:
+        """Every stored record, every column (in the table's order)."""
+        return query_pl(self.con, "select * from records")
 
 
 # Every table a store of this schema version holds. A file holding only these (and at least

@@ -618,7 +618,7 @@ def _model_for(proj: Project, st: Store, records: Callable[[], pl.DataFrame],
 def _decision_constraints(st: Store, records: pl.DataFrame) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """Must-link and cannot-link rid pairs from the decisions in force (see review.py)."""
     try:
-        from idweave.linkage.review import constraints
+        from idweave.linkage.decisions import constraints
     except ImportError:
         return [], []
     return constraints(st, records)

@@ -65,7 +65,7 @@ class ConflictError(IdweaveError):
 
 def _open(project: ProjectLike) -> tuple[Project, Store]:
     proj = resolve_project(project)
-    return review._open(proj, read_only=True)
+    return review.open_store(proj, read_only=True)
 
 
 def store_state(project: ProjectLike) -> str:
@@ -155,7 +155,7 @@ def queue_page(project: ProjectLike, *, items: Sequence[review.QueueItem] | None
     reasons = Counter(r for it in items for r in it.reasons)
     proj, st = _open(proj)
     with st:
-        thr, _, _ = review._run_info(st, proj)
+        thr, _, _ = review.run_info(st, proj)
         ids = sorted({e for it in items for e in (it.entity_id, it.other_entity_id) if e})
         df = pl.DataFrame({"entity_id": ids}, schema={"entity_id": pl.Utf8})
         with st.registered("_q_ids", df):
@@ -189,7 +189,7 @@ def queue_page(project: ProjectLike, *, items: Sequence[review.QueueItem] | None
                                         "where entity_id in (select entity_id from _q_page)")
             for s, r, e in recs.iter_rows():
                 members[e].append((s, r))
-            links = review._links_among(st, [m for e in page_ids for m in members[e]])
+            links = st.links_among([m for e in page_ids for m in members[e]])
     entity_of = {m: e for e, ms in members.items() for m in ms}
     by_pair: dict[tuple[str, str], list[float]] = defaultdict(list)
     if links.height:
@@ -390,7 +390,7 @@ def _version(st: Store, entity_id: str) -> str:
     rows = st.con.execute("select source, record_id, content_hash from records where entity_id = ?", [eid]).fetchall()
     h.update(review.entity_digest(rows).encode())
     mine = {(s, r) for s, r, _ in rows}
-    for d in review._decision_rows(st):
+    for d in review.decision_rows(st):
         p = d["payload"]
         if any((s, r) in mine for key in ("records_a", "records_b", "records", "rest", "left", "right")
                for s, r in p.get(key, [])):
@@ -528,7 +528,7 @@ def model_view(project: ProjectLike) -> ModelView:
     proj, st = _open(project)
     with st:
         stored = st.latest_model()
-        thr, _, _ = review._run_info(st, proj)
+        thr, _, _ = review.run_info(st, proj)
         runs = query_pl(st.con, "select run_id, started_at, mode, model_version, threshold, n_records, n_links, "
                                 "n_entities, summary from runs order by run_id desc limit 10").to_dicts()
     for r in runs:

@@ -24,6 +24,7 @@ from idweave.linkage.evaluate import evaluate_labels
 from idweave.linkage.explain import explain_entity
 from idweave.linkage.graph import Store
 from idweave.linkage import review
+from idweave.linkage import queue as review_queue
 from idweave.linkage.review import (
     confirm, constraints, decisions, diff_spans, export_labels, keep_apart, merge, queue, show, split, undo,
 )
@@ -422,12 +423,12 @@ def test_constraints_from_decisions(tmp_path: Path, rows: list, must: list, cann
 def test_worst_split_finds_a_weak_bridge() -> None:
     a, b, c, d, e, f = [("s", x) for x in "abcdef"]
     tri = [(0.99, a, b), (0.99, b, c), (0.99, a, c), (0.99, d, e), (0.99, e, f), (0.99, d, f)]
-    res = review._worst_split([a, b, c, d, e, f], tri + [(0.95, c, d)], 0.9, 1.0)
+    res = review_queue.worst_split([a, b, c, d, e, f], tri + [(0.95, c, d)], 0.9, 1.0)
     assert (res.side, res.rest, res.crossing, res.edge_p, res.looks) == ([d, e, f], 3, 1, 0.95, 1)
     # one scored pair of nine across, against six of six inside
     assert res.cohesion == pytest.approx((0.95 / 9) / (0.99 * 6 / 6))
     # a second link across: no longer a bridge, still a loose split
-    res = review._worst_split([a, b, c, d, e, f], tri + [(0.95, c, d), (0.92, b, e)], 0.9, 1.0)
+    res = review_queue.worst_split([a, b, c, d, e, f], tri + [(0.95, c, d), (0.92, b, e)], 0.9, 1.0)
     assert (res.side, res.crossing, res.looks) == ([d, e, f], 2, 2)
 
 
@@ -457,7 +458,7 @@ def test_queue_reasons_on_a_made_up_store(tiny: Path) -> None:
     links += [("benefits", x, "benefits", y, 0.999) for x, y in tri] + [("benefits", "c", "benefits", "d", 0.97)]
     lk = pl.DataFrame(links, schema=["source_l", "record_id_l", "source_r", "record_id_r", "match_probability"],
                       orient="row")
-    items = review._queue(proj, recs, lk, [], 0.9, limit=None, margin_bits=3.0, large_size=5, date_gap_days=730,
+    items = review_queue.build_queue(proj, recs, lk, [], 0.9, limit=None, margin_bits=3.0, large_size=5, date_gap_days=730,
                           unscored_weight=1.0, include_reviewed=False)
     got = {(i.entity_id, i.other_entity_id): (i.reason, i.reasons) for i in items}
     assert got == {
@@ -480,7 +481,7 @@ def test_queue_reasons_on_a_made_up_store(tiny: Path) -> None:
     rows = [{"decision_id": 1, "action": "confirm", "undone_by": None, "undoes": None,
              "payload": {"records": [["benefits", x] for x in "abcdef"],
                          "reviewed": {"E5": review.entity_digest((("benefits", x, f"h{x}") for x in "abcdef"))}}}]
-    items = review._queue(proj, recs, lk, rows, 0.9, limit=None, margin_bits=3.0, large_size=5, date_gap_days=730,
+    items = review_queue.build_queue(proj, recs, lk, rows, 0.9, limit=None, margin_bits=3.0, large_size=5, date_gap_days=730,
                           unscored_weight=1.0, include_reviewed=False)
     assert ("E5", None) not in {(i.entity_id, i.other_entity_id) for i in items}
 

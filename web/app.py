@@ -196,7 +196,7 @@ def make_app(project: Project | str | Path | Mapping[str, Any], *, token: str | 
             thr = ep.view.threshold
             ln = ep.links[ep.chosen]
             wf = Markup(svg.waterfall(ep.prior_weight, ln["evidence"],
-                                      threshold_weight=review._weight(thr) if thr else None))
+                                      threshold_weight=review.weight(thr) if thr else None))
         return page(request, "entity.html", ep=ep, labels=labels, graph=Markup(graph), waterfall=wf,
                     other=ctx["other_view"], other_version=ctx["other_version"], next_item=ctx["next_item"],
                     prev_item=ctx["prev_item"], base=base, title=f"Entity {ep.view.entity_id}")

@@ -13,6 +13,7 @@ found: tin_row, given, family, born, ssn``).
 
 from __future__ import annotations
 
+import codecs
 import glob
 import hashlib
 import json
@@ -37,7 +38,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _RESERVED = {"source", "record_id", "rid", "entity_id", "cluster_id", "match_key", "unique_id"}
 _ENGINES = ("duckdb", "spark")
 _AVAILABLE_ENGINES = ("duckdb",)  # spark is reserved for scale-out
-_SOURCE_KEYS = {"path", "id", "columns", "date_format", "exclusive", "mode", "format"}
+_SOURCE_KEYS = {"path", "id", "columns", "date_format", "exclusive", "mode", "format", "encoding"}
 _TOP_KEYS = {
     "store", "threshold", "attributes", "sources", "blocking", "comparisons", "engine",
     "model", "training", "clustering", "base_dir", "erasure", "privacy",
@@ -80,6 +81,7 @@ class Source:
     exclusive: bool = False
     mode: str = "snapshot"
     frame: Any = None
+    encoding: str | None = None  # of a CSV or NDJSON file that is not UTF-8 (readers transcode it)
 
     @property
     def label(self) -> str:
@@ -474,12 +476,34 @@ def _parse_source(sname: str, spec: Any, raw_attrs: dict[Any, Any], frames: dict
         problems.append(f"{at}.date_format: must be a strftime pattern like '%d/%m/%Y', got {_shown(date_format)}")
         date_format = None
     src = Source(name=sname, id=id_col, columns=columns, date_format=date_format,
-                 exclusive=exclusive, mode=mode)
+                 exclusive=exclusive, mode=mode, encoding=_parse_encoding(at, spec.get("encoding"), problems))
     if sname in frames:
         src.frame = frames[sname]
     else:
         _parse_source_path(src, spec, base, problems)
+        if src.encoding and src.format == "parquet":
+            problems.append(f"{at}.encoding: only for CSV and NDJSON files (Parquet text is always UTF-8)")
     return src
+
+
+def _parse_encoding(at: str, encoding: Any, problems: list[str]) -> str | None:
+    """A source's ``encoding`` (a codec name Python knows, e.g. latin-1, cp1252, utf-16)."""
+    if encoding is None:
+        return None
+    if not isinstance(encoding, str) or not encoding.strip():
+        problems.append(f"{at}.encoding: must be the name of a text encoding (e.g. latin-1, cp1252, utf-16), "
+                        f"got {_shown(encoding)}")
+        return None
+    try:
+        info = codecs.lookup(encoding)
+    except (LookupError, ValueError):
+        problems.append(f"{at}.encoding: unknown encoding {_shown(encoding)}; use a name Python knows "
+                        "(e.g. latin-1, cp1252, utf-16)")
+        return None
+    if not getattr(info, "_is_text_encoding", True):
+        problems.append(f"{at}.encoding: {_shown(encoding)} is not a text encoding")
+        return None
+    return encoding
 
 
 def _parse_source_path(src: Source, spec: dict[str, Any], base: Path, problems: list[str]) -> None:

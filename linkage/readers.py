@@ -9,6 +9,9 @@ data files; ``sources`` maps and cleans what it reads, ``project`` checks header
 
 from __future__ import annotations
 
+import codecs
+import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -19,7 +22,7 @@ from idweave.linkage.errors import SourceError
 if TYPE_CHECKING:
     from idweave.linkage.project import Source
 
-__all__ = ["source_columns", "source_schema", "nested_columns", "read_source", "to_polars"]
+__all__ = ["source_columns", "source_schema", "nested_columns", "read_source", "to_polars", "utf8_copy"]
 
 
 def source_columns(src: Source) -> list[str]:
@@ -45,12 +48,13 @@ def source_schema(src: Source) -> dict[str, pl.DataType]:
         return dict(to_polars(src.frame, src).schema)
     out: dict[str, pl.DataType] | None = None
     for f in src.files:
+        path = _readable(f, src)
         try:
-            schema = dict(_scan(f, src.format).collect_schema())
+            schema = dict(_scan(path, src.format).collect_schema())
         except pl.exceptions.NoDataError:
             raise
         except pl.exceptions.PolarsError as exc:
-            raise _read_error(f, src.format, exc) from None
+            raise _read_error(path, src.format, exc, name=f.name) from None
         if src.format == "csv":
             for name in schema:
                 base, sep, n = name.rpartition("_duplicated_")
@@ -94,28 +98,32 @@ def nested_columns(schema: dict[str, pl.DataType], columns: Iterable[str]) -> li
     return [c for c in columns if c in schema and isinstance(schema[c], _NESTED)]
 
 
-def _read_error(f: Path, fmt: str | None, exc: Exception) -> SourceError:
+def _read_error(f: Path, fmt: str | None, exc: Exception, name: str | None = None) -> SourceError:
     """Why a source file cannot be read, with the line or row where that is known, and never
-    the text of the file (polars quotes the offending field; that may be personal data)."""
+    the text of the file (polars quotes the offending field; that may be personal data).
+    ``f`` is the file read (a UTF-8 copy for a source with an ``encoding``), ``name`` the
+    source file's name that the message gives (``f``'s by default)."""
     text = str(exc)
+    name = name or f.name
     if fmt in ("csv", "ndjson") and ("utf-8" in text.lower() or "utf8" in text.lower()):
         line = _first_bad_utf8_line(f)
         where = f" at line {line}" if line else ""
         return SourceError(f"the file is not UTF-8 text: a byte{where} cannot be decoded (latin-1 or another "
-                           "encoding?); convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)", file=f.name)
+                           "encoding?); give the source its encoding (e.g. encoding: latin-1) or convert the "
+                           "file to UTF-8", file=name)
     if fmt == "ndjson":
         line = _first_bad_json_line(f)
         where = f"line {line} is not a JSON object" if line else "a line is not valid JSON"
-        return SourceError(f"{where}; each line must hold one JSON object", file=f.name)
+        return SourceError(f"{where}; each line must hold one JSON object", file=name)
     if fmt == "csv":
         row = _csv_bad_row(f)
         if row is not None:
-            return SourceError(f"data row {row[0]} (line {row[1]}) {row[2]}", file=f.name)
+            return SourceError(f"data row {row[0]} (line {row[1]}) {row[2]}", file=name)
         return SourceError("cannot be parsed as CSV (an unclosed quote or a row with more fields than the header?)",
-                           file=f.name)
+                           file=name)
     if fmt == "parquet":
-        return SourceError("is not a readable Parquet file (truncated, corrupt, or another format?)", file=f.name)
-    return SourceError(f"cannot read the file ({exc.__class__.__name__})", file=f.name)
+        return SourceError("is not a readable Parquet file (truncated, corrupt, or another format?)", file=name)
+    return SourceError(f"cannot read the file ({exc.__class__.__name__})", file=name)
 
 
 def _first_bad_utf8_line(f: Path, chunk: int = 1 << 20) -> int | None:
@@ -178,9 +186,10 @@ def _csv_bad_row(f: Path) -> tuple[int, int, str] | None:
     return None
 
 
-def _ragged_check(f: Path, df: pl.DataFrame, last: str) -> None:
+def _ragged_check(f: Path, df: pl.DataFrame, last: str, name: str) -> None:
     """Rows with fewer fields than the header leave the last column null, as an empty last
-    field does; only then is the file scanned (by line, in polars) for rows that are short."""
+    field does; only then is the file scanned (by line, in polars) for rows that are short.
+    Errors name the source file ``name`` (``f`` may be its UTF-8 copy)."""
     if df[last].null_count() == 0:
         return
     sep = _separator(f)
@@ -196,11 +205,11 @@ def _ragged_check(f: Path, df: pl.DataFrame, last: str) -> None:
     if quoted.any():  # quoted fields may hold separators and line breaks: count them properly
         bad = _csv_bad_row(f)
         if bad is not None:
-            raise SourceError(f"data row {bad[0]} (line {bad[1]}) {bad[2]}", file=f.name)
+            raise SourceError(f"data row {bad[0]} (line {bad[1]}) {bad[2]}", file=name)
         return
     i = int(short.arg_true()[0])
     raise SourceError(f"data row {i} (line {i + 1}) has {int(n_sep[i]) + 1} fields, fewer than the header's "
-                      f"{int(n_sep[0]) + 1} (a ragged row)", file=f.name)
+                      f"{int(n_sep[0]) + 1} (a ragged row)", file=name)
 
 
 def to_polars(frame: Any, src: Source) -> pl.DataFrame:
@@ -239,7 +248,8 @@ def read_source(src: Source, columns: Iterable[str]) -> pl.DataFrame:
     parts = []
     for f in src.files:
         try:
-            scan = _scan(f, src.format)
+            path = _readable(f, src)
+            scan = _scan(path, src.format)
             schema = scan.collect_schema()
             nested = nested_columns(dict(schema), cols)
             if nested:
@@ -249,14 +259,14 @@ def read_source(src: Source, columns: Iterable[str]) -> pl.DataFrame:
             read = cols + ([last] if last is not None and last not in cols else [])
             df = scan.select(read).collect()
             if last is not None:
-                _ragged_check(f, df, last)
+                _ragged_check(path, df, last, f.name)
             parts.append(df.select(cols))
         except pl.exceptions.ColumnNotFoundError as exc:
-            missing = [c for c in cols if c not in _safe_names(f, src.format)]
+            missing = [c for c in cols if c not in _safe_names(path, src.format)]
             raise SourceError("missing column", file=f.name, column=_printable(missing[0]) if missing else None) \
                 from None
         except pl.exceptions.PolarsError as exc:
-            raise _read_error(f, src.format, exc) from None
+            raise _read_error(path, src.format, exc, name=f.name) from None
         except OSError as exc:
             raise SourceError(f"cannot read the file: {exc.strerror or exc.__class__.__name__}", file=f.name) from None
     if len(parts) == 1:
@@ -269,3 +279,84 @@ def _safe_names(f: Path, fmt: str | None) -> list[str]:
         return _scan(f, fmt).collect_schema().names()
     except Exception:  # noqa: BLE001 - only used to name a missing column
         return []
+
+
+# UTF-8 copies of the files of sources with an ``encoding``, made once per file version
+# (path, size, mtime, codec) in a private temporary folder that is removed at exit.
+_COPIES: dict[tuple[str, int, int, str], Path] = {}
+_COPY_DIR: tempfile.TemporaryDirectory | None = None
+_CHUNK = 1 << 20
+
+
+def _readable(f: Path, src: Source) -> Path:
+    """The file to read for ``f``: itself, or for a CSV or NDJSON source whose ``encoding``
+    is not UTF-8, its UTF-8 copy (polars reads UTF-8 only)."""
+    enc = getattr(src, "encoding", None)
+    if not enc or src.format not in ("csv", "ndjson") or codecs.lookup(enc).name == "utf-8":
+        return f
+    return utf8_copy(f, enc)
+
+
+def utf8_copy(f: str | Path, encoding: str) -> Path:
+    """A UTF-8 copy of the text file ``f`` written in ``encoding`` (``latin-1``, ``cp1252``,
+    ``utf-16`` with its byte-order mark, ...), decoded in 1 MiB chunks so that memory stays
+    bounded whatever the file's size. The copy lives in a private temporary folder (mode
+    0700, removed when the process ends) and is made once per version of the file. A byte
+    that is not valid in ``encoding`` is a :class:`SourceError` naming the file and its line
+    (never the text).
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "people.csv"
+    >>> _ = p.write_bytes("id,name\\n1,Ren\\xe9e\\n".encode("latin-1"))
+    >>> utf8_copy(p, "latin-1").read_text(encoding="utf-8")
+    'id,name\\n1,Renée\\n'
+    >>> utf8_copy(p, "ascii")
+    Traceback (most recent call last):
+    ...
+    idweave.linkage.errors.SourceError: people.csv: the file is not valid ascii text: a byte at line 2 cannot be decoded; check the source's encoding
+    """
+    global _COPY_DIR
+    f = Path(f)
+    codec = codecs.lookup(encoding).name
+    st = os.stat(f)
+    key = (str(f.resolve()), st.st_size, st.st_mtime_ns, codec)
+    hit = _COPIES.get(key)
+    if hit is not None and hit.exists():
+        return hit
+    if _COPY_DIR is None:
+        _COPY_DIR = tempfile.TemporaryDirectory(prefix="idweave-utf8-")
+    fd, name = tempfile.mkstemp(dir=_COPY_DIR.name, suffix=f.suffix)  # mode 0600: personal data
+    out = Path(name)
+    dec = codecs.getincrementaldecoder(codec)("strict")
+    line = 1
+    try:
+        with open(f, "rb") as fh, os.fdopen(fd, "wb") as w:
+            while True:
+                data = fh.read(_CHUNK)
+                state = dec.getstate()
+                try:
+                    text = dec.decode(data, final=not data)
+                except UnicodeDecodeError as exc:
+                    line += _lines_before(codec, state, data, exc.start)
+                    raise SourceError(f"the file is not valid {encoding} text: a byte at line {line} cannot be "
+                                      "decoded; check the source's encoding", file=f.name) from None
+                w.write(text.encode("utf-8"))
+                line += text.count("\n")
+                if not data:
+                    break
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    for old in [k for k in _COPIES if k[0] == key[0] and k[3] == codec]:  # an older version of the file
+        _COPIES.pop(old).unlink(missing_ok=True)
+    _COPIES[key] = out
+    return out
+
+
+def _lines_before(codec: str, state: Any, data: bytes, bad: int) -> int:
+    """Line breaks in ``data`` before the undecodable byte at ``bad`` (an offset that counts
+    the bytes the decoder held over from the previous chunk, given in ``state``)."""
+    dec = codecs.getincrementaldecoder(codec)("replace")
+    dec.setstate(state)
+    pending = len(state[0]) if isinstance(state, tuple) and isinstance(state[0], bytes) else 0
+    return dec.decode(data[:max(bad - pending, 0)]).count("\n")

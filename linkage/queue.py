@@ -60,7 +60,6 @@ def _same_probability(rel: float, looks: int) -> float:
     return 1.0 - (1.0 - min(max(rel, 0.0), 1.0)) ** min(_LOOKS_CAP, max(1, looks))
 
 
-
 def weight(p: float) -> float:
     """Match weight (bits) of a probability.
 
@@ -414,7 +413,6 @@ def queue(project: ProjectLike, *, limit: int | None = None, margin_bits: float 
                   date_gap_days=date_gap_days, unscored_weight=unscored_weight, include_reviewed=include_reviewed)
 
 
-
 def _household_members(recs: pl.DataFrame, kinds: Mapping[str, str], date_gap_days: int) -> list[tuple[str, str]]:
     """Entities holding two records that share a family name and an address (or phone) but
     whose given names clearly differ (Jaro-Winkler below 0.8, no nickname in common) or whose
@@ -564,7 +562,6 @@ def _decision_conflicts(q: QueueEvidence) -> None:
                         f"joined by decision #{did}, but {_fmt(a)} and {_fmt(b)} now score {p:.4f}")
 
 
-
 def _exclusive_twice(q: QueueEvidence) -> None:
     """``exclusive_twice``: two records of an exclusive source in one entity."""
     recs, exclusive, add = q.recs, q.exclusive, q.add
@@ -574,7 +571,6 @@ def _exclusive_twice(q: QueueEvidence) -> None:
         for e, s, n in ex.iter_rows():
             add((e, None), "exclusive_twice", _PRIOR["exclusive_twice"],
                 f"{n} records from the exclusive source '{s}'")
-
 
 
 def _conflicting_ids(q: QueueEvidence) -> None:
@@ -622,13 +618,11 @@ def _dates_apart(q: QueueEvidence) -> None:
                         f"from the others")
 
 
-
 def _household(q: QueueEvidence) -> None:
     """``household``: one household taken for one person (see :func:`_household_members`)."""
     multi_ids, kinds, date_gap_days, add = q.multi_ids, q.kinds, q.date_gap_days, q.add
     for e, detail in _household_members(multi_ids, kinds, date_gap_days):
         add((e, None), "household", _PRIOR["household"], detail)
-
 
 
 def _large(q: QueueEvidence) -> None:
@@ -640,12 +634,12 @@ def _large(q: QueueEvidence) -> None:
                 f"{n} records (more than {large_size})")
 
 
-
 def _link_held(q: QueueEvidence) -> None:
     """``weak_bridge``, ``loose_groups``, ``uncertain``: the split of each entity whose two sides match
     least (:func:`worst_split`), with the suggested split and each entity's own cohesion."""
-    ek, entity_of, sizes, cons, unscored_weight, multi_ids = q.ek, q.entity_of, q.sizes, q.cons, q.unscored_weight, q.multi_ids
-    kinds, exclusive, date_gap_days, thr, band_top, link_of = q.kinds, q.exclusive, q.date_gap_days, q.thr, q.band_top, q.link_of
+    ek, entity_of, sizes, cons = q.ek, q.entity_of, q.sizes, q.cons
+    unscored_weight, multi_ids, kinds, exclusive = q.unscored_weight, q.multi_ids, q.kinds, q.exclusive
+    date_gap_days, thr, band_top, link_of = q.date_gap_days, q.thr, q.band_top, q.link_of
     suggest, self_coh, add = q.suggest, q.self_coh, q.add
     within_all = ek.filter(pl.col("e_l") == pl.col("e_r"))
     edges_of: dict[str, list[tuple[float, Rec, Rec]]] = defaultdict(list)
@@ -696,11 +690,11 @@ def _link_held(q: QueueEvidence) -> None:
                                              f"weakest holding link p={res.weakest:.3f}")
 
 
-
 def _near_misses(q: QueueEvidence) -> None:
     """``near_miss``: two entities joined by links near the threshold, scored like a split."""
     ek, near_low, cons, entity_of, exclusive, recs = q.ek, q.near_low, q.cons, q.entity_of, q.exclusive, q.recs
-    sizes, unscored_weight, self_coh, thr, link_of, add = q.sizes, q.unscored_weight, q.self_coh, q.thr, q.link_of, q.add
+    sizes, unscored_weight, self_coh = q.sizes, q.unscored_weight, q.self_coh
+    thr, link_of, add = q.thr, q.link_of, q.add
     cross = (ek.filter(pl.col("e_l") != pl.col("e_r"))
              .with_columns(pl.min_horizontal("e_l", "e_r").alias("ea"), pl.max_horizontal("e_l", "e_r").alias("eb")))
     near = cross.filter(pl.col("match_probability") >= near_low).select("ea", "eb").unique()

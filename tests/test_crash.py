@@ -26,7 +26,7 @@ import polars as pl
 import pytest
 
 from conftest import run_cli
-from identity_helpers import dump, project_copy, raw_frames, read_table, same_state
+from identity_helpers import dump, entity_sizes_hold, project_copy, raw_frames, read_table, same_state
 from idweave.linkage import link
 
 CLI = [sys.executable, "-c", "from idweave.cli.app import main; main()"]
@@ -188,3 +188,122 @@ def test_two_runs_at_once_are_serialised(prepared) -> None:
     # The second to get the store saw the first one's result: the same input changes nothing.
     assert runs["n_events"][2] == 0 and runs["n_new"][1] == 176
     check_complete(store, 3)
+
+
+# ------------------------------------------------------------------ decisions killed
+# ``idweave merge`` and ``idweave split`` killed with SIGKILL while they work: the store holds
+# the decision whole (its decision row, its events, the records moved, the entity sizes) or
+# is exactly as before it. The kills are timed on what the process does, seen from outside
+# (no test hook): the moment it has the store file open (/proc/PID/fd), and the moment
+# DuckDB's write-ahead log appears (the decision is being written).
+
+def _opened(proc: subprocess.Popen, store: Path) -> bool:
+    try:
+        fd_dir = Path(f"/proc/{proc.pid}/fd")
+        return any(os.readlink(fd_dir / fd) == str(store) for fd in os.listdir(fd_dir))
+    except OSError:
+        return False
+
+
+def kill_decision(args: list[object], store: Path, trigger: str, delay: float) -> bool:
+    """Run ``idweave ARGS`` and SIGKILL it ``delay`` seconds after ``trigger`` ("open": it has
+    the store open; "wal": the write-ahead log exists). True if it was still running."""
+    store = store.resolve()
+    wal = Path(str(store) + ".wal")
+    proc = start(*args)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if (_opened(proc, store) if trigger == "open" else wal.exists()):
+            break
+        time.sleep(0.001)
+    time.sleep(delay)
+    alive = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    return alive
+
+
+def decision_state(store: Path) -> dict[str, object]:
+    """What a decision changes, without its random new ids and its clock times: the
+    decisions and their events, the entities' statuses and sizes, the partition of the
+    records into entities, and every other table exactly."""
+    tables = dump(store)
+    recs = tables.pop("records")
+    groups = recs.group_by("entity_id").agg(pl.concat_str("source", pl.lit(":"), "record_id").alias("r"))
+    return {
+        "partition": {frozenset(g) for g in groups["r"].to_list()},
+        "records": recs.drop("entity_id").sort("source", "record_id").rows(),
+        "decisions": tables.pop("decisions").select("decision_id", "author", "action", "reason", "undone_by",
+                                                    "undoes").rows(),
+        "events": sorted(tables.pop("events").select("decision_id", "run_id", "type", "source", "record_id")
+                         .rows(), key=repr),
+        "entities": sorted(tables.pop("entities").select("status", "created_run", "changed_run", "size").rows(),
+                           key=repr),
+        **{name: df.rows() for name, df in tables.items()},
+    }
+
+
+@pytest.fixture(scope="module")
+def decided(tmp_path_factory: pytest.TempPathFactory):
+    """fixtures/tiny linked once, the merge and split to try, and the state each gives
+    when it runs to its end (on a copy)."""
+    base = tmp_path_factory.mktemp("decided")
+    project = project_copy("tiny", base / "linked")
+    assert run_cli("link", project).code == 0
+    store = base / "linked" / "out" / "tiny.duckdb"
+    ents = read_table(store, "records").group_by("entity_id").agg(
+        pl.concat_str("source", pl.lit(":"), "record_id").sort().alias("r"),
+        (pl.col("source") == "tax").sum().alias("tax"))
+    # Two entities without a tax record (an exclusive source), and one with three records or more.
+    pair = ents.filter(pl.col("tax") == 0).sort(pl.col("r").list.len(), "entity_id", descending=[True, False])
+    big = ents.filter(pl.col("r").list.len() >= 3).sort("entity_id")
+    commands = {
+        "merge": ["merge", "{p}", pair["entity_id"][0], pair["entity_id"][1], "--reason", "one person"],
+        "split": ["split", "{p}", big["entity_id"][0], big["r"][0][0], "--reason", "not the same person"],
+    }
+    after = {}
+    for name, cmd in commands.items():
+        folder = base / f"ref-{name}"
+        shutil.copytree(base / "linked", folder)
+        r = run_cli(*[str(folder / "project.yaml") if a == "{p}" else a for a in cmd])
+        assert r.code == 0, r.err
+        after[name] = decision_state(folder / "out" / "tiny.duckdb")
+    return base, commands, decision_state(store), after
+
+
+@pytest.mark.parametrize("command", ["merge", "split"])
+def test_a_killed_decision_leaves_the_store_before_or_after_it(decided, tmp_path: Path, command: str) -> None:
+    base, commands, before, after = decided
+    assert after[command]["decisions"] != before["decisions"]  # the decision changes the store
+    # On this machine a decision on tiny commits some 0.2-0.4 s after opening the store, and
+    # the log appears as it commits: the kills are densest there.
+    plan = [("open", d) for d in (0.0, 0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 1.0)] + [("wal", d) for d in (0.0, 0.02)]
+    outcomes: list[tuple[str, str, float, bool]] = []
+
+    def kill(i: int, trigger: str, delay: float) -> None:
+        folder = tmp_path / f"k{i}"
+        shutil.copytree(base / "linked", folder)
+        store = folder / "out" / "tiny.duckdb"
+        args = [str(folder / "project.yaml") if a == "{p}" else a for a in commands[command]]
+        alive = kill_decision(args, store, trigger, delay)
+        state = decision_state(store)
+        assert entity_sizes_hold(store), (trigger, delay)
+        if state == before:
+            outcomes.append(("before", trigger, delay, alive))
+            r = run_cli(*args)  # and the decision can then be made
+            assert r.code == 0, r.err
+            assert decision_state(store) == after[command]
+        else:
+            assert state == after[command], (trigger, delay, alive)  # never in between
+            outcomes.append(("after", trigger, delay, alive))
+        shutil.rmtree(folder)
+
+    for i, (trigger, delay) in enumerate(plan):
+        kill(i, trigger, delay)
+    # A kill right after the store is opened lands before the commit unless the machine
+    # stalls this process; retry (a bounded number of times) rather than depend on speed.
+    for i in range(len(plan), len(plan) + 6):
+        if any(o[0] == "before" for o in outcomes):
+            break
+        kill(i, "open", 0.0)
+    assert any(o[0] == "before" for o in outcomes), outcomes

@@ -497,21 +497,18 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
         record_check(project, st)
         # Every entity's size is kept in the table (the run wrote those that changed): the
         # sizes of the graph are counted there, not by grouping a million record ids.
-        size_counts = dict(st.con.execute("select size, count(*) from entities where status = 'active' and size > 0 "
-                                          "group by size order by size").fetchall())
+        size_counts = st.active_size_counts()
         row = dict(w.row)
         row.update(run_id=run_id, started_at=w.started, finished_at=utc_now(), mode=w.mode,
                    n_records=records.height, n_new=int(delta.new.len()), n_changed=int(delta.changed.len()),
                    n_removed=delta.removed.height, n_pairs=w.n_links_total, n_links=w.n_strong_total,
                    n_entities=sum(size_counts.values()), n_events=n_events)
-        cols = list(row)
-        st.con.execute(f"insert into runs ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})",
-                       [row[c] for c in cols])
+        st.insert_run(row)
         # At a checkpoint DuckDB merges a table's small last row groups (vacuum): after a small
         # append to a wide table that rewrites whole row groups (links at 50k records: 0.54 s
         # for 28k new rows, 0.04 s without). Incremental runs leave that to every
         # VACUUM_EVERY-th run; full runs rewrite their tables anyway.
-        st.con.execute(f"set max_vacuum_tasks = {0 if not full and run_id % VACUUM_EVERY else 100}")
+        st.set_vacuum(full or not run_id % VACUUM_EVERY)
         st.commit()
     except BaseException:
         st.rollback()
@@ -536,8 +533,7 @@ def _write_records_delta(st: Store, records: pl.DataFrame, delta: Delta, rec_row
     ones, mark what the sources held as seen (the records whose entity changed move in
     :meth:`Store.write_identity`)."""
     if delta.gone_rks.len():
-        with st.registered("_gone", pl.DataFrame({"rk": delta.gone_rks})):
-            st.con.execute("delete from records where rk in (select rk from _gone)")
+        st.delete_records(delta.gone_rks)
     dirty = delta.dirty_rids.implode()
     fresh = rec_rows.filter(pl.col("rid").is_in(dirty))
     st.append("records", fresh.drop("rid", "_seen"))
@@ -547,15 +543,8 @@ def _write_records_delta(st: Store, records: pl.DataFrame, delta: Delta, rec_row
         redone = records.join(delta.fresh.select("rid"), on="rid", how="semi") \
             .filter(~pl.col("rid").is_in(dirty)).select("rk", "raw_hash")
         if redone.height:
-            with st.registered("_redone", redone):
-                st.con.execute("update records set raw_hash = x.raw_hash from _redone x where records.rk = x.rk")
-    if all_seen:
-        st.con.execute("update records set last_seen_run = ? where last_seen_run is distinct from ?",
-                       [run_id, run_id])
-    else:
-        with st.registered("_kept", rec_rows.filter(~pl.col("_seen")).select("rk")):
-            st.con.execute("update records set last_seen_run = ? where last_seen_run is distinct from ? "
-                           "and rk not in (select rk from _kept)", [run_id, run_id])
+            st.set_raw_hashes(redone)
+    st.mark_seen(run_id, None if all_seen else rec_rows.filter(~pl.col("_seen")).select("rk"))
 
 
 def _write_joins_delta(st: Store, records: pl.DataFrame, affected: pl.Series, gone: pl.Series,
@@ -563,8 +552,7 @@ def _write_joins_delta(st: Store, records: pl.DataFrame, affected: pl.Series, go
     """The trace of the re-clustered part replaces its stored joins (and those of gone records)."""
     rks = pl.concat([records.filter(pl.col("rid").is_in(affected.implode()))["rk"].cast(pl.Int64),
                      gone.cast(pl.Int64)]).unique()
-    with st.registered("_rks", pl.DataFrame({"rk": rks})):
-        st.con.execute("delete from joins where rk_l in (select rk from _rks) or rk_r in (select rk from _rks)")
+    st.delete_touching("joins", rks)
     st.append("joins", rows)
 
 
@@ -590,8 +578,7 @@ def _write_links_delta(st: Store, records: pl.DataFrame, delta: Delta, w: RunWri
     (and the derived links of re-clustered records), insert the links scored this run."""
     drop = pl.concat([delta.gone_rks, _rks(records, w.rescored)]).unique()
     if drop.len():
-        with st.registered("_drop", pl.DataFrame({"rk": drop})):
-            st.con.execute("delete from links where rk_l in (select rk from _drop) or rk_r in (select rk from _drop)")
+        st.delete_touching("links", drop)
     if w.drop_pairs.height:
         rk = records.select("rid", "rk")
         pairs = (w.drop_pairs.unique()
@@ -599,9 +586,7 @@ def _write_links_delta(st: Store, records: pl.DataFrame, delta: Delta, w: RunWri
                  .join(rk.rename({"rid": "rid_r", "rk": "b"}), on="rid_r")
                  .select("a", "b"))
         # A stored link's rk_l is its record first in (source, record_id) order, as rid_l is.
-        with st.registered("_pairs", pairs):
-            st.con.execute("delete from links where exists (select 1 from _pairs p where "
-                           "links.rk_l = p.a and links.rk_r = p.b)")
+        st.delete_link_pairs(pairs)
     st.append("links", link_rows)
 
 

@@ -789,6 +789,54 @@ class Store:
         """Every stored record, every column (in the table's order)."""
         return query_pl(self.con, "select * from records")
 
+    # writing a run's other tables (the run's parts that are not identity changes)
+    def active_size_counts(self) -> dict[int, int]:
+        """Entity size -> how many active entities have it (sizes are kept in the table)."""
+        return dict(self.con.execute("select size, count(*) from entities where status = 'active' and size > 0 "
+                                     "group by size order by size").fetchall())
+
+    def insert_run(self, row: Mapping[str, Any]) -> None:
+        """Insert a ``runs`` row (column -> value)."""
+        cols = list(row)
+        self.con.execute(f"insert into runs ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})",
+                         [row[c] for c in cols])
+
+    def set_vacuum(self, enabled: bool) -> None:
+        """Whether DuckDB may compact row groups when it checkpoints (see ``write_run``)."""
+        self.con.execute(f"set max_vacuum_tasks = {100 if enabled else 0}")
+
+    def delete_records(self, rks: pl.Series) -> None:
+        """Delete the records ``rks``."""
+        with self.registered("_gone", pl.DataFrame({"rk": rks})):
+            self.con.execute("delete from records where rk in (select rk from _gone)")
+
+    def set_raw_hashes(self, rows: pl.DataFrame) -> None:
+        """New ``raw_hash`` of the records ``rows`` (``rk``, ``raw_hash``)."""
+        with self.registered("_redone", rows):
+            self.con.execute("update records set raw_hash = x.raw_hash from _redone x where records.rk = x.rk")
+
+    def mark_seen(self, run_id: int, kept: pl.DataFrame | None = None) -> None:
+        """``last_seen_run`` of every record but those of ``kept`` (``rk``) becomes ``run_id``."""
+        if kept is None:
+            self.con.execute("update records set last_seen_run = ? where last_seen_run is distinct from ?",
+                             [run_id, run_id])
+            return
+        with self.registered("_kept", kept.select("rk")):
+            self.con.execute("update records set last_seen_run = ? where last_seen_run is distinct from ? "
+                             "and rk not in (select rk from _kept)", [run_id, run_id])
+
+    def delete_touching(self, table: str, rks: pl.Series) -> None:
+        """Delete the rows of ``joins`` or ``links`` either of whose records is among ``rks``."""
+        assert table in ("joins", "links")
+        with self.registered("_rks", pl.DataFrame({"rk": rks})):
+            self.con.execute(f"delete from {table} where rk_l in (select rk from _rks) or rk_r in (select rk from _rks)")
+
+    def delete_link_pairs(self, pairs: pl.DataFrame) -> None:
+        """Delete the stored links of ``pairs`` (``a``, ``b``: rk_l, rk_r)."""
+        with self.registered("_pairs", pairs):
+            self.con.execute("delete from links where exists (select 1 from _pairs p where "
+                             "links.rk_l = p.a and links.rk_r = p.b)")
+
 
 # Every table a store of this schema version holds. A file holding only these (and at least
 # the tables every store has) but no ``meta`` marker is taken for an idweave store whose

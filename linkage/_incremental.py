@@ -42,6 +42,7 @@ import polars as pl
 from idweave.blocking.rules import Rule
 from idweave.linkage.fingerprint import code_fingerprint
 from idweave.linkage.graph import Store
+from idweave.linkage.scoring import save_compiled
 from idweave.linkage.project import Project
 
 if TYPE_CHECKING:
@@ -465,6 +466,7 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
     try:
         st.begin()
         st.save_model(trained.version, trained.settings, trained.tf_tables, run_id, splink_version)
+        save_compiled(st, trained.version, trained.settings, run_id)
         if full:
             st.replace_table("records", rec_rows.drop("rid", "_seen").sort("source", "record_id"))
             st.replace_table("links", link_rows)

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import duckdb
 from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler, Levenshtein
 
-from idweave.linkage import model as model_mod
+from idweave.linkage import comparisons
 from idweave.linkage._query_clean import ISO_DATE, SlowPath
 
 
@@ -81,7 +81,7 @@ def _jaro_winkler(p: str, t: str) -> float:
                 break
             prefix += 1
         w = prefix * 0.1
-        sim = _fma(w, 1.0 - sim, sim) if _duckdb_fuses() else sim + w * (1.0 - sim)
+        sim = _fma(w, 1.0 - sim, sim) if duckdb_fuses() else sim + w * (1.0 - sim)
     return sim
 
 
@@ -95,9 +95,13 @@ def _fma(a: float, b: float, c: float) -> float:
 
 
 @functools.lru_cache(maxsize=1)
-def _duckdb_fuses() -> bool:
+def duckdb_fuses() -> bool:
     """Whether this DuckDB build adds the Winkler bonus with a fused multiply-add (x86-64
-    wheels do): the two roundings differ in the last bit for ("c ", "ca b bcaaba")."""
+    wheels do): the two roundings differ in the last bit for ("c ", "ca b bcaaba").
+
+    >>> duckdb_fuses() in (True, False)
+    True
+    """
     con = duckdb.connect()
     try:
         got = con.execute("select jaro_winkler_similarity('c ', 'ca b bcaaba')").fetchone()[0]
@@ -453,11 +457,18 @@ class _Compiler:
         return lambda L, R: fn(*[x(L, R) for x in args])
 
 
-def _compile_comparison(comparison: Mapping[str, Any]) -> tuple[list, tuple[str, ...], tuple[int, ...]] | None:
+def compile_comparison(comparison: Mapping[str, Any]) -> tuple[list, tuple[str, ...], tuple[int, ...]] | None:
     """A comparison's levels as (gamma, predicate) in Splink's CASE order (the null level
     -1, then the others from n-1 down to 0; ELSE has no predicate), the stored-record
     columns they read and which of those determine the level (with the query's record);
-    None when some level's SQL is unknown to :class:`_Compiler`."""
+    None when some level's SQL is unknown to :class:`_Compiler`.
+
+    >>> levels, cols, key = compile_comparison({"comparison_levels": [
+    ...     {"sql_condition": '"a_l" IS NULL OR "a_r" IS NULL', "is_null_level": True},
+    ...     {"sql_condition": '"a_l" = "a_r"'}, {"sql_condition": "ELSE"}]})
+    >>> [g for g, _ in levels], cols
+    ([-1, 1, 0], ('a',))
+    """
     levels = comparison["comparison_levels"]
     gamma = sum(1 for lv in levels if not lv.get("is_null_level")) - 1
     out, rcols = [], set()
@@ -475,7 +486,7 @@ def _compile_comparison(comparison: Mapping[str, Any]) -> tuple[list, tuple[str,
     except _Unsupported:
         return None
     cols = tuple(sorted(rcols))
-    suffix = model_mod.FORMAL_SUFFIX
+    suffix = comparisons.FORMAL_SUFFIX
     # a formal-names column follows from its base column: the base alone keys the memo
     key = tuple(i for i, c in enumerate(cols) if not (c.endswith(suffix) and c[: -len(suffix)] in rcols))
     if any(cols[i].endswith(suffix) for i in key):  # a list would not be hashable: no memo then
@@ -483,7 +494,15 @@ def _compile_comparison(comparison: Mapping[str, Any]) -> tuple[list, tuple[str,
     return out, cols, key
 
 
-def _gamma(levels: list, left: Mapping[str, Any], right: Mapping[str, Any]) -> int:
+def gamma_of(levels: list, left: Mapping[str, Any], right: Mapping[str, Any]) -> int:
+    """The level (gamma) a pair of records reaches, with the levels of :func:`compile_comparison`.
+
+    >>> levels = compile_comparison({"comparison_levels": [
+    ...     {"sql_condition": '"a_l" IS NULL OR "a_r" IS NULL', "is_null_level": True},
+    ...     {"sql_condition": '"a_l" = "a_r"'}, {"sql_condition": "ELSE"}]})[0]
+    >>> gamma_of(levels, {"a": "x"}, {"a": "x"}), gamma_of(levels, {"a": "x"}, {"a": "y"})
+    (1, 0)
+    """
     for g, test in levels:
         if test is None or test(left, right) is True:
             return g

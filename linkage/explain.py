@@ -19,6 +19,8 @@ import polars as pl
 
 from idweave.blocking.pairs import key_frame
 from idweave.linkage import model as model_mod
+from idweave.linkage import scoring
+from idweave.linkage.comparisons import level_labels
 from idweave.linkage._db import query_pl
 from idweave.linkage.errors import IdweaveError
 from idweave.linkage.graph import Store
@@ -83,7 +85,7 @@ def explain_pair(project: Project | str | Path | Mapping[str, Any], left: tuple[
             if row.height == 0:
                 raise IdweaveError(f"no record {s}:{r} in the store", row=r)
             recs.append(row)
-        stored = st.latest_model()
+        stored = scoring.stored_model(st)
         if stored is None:
             raise IdweaveError("the store has no model yet: run `idweave link` first", file=str(proj.store))
         settings, tf, _ = stored
@@ -93,17 +95,15 @@ def explain_pair(project: Project | str | Path | Mapping[str, Any], left: tuple[
         run = query_pl(st.con, "select threshold from runs order by run_id desc limit 1")
     both = pl.concat(recs, how="vertical_relaxed").with_row_index("rid").with_columns(pl.col("rid").cast(pl.Int64))
     trained = model_mod.TrainedModel(settings, tf)
-    scored = model_mod.score_pairs(both, pl.DataFrame({"rid_l": [0], "rid_r": [1], "rule": [-1]},
+    scored = scoring.score_pairs(both, pl.DataFrame({"rid_l": [0], "rid_r": [1], "rule": [-1]},
                                                       schema={"rid_l": pl.Int64, "rid_r": pl.Int64,
                                                               "rule": pl.Int32}), trained, engine=proj.engine)
     row = scored.row(0, named=True)
     comps = []
+    labels = level_labels(settings)
     for c in settings["comparisons"]:
         name = c["output_column_name"]
-        gamma = row[f"level_{name}"]
-        # Splink numbers levels from the bottom (else = 0, null = -1).
-        levels = [lv for lv in c["comparison_levels"] if not lv.get("is_null_level")]
-        label = "null" if gamma == -1 else levels[len(levels) - 1 - gamma]["label_for_charts"]
+        label = labels[name][row[f"level_{name}"]]
         comps.append(ComparisonEvidence(name, both[name][0], both[name][1], label, float(row[f"w_{name}"] or 0.0)))
     prior = trained.prior
     rules = [rule.name for rule in project_rules(proj) if _rule_agrees(rule, both, 0, 1) or _rule_agrees(rule, both, 1, 0)]
@@ -130,18 +130,6 @@ def _rule_agrees(rule, both: pl.DataFrame, a: int, b: int) -> bool:
 # --------------------------------------------------------------------------------------
 # the entity form: why these records are one entity
 # --------------------------------------------------------------------------------------
-def _level_labels(settings: dict[str, Any]) -> dict[str, dict[int, str]]:
-    """comparison -> gamma -> label (Splink numbers levels from the bottom: else = 0, null = -1)."""
-    out: dict[str, dict[int, str]] = {}
-    for c in settings.get("comparisons", []):
-        levels = [lv for lv in c["comparison_levels"] if not lv.get("is_null_level")]
-        labels = {-1: "null"}
-        for g in range(len(levels)):
-            labels[g] = levels[len(levels) - 1 - g].get("label_for_charts", str(g))
-        out[c["output_column_name"]] = labels
-    return out
-
-
 def _evidence(row: Mapping[str, Any], labels: dict[str, dict[int, str]]) -> dict[str, Any]:
     """A stored link row -> left, right, probability, weight and (attribute, level, weight) evidence."""
     ev = []
@@ -170,7 +158,7 @@ def link_evidence(row: Mapping[str, Any], settings: dict[str, Any]) -> dict[str,
     >>> link_evidence(row, s)["evidence"]
     [('ssn', 'exact', 9.7)]
     """
-    return _evidence(row, _level_labels(settings))
+    return _evidence(row, level_labels(settings))
 
 
 @dataclass
@@ -265,7 +253,7 @@ def explain_entity(project: Project | str | Path | Mapping[str, Any], entity_id:
             finally:
                 st.con.unregister("_q_entity")
         rows = _decision_rows(st)
-    labels = _level_labels(stored[0]) if stored else {}
+    labels = level_labels(stored[0]) if stored else {}
     mine = set(recs)
     # Candidate edges: decision pins first (certain), then stored links at or above the threshold.
     edges: list[tuple[float, tuple[str, str], tuple[str, str], dict[str, Any] | None, int | None]] = []

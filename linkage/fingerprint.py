@@ -31,7 +31,7 @@ __all__ = ["STATE_MODULES", "NEUTRAL_MODULES", "code_fingerprint"]
 STATE_MODULES = (
     "blocking/__init__.py", "blocking/keys.py", "blocking/pairs.py", "blocking/rules.py",
     "linkage/project.py", "linkage/readers.py", "linkage/sources.py", "linkage/kinds.py", "linkage/privacy.py",
-    "linkage/model.py",
+    "linkage/model.py", "linkage/comparisons.py", "linkage/training.py", "linkage/scoring.py", "linkage/_splink.py",
     "linkage/cluster.py", "linkage/_blockkeys.py", "linkage/_incremental.py", "linkage/pipeline.py",
     "linkage/graph.py", "linkage/forget.py", "linkage/review.py", "linkage/decisions.py",
 )

@@ -34,13 +34,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import duckdb
 import polars as pl
@@ -443,11 +442,8 @@ class Store:
 
     def latest_model(self) -> tuple[dict[str, Any], dict[str, pl.DataFrame], str] | None:
         """The model of the latest run that recorded one: (settings, tf tables, version).
-
-        If the store holds what Splink made of this model for scoring under the installed
-        Splink's version and the current compile key (``model_sql``, see :meth:`save_model`),
-        this process takes it (:func:`~idweave.linkage.model.adopt_compiled`): scoring with
-        the model then neither imports nor runs Splink.
+        (:func:`~idweave.linkage.scoring.stored_model` also takes the compiled form the store
+        keeps for it, :meth:`compiled_model`.)
 
         >>> store = Store.open("out/doctest.duckdb")
         >>> got = store.latest_model()
@@ -464,33 +460,24 @@ class Store:
         tf = query_pl(self.con, 'select "column", value, tf from model_tf where version = ?', [version])
         tables = {c: tf.filter(pl.col("column") == c).select(pl.col("value").alias(c), pl.col("tf").alias(f"tf_{c}"))
                   for c in tf["column"].unique().to_list()}
-        settings = json.loads(settings)
-        self._adopt_compiled(version, settings)
-        return settings, tables, version
+        return json.loads(settings), tables, version
 
-    def _compiled_key(self, version: str) -> list[str] | None:
-        """The ``model_sql`` key of model ``version`` compiled in this process: the installed
-        Splink's version and the compile key (None: nothing is kept or reused)."""
-        from idweave.linkage import model as model_mod
+    def compiled_model(self, key: Sequence[str]) -> str | None:
+        """The compiled form of a model kept under ``key`` (model version, Splink version,
+        compile key: the caller's, see :func:`~idweave.linkage.scoring.compiled_key`), as
+        :meth:`save_compiled` stored it; None if there is none (or the store predates
+        ``model_sql``).
 
-        key = model_mod.compile_key()
-        if key is None or not self.has_table("model_sql"):  # a read-only store from before model_sql
+        >>> store = Store.open("out/doctest.duckdb")
+        >>> store.compiled_model(["no such version", "5", "0" * 16]) is None
+        True
+        >>> store.close()
+        """
+        if not self.has_table("model_sql"):  # a read-only store from before model_sql
             return None
-        return [version, model_mod.splink_version(), key]
-
-    def _adopt_compiled(self, version: str, settings: dict[str, Any]) -> None:
-        """Hand the stored compiled form of model ``version`` (if any) to the model module."""
-        from idweave.linkage import model as model_mod
-
-        key = self._compiled_key(version)
-        row = key and fetch_one(self.con, "select compiled from model_sql where version = ? and splink_version = ? "
-                                          "and compile_key = ?", key)
-        if not row:
-            return
-        try:
-            model_mod.adopt_compiled(settings, row[0])
-        except (ValueError, KeyError, TypeError, IndexError):  # unreadable: compiled again when needed
-            pass
+        row = fetch_one(self.con, "select compiled from model_sql where version = ? and splink_version = ? "
+                                  "and compile_key = ?", list(key))
+        return row[0] if row else None
 
     def resolve(self, entity_id: str) -> str | None:
         """Follow merges: the active entity an id now stands for (None if unknown)."""
@@ -578,22 +565,13 @@ class Store:
 
     def save_model(self, version: str, settings: dict[str, Any], tf_tables: dict[str, pl.DataFrame],
                    run_id: int, splink_version: str) -> None:
-        """Record the model a run scored with (once per version), and what Splink made of it
-        for scoring (``model_sql``, once per version, Splink version and compile key), inside
-        the caller's transaction.
-
-        The compiled form is the one this process scored with; if it did not (no pair was
-        scored), it is made now only when Splink is loaded already (a run that trained), so
-        that a run reusing a stored model still never imports Splink. A later run stores it.
+        """Record the model a run scored with (once per version), inside the caller's
+        transaction. (What Splink made of it for scoring is kept apart, :meth:`save_compiled`.)
 
         >>> import tempfile
-        >>> from idweave.linkage.model import build_settings, compiled_text, splink_version
-        >>> from idweave.linkage.project import load_project
-        >>> s = build_settings(load_project("fixtures/tiny/project.yaml"))
-        >>> _ = compiled_text(s, compile=True)  # as scoring with it does
         >>> store = Store.open(Path(tempfile.mkdtemp()) / "store.duckdb")
-        >>> store.begin(); store.save_model("v1", s, {}, 1, splink_version()); store.commit()
-        >>> fetch_one(store.con, "select version, created_run from model_sql")
+        >>> store.begin(); store.save_model("v1", {"comparisons": []}, {}, 1, "5.0.0"); store.commit()
+        >>> fetch_one(store.con, "select version, created_run from models")
         ('v1', 1)
         >>> store.close()
         """
@@ -604,19 +582,22 @@ class Store:
                 self.append("model_tf", tf.select(pl.lit(version).alias("version"), pl.lit(col).alias("column"),
                                                   pl.col(col).cast(pl.Utf8).alias("value"),
                                                   pl.col(f"tf_{col}").alias("tf")))
-        self._save_compiled(version, settings, run_id)
 
-    def _save_compiled(self, version: str, settings: dict[str, Any], run_id: int) -> None:
-        """The ``model_sql`` row of model ``version``, unless the store has it already."""
-        from idweave.linkage import model as model_mod
+    def save_compiled(self, key: Sequence[str], run_id: int, text: str) -> None:
+        """Keep ``text``, the compiled form of a model, under ``key`` (model version, Splink
+        version, compile key: the caller's) inside the caller's transaction, unless the store
+        holds one under that key already.
 
-        key = self._compiled_key(version)
-        if key is None or fetch_one(self.con, "select count(*) from model_sql where version = ? "
-                                              "and splink_version = ? and compile_key = ?", key)[0]:
+        >>> import tempfile
+        >>> store = Store.open(Path(tempfile.mkdtemp()) / "store.duckdb")
+        >>> store.begin(); store.save_compiled(["v1", "5.0.0", "k"], 1, '{"uid": "rid"}'); store.commit()
+        >>> store.compiled_model(["v1", "5.0.0", "k"])
+        '{"uid": "rid"}'
+        >>> store.close()
+        """
+        if not self.has_table("model_sql") or self.compiled_model(key) is not None:
             return
-        text = model_mod.compiled_text(settings, compile="splink" in sys.modules)
-        if text is not None:
-            self.con.execute("insert into model_sql values (?, ?, ?, ?, ?)", [*key, run_id, text])
+        self.con.execute("insert into model_sql values (?, ?, ?, ?, ?)", [*key, run_id, text])
 
     # --- identity changes (one write path) ---
     def write_identity(self, a: IdAssignment, *, sizes: Mapping[str, int], run_id: int | None,

@@ -184,7 +184,7 @@ def clean_expr(kind: str, e: pl.Expr) -> pl.Expr:
 
 
 # Comparison methods a user may name in `comparisons:`; each maps to a Splink ladder in
-# idweave.linkage.model.
+# idweave.linkage.comparisons.
 COMPARISON_METHODS = (
     "name", "full_name", "date", "identifier", "postcode", "email", "phone", "address",
     "exact", "jaro_winkler", "levenshtein", "damerau_levenshtein", "numeric", "off",

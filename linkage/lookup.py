@@ -43,9 +43,10 @@ import polars as pl
 from idweave.blocking.keys import canonical_names, key_values
 from idweave.blocking.pairs import DEFAULT_MAX_BLOCK
 from idweave.blocking.rules import Rule
+from idweave.linkage import comparisons, scoring
 from idweave.linkage import model as model_mod
 from idweave.linkage._db import fetch_one, query_pl
-from idweave.linkage._levels import _compile_comparison, _duckdb_fuses, _gamma
+from idweave.linkage._levels import compile_comparison, duckdb_fuses, gamma_of
 from idweave.linkage._query_clean import check_attributes, clean_frames, RecordCleaner, SlowPath
 from idweave.linkage.errors import LookupInputError, StoreError
 from idweave.linkage.graph import Store
@@ -179,7 +180,7 @@ class Matcher:
         with Store.open(proj.store, read_only=True) as st:
             if not st.has_table("records"):
                 raise StoreError("the store holds no records yet: run `idweave link` first", file=str(proj.store))
-            stored = st.latest_model()
+            stored = scoring.stored_model(st)
             if stored is None:
                 raise StoreError("the store has no model yet: run `idweave link` first", file=str(proj.store))
             settings, tf_tables, version = stored
@@ -225,10 +226,10 @@ class Matcher:
                             m.prime(k.source_values(records, "l" if spec == k.left else "r"))
 
     def _build_scorer(self, records: pl.DataFrame) -> None:
-        self._parts = model_mod.scoring_parts(self.model.settings)
+        self._parts = scoring.scoring_parts(self.model.settings)
         self._cols = self._parts.columns
         self._tf = {c: dict(t.select(c, f"tf_{c}").iter_rows()) for c, t in self.model.tf_tables.items()}
-        prepared = model_mod.prepare(records, self._cols)
+        prepared = comparisons.prepare(records, self._cols)
         self._right = prepared.select(*self._cols)
         self._right_arrow = self._right.rename({c: f"{c}_r" for c in self._cols}).to_arrow()
         # The term frequencies of stored values, looked up once.
@@ -241,12 +242,9 @@ class Matcher:
         self._rid_ids = records["record_id"].to_numpy()
         self._con = duckdb.connect()
         self._con.execute("set threads = 1")  # a few rows: threads only add start-up time
-        self._levels = {}
-        for c in self.model.settings["comparisons"]:
-            levels = [lv.get("label_for_charts", "") for lv in c["comparison_levels"] if not lv.get("is_null_level")]
-            self._levels[c["output_column_name"]] = levels
-        self._py_levels = [_compile_comparison(c) for c in self.model.settings["comparisons"]]
-        _duckdb_fuses()  # asked once, now, rather than during a query
+        self._levels = comparisons.level_labels(self.model.settings)
+        self._py_levels = [compile_comparison(c) for c in self.model.settings["comparisons"]]
+        duckdb_fuses()  # asked once, now, rather than during a query
         self._log_prior = math.log2(self._parts.prior / (1 - self._parts.prior))
         self._cleaner = RecordCleaner(self.kinds)
 
@@ -385,8 +383,8 @@ class Matcher:
         """:func:`~idweave.linkage.model.prepare` for one cleaned query record."""
         out = {}
         for c in self._cols:
-            if c.endswith(model_mod.FORMAL_SUFFIX) and c not in rec:
-                v = rec.get(c[: -len(model_mod.FORMAL_SUFFIX)])
+            if c.endswith(comparisons.FORMAL_SUFFIX) and c not in rec:
+                v = rec.get(c[: -len(comparisons.FORMAL_SUFFIX)])
                 out[c] = None if v is None else canonical_names(v)
             else:
                 out[c] = rec.get(c)
@@ -413,7 +411,7 @@ class Matcher:
                     key = (q, key)
                 g = memo.get(key)
                 if g is None:
-                    g = memo[key] = _gamma(levels, lq if one else left[q], {c: v[j] for c, v in zip(rcols, vals)})
+                    g = memo[key] = gamma_of(levels, lq if one else left[q], {c: v[j] for c, v in zip(rcols, vals)})
                 got.append(g)
             out.append(got)
         return out
@@ -508,8 +506,7 @@ class Matcher:
                    "rule": rule_names[cols["rule"][i]]}
             for c in comps:
                 g = cols[f"level_{c}"][i]
-                labels = self._levels[c]
-                row[f"level_{c}"] = "null" if g is None or g < 0 else labels[len(labels) - 1 - g]
+                row[f"level_{c}"] = "null" if g is None else self._levels[c][g]
                 row[f"w_{c}"] = cols[f"w_{c}"][i]
             rows.append((key, row))
         out = []

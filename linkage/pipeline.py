@@ -23,6 +23,7 @@ import polars as pl
 
 from idweave.blocking import generate_pairs
 from idweave.blocking.pairs import PairStats
+from idweave.linkage import _splink, comparisons, scoring, training
 from idweave.linkage import model as model_mod
 from idweave.linkage.cluster import DEFAULT_CLUSTERING, choose_threshold, closure, cluster, completion_pairs
 from idweave.linkage.errors import IdweaveError, StoreBusyError
@@ -291,7 +292,7 @@ def _signature(run: _Run) -> str:
     from idweave.linkage import _incremental as inc
 
     return inc.signature(run.proj, run.rules, run.exclusive, DEFAULT_MAX_BLOCK, run.version,
-                         model_mod.splink_version(), run.method, run.min_average)
+                         _splink.splink_version(), run.method, run.min_average)
 
 
 def _train(run: _Run) -> None:
@@ -341,12 +342,12 @@ def _score(run: _Run) -> None:
 
     st, records, dirty = run.st, run.records, run.dirty
     with run.timer.stage("score"):
-        scored = model_mod.score_pairs(inc.records_of(records, run.pairs, st, run.delta), run.pairs, run.trained,
+        scored = scoring.score_pairs(inc.records_of(records, run.pairs, st, run.delta), run.pairs, run.trained,
                                        engine=run.proj.engine)
         if run.retrained:
             # A new model's prior comes from its own candidate pairs (a retrain is always
             # a full run, so every pair was scored).
-            run.trained, scored = model_mod.refine_prior(run.trained, scored, possible_pairs(records, run.exclusive))
+            run.trained, scored = training.refine_prior(run.trained, scored, possible_pairs(records, run.exclusive))
             run.version = run.trained.version
             run.sig = _signature(run)
         run.scored = scored = inc.canonical_scores(scored, run.trained.prior)
@@ -420,7 +421,7 @@ def _complete(run: _Run) -> None:
             derived_drop = old.filter(~wanted).select("rid_l", "rid_r")
             extra = extra.filter(~extra_key.is_in(old_key.implode()))
             if extra.height:
-                derived = inc.canonical_scores(model_mod.score_pairs(
+                derived = inc.canonical_scores(scoring.score_pairs(
                     inc.records_of(records, extra, run.st, run.delta),
                     extra.with_columns(pl.lit(COMPLETION_RULE, pl.Int32).alias("rule")), run.trained,
                     engine=run.proj.engine), run.trained.prior).select(run.scored.columns)
@@ -481,7 +482,7 @@ def _write(run: _Run) -> None:
                  "summary": json.dumps({"timings": run.timer.timings, "report": run.report.__dict__,
                                         "mode_reason": run.why, "training_log": run.trained.training_log})})
         run.entities, run.sizes, run.run_id, run.n_events = inc.write_run(run.st, proj, write, run.trained,
-                                                                          model_mod.splink_version())
+                                                                          _splink.splink_version())
     if run.retrained or not proj.model_file.exists():
         run.trained.save(proj.model_file)
 
@@ -606,13 +607,13 @@ def _model_for(proj: Project, st: Store, records: Callable[[], pl.DataFrame],
     """The stored model if it still fits the project's comparisons, else one trained on
     ``records()`` (every record with its attributes)."""
     if not retrain:
-        stored = st.latest_model()
+        stored = scoring.stored_model(st)
         if stored is not None:
             settings, tf, _version = stored
-            wanted = model_mod.build_settings(proj)
+            wanted = comparisons.build_settings(proj)
             if _comparisons_signature(settings) == _comparisons_signature(wanted):
                 return model_mod.TrainedModel(settings, tf, ["reused the stored model"]), False
-    return model_mod.train(records(), proj), True
+    return training.train(records(), proj), True
 
 
 def _decision_constraints(st: Store, records: pl.DataFrame) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:

@@ -29,7 +29,7 @@ exactly when one deletion from each makes them equal: one substitution, one inse
 deletion, or one swap of adjacent characters. Unlike Bloom filters of n-grams, which leak
 frequencies of n-grams and can be attacked by pattern mining, each member is a full HMAC,
 and the overlap test is exact. Using it in the comparison ladder needs a level in
-``linkage/model.py`` (see the README's section on data protection).
+``linkage/comparisons.py`` (see the README's section on data protection).
 
 >>> p = Pseudonymiser({"ssn"}, b"k")
 >>> p.hash("ssn", "123456780") == p.hash("ssn", "123456780"), p.hash("ssn", "123456780") == p.hash("ssn", "123456781")

@@ -13,10 +13,12 @@ import yaml
 from idweave.blocking import derive_rules, generate_pairs
 from idweave.blocking.keys import canonical_names, key_values
 from idweave.blocking.rules import Key, Rule
-from idweave.linkage import link, load_project, model as model_mod
+from idweave.linkage import link, load_project
 from idweave.linkage.cluster import choose_threshold, cluster, completion_pairs
 from idweave.linkage.explain import explain_pair
-from idweave.linkage.model import TrainedModel, refine_prior, regularise
+from idweave.linkage import comparisons, scoring, training
+from idweave.linkage.model import TrainedModel
+from idweave.linkage.training import refine_prior, regularise
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = {"first_name": "given_name", "last_name": "family_name", "birth_date": "date", "postcode": "postcode"}
@@ -89,7 +91,7 @@ def _score(project: Path, left: dict, right: dict) -> dict:
     attrs = [c["output_column_name"] for c in settings["comparisons"]]
     recs = pl.DataFrame([{"rid": 0, **{a: left.get(a) for a in attrs}}, {"rid": 1, **{a: right.get(a) for a in attrs}}],
                         schema={"rid": pl.Int64, **{a: pl.Utf8 for a in attrs}})
-    out = model_mod.score_pairs(recs, pl.DataFrame({"rid_l": [0], "rid_r": [1], "rule": [0]},
+    out = scoring.score_pairs(recs, pl.DataFrame({"rid_l": [0], "rid_r": [1], "rule": [0]},
                                                    schema={"rid_l": pl.Int64, "rid_r": pl.Int64, "rule": pl.Int32}),
                                 TrainedModel(settings, tf))
     row = out.row(0, named=True)
@@ -131,8 +133,8 @@ def test_trained_ladders_are_monotone(demo):
     proj = load_project(demo)
     settings = __import__("json").loads(proj.model_file.read_text())
     for c, lv in ((c, [x for x in c["comparison_levels"] if not x.get("is_null_level")
-                       and x["label_for_charts"].removesuffix(model_mod.HOUSEHOLD_SUFFIX) not in model_mod.SIDE_LEVELS
-                       and x["label_for_charts"].endswith(model_mod.HOUSEHOLD_SUFFIX) == branch])
+                       and x["label_for_charts"].removesuffix(comparisons.HOUSEHOLD_SUFFIX) not in training.SIDE_LEVELS
+                       and x["label_for_charts"].endswith(comparisons.HOUSEHOLD_SUFFIX) == branch])
                   for c in settings["comparisons"] for branch in (False, True)):
         # A household branch (levels for pairs whose family names agree) is a ladder of its own.
         for upper, lower in zip(lv, lv[1:]):
@@ -140,9 +142,9 @@ def test_trained_ladders_are_monotone(demo):
             w_low = math.log2(lower["m_probability"] / lower["u_probability"])
             # A lift stops at m = 1 (a probability); otherwise more similar is never weaker.
             # In a household branch a level held at the floor lifts nothing (model._monotone).
-            held = lv[0]["label_for_charts"].endswith(model_mod.HOUSEHOLD_SUFFIX) and lower["m_probability"] == model_mod.MIN_M
+            held = lv[0]["label_for_charts"].endswith(comparisons.HOUSEHOLD_SUFFIX) and lower["m_probability"] == training.MIN_M
             assert w_up >= w_low - 1e-9 or upper["m_probability"] == 1.0 or held, c["output_column_name"]
-        assert all(x["m_probability"] >= model_mod.MIN_M for x in lv)
+        assert all(x["m_probability"] >= training.MIN_M for x in lv)
 
 
 def test_explain_weights_add_up_to_the_total(demo):

@@ -15,7 +15,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from idweave.linkage import link, model as model_mod
+from idweave.linkage import comparisons, link, model as model_mod
 from idweave.linkage.review import queue
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +76,7 @@ def test_the_model_has_a_household_branch_with_its_own_u(runs):
     model = model_mod.load_model(run["path"].parent / "store.model.json")
     address = next(c for c in model.comparisons() if c["output_column_name"] == "address")
     by = {lv["label_for_charts"]: lv for lv in address["comparison_levels"]}
-    branch, plain = by["exact" + model_mod.HOUSEHOLD_SUFFIX], by["exact"]
+    branch, plain = by["exact" + comparisons.HOUSEHOLD_SUFFIX], by["exact"]
     # A shared address is far less telling between two records of one family name.
     assert branch["u_probability"] > 10 * plain["u_probability"]
     assert branch["m_probability"] == plain["m_probability"]

@@ -13,6 +13,7 @@ from conftest import run_cli, snapshot
 from identity_helpers import copy_store, linked_copy, project_copy, raw_frames, read_table
 from idweave.linkage import link
 from idweave.linkage import model as model_mod
+from idweave.linkage import scoring
 from idweave.linkage.errors import LookupInputError, StoreError
 from idweave.linkage.graph import Store
 from idweave.linkage.lookup import Matcher, lookup
@@ -94,7 +95,7 @@ def test_scores_equal_splink_scoring_the_same_pairs(tiny) -> None:
                                   "rule": [0] * len(cands)}, schema={"rid_l": pl.Int64, "rid_r": pl.Int64,
                                                                      "rule": pl.Int32})
             pairs = pairs.filter(pl.col("rid_l") != pl.col("rid_r"))
-            ref = model_mod.score_pairs(recs, pairs.with_columns(pl.min_horizontal("rid_l", "rid_r").alias("a"),
+            ref = scoring.score_pairs(recs, pairs.with_columns(pl.min_horizontal("rid_l", "rid_r").alias("a"),
                                                                  pl.max_horizontal("rid_l", "rid_r").alias("b"))
                                         .select(pl.col("a").alias("rid_l"), pl.col("b").alias("rid_r"), "rule"),
                                         trained)

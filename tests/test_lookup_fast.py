@@ -19,7 +19,7 @@ from rapidfuzz.distance import JaroWinkler
 from identity_helpers import project_copy
 from idweave.blocking.keys import canonical_names
 from idweave.linkage import link
-from idweave.linkage import model as model_mod
+from idweave.linkage import comparisons
 from idweave.linkage._incremental import canonical_scores
 from idweave.linkage.errors import LookupInputError
 from idweave.linkage.kinds import KINDS
@@ -148,7 +148,7 @@ def _ladders() -> list[tuple[str, list[dict]]]:
              ("t", {"method": "levenshtein", "thresholds": [1, 2, 3]}),
              ("t", {"method": "damerau_levenshtein", "thresholds": [1, 2]}),
              ("x", {"method": "numeric"})]
-    return [(c, model_mod._ladder(c, kinds[c], spec, kinds)) for c, spec in specs]
+    return [(c, comparisons._ladder(c, kinds[c], spec, kinds)) for c, spec in specs]
 
 
 def _random_value(rng: random.Random, column: str):
@@ -184,20 +184,20 @@ def _mutate(rng: random.Random, v):
 @pytest.mark.parametrize("column,levels", _ladders(), ids=[f"{c}-{i}" for i, (c, _) in enumerate(_ladders())])
 def test_every_level_is_the_sql_level_on_random_pairs(column: str, levels: list[dict]) -> None:
     rng = random.Random(hash(column) % 1000)
-    reads = sorted({name for lv in levels for name in model_mod.input_columns(
+    reads = sorted({name for lv in levels for name in comparisons.input_columns(
         {"comparisons": [{"comparison_levels": [lv]}]})})
     rows = []
     for _ in range(3000):
         row = {}
         for c in reads:
-            base = c[: -len(model_mod.FORMAL_SUFFIX)] if c.endswith(model_mod.FORMAL_SUFFIX) else c
+            base = c[: -len(comparisons.FORMAL_SUFFIX)] if c.endswith(comparisons.FORMAL_SUFFIX) else c
             if c != base:
                 continue
             a = _random_value(rng, base)
             row[f"{base}_l"], row[f"{base}_r"] = a, (_mutate(rng, a) if rng.random() < .7 else _random_value(rng, base))
         for c in reads:
-            if c.endswith(model_mod.FORMAL_SUFFIX):
-                base = c[: -len(model_mod.FORMAL_SUFFIX)]
+            if c.endswith(comparisons.FORMAL_SUFFIX):
+                base = c[: -len(comparisons.FORMAL_SUFFIX)]
                 for side in ("_l", "_r"):
                     v = row[base + side]
                     row[c + side] = None if v is None else canonical_names(v)

@@ -21,6 +21,7 @@ import pytest
 
 from conftest import Linked
 from idweave.linkage import model as model_mod
+from idweave.linkage import scoring
 from idweave.linkage.graph import Store
 from idweave.linkage.project import with_rids
 from idweave.linkage.project import load_project
@@ -39,20 +40,20 @@ def run_python(code: str, *args: object, cwd: Path) -> str:
 @pytest.fixture
 def fresh_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     """This process's compiled models forgotten for the test (and given back after)."""
-    monkeypatch.setattr(model_mod, "_COMPILED", OrderedDict())
+    monkeypatch.setattr(scoring, "_COMPILED", OrderedDict())
 
 
 @pytest.fixture
 def compiles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Each call of Splink's compile (model_mod._compile), as the model's prior."""
+    """Each call of Splink's compile (scoring._compile), as the model's prior."""
     calls: list[str] = []
-    real = model_mod._compile
+    real = scoring._compile
 
     def counted(settings):
         calls.append(settings["probability_two_random_records_match"])
         return real(settings)
 
-    monkeypatch.setattr(model_mod, "_compile", counted)
+    monkeypatch.setattr(scoring, "_compile", counted)
     return calls
 
 
@@ -66,8 +67,8 @@ def test_stored_form_reads_back_equal(linked_tiny: Linked, fresh_cache) -> None:
     with Store.open(linked_tiny.store, read_only=True) as st:
         settings, tf, _ = st.latest_model()
     assert tf, "the tiny model has term-frequency tables"
-    compiled = model_mod._compile(settings)
-    back = model_mod._compiled_from_json(model_mod._compiled_to_json(compiled))
+    compiled = scoring._compile(settings)
+    back = scoring._compiled_from_json(scoring._compiled_to_json(compiled))
     assert back == compiled
     assert back.sql(frozenset(tf)) == compiled.sql(frozenset(tf))
 
@@ -75,7 +76,7 @@ def test_stored_form_reads_back_equal(linked_tiny: Linked, fresh_cache) -> None:
 def test_a_trained_run_stores_the_compiled_model(linked_tiny: Linked) -> None:
     with Store.open(linked_tiny.store, read_only=True) as st:
         version = st.last_run_info()["model_version"]
-    assert stored_rows(linked_tiny.store) == [(version, model_mod.splink_version(), model_mod.compile_key())]
+    assert stored_rows(linked_tiny.store) == [(version, scoring.splink_version(), scoring.compile_key())]
 
 
 def test_fresh_process_scores_from_the_store_as_compiling_does(linked_tiny: Linked, tmp_path: Path,
@@ -85,6 +86,7 @@ def test_fresh_process_scores_from_the_store_as_compiling_does(linked_tiny: Link
         import sys
         import polars as pl
         from idweave.linkage import model as model_mod
+        from idweave.linkage import scoring
         from idweave.linkage.graph import Store
         from idweave.linkage.project import with_rids
         from idweave.linkage.project import load_project
@@ -92,27 +94,27 @@ def test_fresh_process_scores_from_the_store_as_compiling_does(linked_tiny: Link
 
         project, out = sys.argv[1:]
         with Store.open(load_project(project).store, read_only=True) as st:
-            settings, tf, _ = st.latest_model()
+            settings, tf, _ = scoring.stored_model(st)
         recs = with_rids(load_records(load_project(project)))
         n = recs.height
         idx = pl.int_range(0, n, eager=True)
         pairs = (pl.DataFrame({"rid_l": idx}).join(pl.DataFrame({"rid_r": idx}), how="cross")
                  .filter(pl.col("rid_l") < pl.col("rid_r")).with_columns(pl.lit(0, pl.Int32).alias("rule")))
-        model_mod.score_pairs(recs, pairs, model_mod.TrainedModel(settings, tf)).write_parquet(out)
+        scoring.score_pairs(recs, pairs, model_mod.TrainedModel(settings, tf)).write_parquet(out)
         print("splink" in sys.modules)
     """, linked_tiny.project, out, cwd=linked_tiny.folder)
     assert got.strip() == "False"
     with Store.open(linked_tiny.store, read_only=True) as st:
         settings, tf, _ = st.latest_model()
-    model_mod._COMPILED.clear()  # compile here, with Splink
+    scoring._COMPILED.clear()  # compile here, with Splink
     recs = with_rids(load_records(load_project(linked_tiny.project)))
     model = model_mod.TrainedModel(settings, tf)
     pairs = all_pairs(recs.height)
-    compiled = model_mod.score_pairs(recs, pairs, model)
+    compiled = scoring.score_pairs(recs, pairs, model)
     assert len(compiles) == 1
     stored = pl.read_parquet(out)
     assert_same_scores(stored, compiled)
-    assert_same_scores(stored, model_mod._score_pairs_splink(recs, pairs, model))
+    assert_same_scores(stored, scoring._score_pairs_splink(recs, pairs, model))
 
 
 def test_incremental_link_in_a_fresh_process_never_imports_splink(linked_copy: Path) -> None:
@@ -157,53 +159,54 @@ def test_another_splink_or_compile_key_compiles_again(linked_copy: Path, monkeyp
     recs = with_rids(load_records(load_project(linked_copy)))
     pairs = all_pairs(recs.height).head(200)
     with Store.open(store) as st:
-        settings, tf, version = st.latest_model()  # the stored form: no compiling
-        reference = model_mod.score_pairs(recs, pairs, model_mod.TrainedModel(settings, tf))
+        settings, tf, version = scoring.stored_model(st)  # the stored form: no compiling
+        reference = scoring.score_pairs(recs, pairs, model_mod.TrainedModel(settings, tf))
         assert compiles == []
-    model_mod._COMPILED.clear()
+    scoring._COMPILED.clear()
     if what == "splink_version":
-        monkeypatch.setattr(model_mod, "splink_version", lambda: "5.99.0")
+        monkeypatch.setattr(scoring, "splink_version", lambda: "5.99.0")
     else:
-        monkeypatch.setattr(model_mod, "compile_key", lambda: "0" * 16)
+        monkeypatch.setattr(scoring, "compile_key", lambda: "0" * 16)
     with Store.open(store) as st:
-        settings, tf, version = st.latest_model()
-        assert model_mod.compiled_text(settings) is None  # nothing stored under this key
-        again = model_mod.score_pairs(recs, pairs, model_mod.TrainedModel(settings, tf))
+        settings, tf, version = scoring.stored_model(st)
+        assert scoring.compiled_text(settings) is None  # nothing stored under this key
+        again = scoring.score_pairs(recs, pairs, model_mod.TrainedModel(settings, tf))
         assert len(compiles) == 1
         st.begin()
-        st.save_model(version, settings, tf, st.last_run() + 1, model_mod.splink_version())
+        st.save_model(version, settings, tf, st.last_run() + 1, scoring.splink_version())
+        scoring.save_compiled(st, version, settings, st.last_run() + 1)
         st.commit()
     assert_same_scores(again, reference)
     rows = stored_rows(store)
-    assert len(rows) == 2 and rows[-1] == (version, model_mod.splink_version(), model_mod.compile_key())
-    model_mod._COMPILED.clear()
+    assert len(rows) == 2 and rows[-1] == (version, scoring.splink_version(), scoring.compile_key())
+    scoring._COMPILED.clear()
     with Store.open(store) as st:  # the new row is found under the new key
-        st.latest_model()
-        assert model_mod.compiled_text(settings) is not None
+        scoring.stored_model(st)
+        assert scoring.compiled_text(settings) is not None
     assert len(compiles) == 1
 
 
 def test_compile_key_follows_the_compile_code(monkeypatch: pytest.MonkeyPatch) -> None:
-    key = model_mod.compile_key.__wrapped__()
-    assert key == model_mod.compile_key()
-    monkeypatch.setattr(model_mod, "_COMPILE_FORMAT", model_mod._COMPILE_FORMAT + 1)
-    assert model_mod.compile_key.__wrapped__() != key
+    key = scoring.compile_key.__wrapped__()
+    assert key == scoring.compile_key()
+    monkeypatch.setattr(scoring, "_COMPILE_FORMAT", scoring._COMPILE_FORMAT + 1)
+    assert scoring.compile_key.__wrapped__() != key
     monkeypatch.undo()
 
-    def _tf_columns(settings):  # the same name, other code
+    def tf_columns(settings):  # the same name, other code
         return []
 
-    monkeypatch.setattr(model_mod, "_tf_columns", _tf_columns)
-    assert model_mod.compile_key.__wrapped__() not in (key, None)
+    monkeypatch.setattr(scoring, "tf_columns", tf_columns)
+    assert scoring.compile_key.__wrapped__() not in (key, None)
 
 
 def test_an_unreadable_stored_form_compiles_again(linked_copy: Path, fresh_cache, compiles) -> None:
     store = load_project(linked_copy).store
     with Store.open(store) as st:
         st.con.execute("update model_sql set compiled = '{\"parts\": 1}'")
-        settings, _, _ = st.latest_model()
-    assert model_mod.compiled_text(settings) is None
-    assert model_mod.scoring_parts(settings).comparisons
+        settings, _, _ = scoring.stored_model(st)
+    assert scoring.compiled_text(settings) is None
+    assert scoring.scoring_parts(settings).comparisons
     assert len(compiles) == 1
 
 
@@ -220,12 +223,14 @@ def test_a_run_that_scores_nothing_does_not_compile(linked_copy: Path, fresh_cac
     with Store.open(store) as st:
         settings, tf, version = st.latest_model()
         st.begin()
-        st.save_model(version, settings, tf, st.last_run() + 1, model_mod.splink_version())
+        st.save_model(version, settings, tf, st.last_run() + 1, scoring.splink_version())
+        scoring.save_compiled(st, version, settings, st.last_run() + 1)
         st.commit()
     assert compiles == [] and stored_rows(store) == []
     monkeypatch.setitem(sys.modules, "splink", splink)
     with Store.open(store) as st:
         st.begin()
-        st.save_model(version, settings, tf, st.last_run() + 1, model_mod.splink_version())
+        st.save_model(version, settings, tf, st.last_run() + 1, scoring.splink_version())
+        scoring.save_compiled(st, version, settings, st.last_run() + 1)
         st.commit()
     assert len(compiles) == 1 and len(stored_rows(store)) == 1

@@ -19,6 +19,7 @@ import pytest
 from conftest import FIXTURES, copy_fixture
 from idweave.blocking.pairs import generate_pairs
 from idweave.linkage import model as model_mod
+from idweave.linkage import scoring, training
 from idweave.linkage.project import project_rules, with_rids
 from idweave.linkage.project import load_project
 from idweave.linkage.sources import load_records
@@ -56,7 +57,7 @@ def comparisons(model: model_mod.TrainedModel) -> list[str]:
 def tiny() -> tuple[pl.DataFrame, model_mod.TrainedModel]:
     p = load_project(FIXTURES / "tiny" / "project.yaml")
     recs = with_rids(load_records(p))
-    return recs, model_mod.train(recs, p)
+    return recs, training.train(recs, p)
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +67,14 @@ def demo() -> tuple[pl.DataFrame, pl.DataFrame, model_mod.TrainedModel]:
     recs = with_rids(load_records(p))
     exclusive = [s.name for s in p.sources.values() if s.exclusive]
     pairs = generate_pairs(recs, project_rules(p, recs), exclusive=exclusive)
-    return recs, pairs, model_mod.train(recs, p)
+    return recs, pairs, training.train(recs, p)
 
 
 def test_every_pair_of_tiny_scores_as_splinks_linker_does(tiny) -> None:
     recs, model = tiny
     pairs = all_pairs(recs.height)
-    fast = model_mod.score_pairs(recs, pairs, model)
-    ref = model_mod._score_pairs_splink(recs, pairs, model)
+    fast = scoring.score_pairs(recs, pairs, model)
+    ref = scoring._score_pairs_splink(recs, pairs, model)
     assert_same_scores(fast, ref)
     assert fast.height == pairs.height
     # The pairs exercise what the fast path must get right: nulls (level -1) on every
@@ -81,7 +82,7 @@ def test_every_pair_of_tiny_scores_as_splinks_linker_does(tiny) -> None:
     for c in ("postcode", "ssn", "phone", "email", "sex"):
         assert (fast[f"level_{c}"] == -1).any(), c
     assert set(model.tf_tables) == {"first_name", "last_name", "postcode"}
-    parts = model_mod.scoring_parts(model.settings)
+    parts = scoring.scoring_parts(model.settings)
     for comp in parts.comparisons:
         c = comp["name"]
         base = pl.Series([comp["weights"][g] for g in fast[f"level_{c}"].to_list()])
@@ -96,8 +97,8 @@ def test_every_pair_of_tiny_scores_as_splinks_linker_does(tiny) -> None:
 def test_weights_are_those_scoring_parts_gives(tiny) -> None:
     """w_c is ScoringParts.weight of the pair's level and term frequencies, bit for bit."""
     recs, model = tiny
-    fast = model_mod.score_pairs(recs, all_pairs(recs.height), model)
-    parts = model_mod.scoring_parts(model.settings)
+    fast = scoring.score_pairs(recs, all_pairs(recs.height), model)
+    parts = scoring.scoring_parts(model.settings)
     checked = 0
     for comp in parts.comparisons:
         c, col = comp["name"], comp["tf_column"]
@@ -114,8 +115,8 @@ def test_weights_are_those_scoring_parts_gives(tiny) -> None:
 def test_every_candidate_pair_of_the_demo_scores_as_splinks_linker_does(demo) -> None:
     recs, pairs, model = demo
     assert pairs.height > 5000
-    fast = model_mod.score_pairs(recs, pairs, model)
-    assert_same_scores(fast, model_mod._score_pairs_splink(recs, pairs, model))
+    fast = scoring.score_pairs(recs, pairs, model)
+    assert_same_scores(fast, scoring._score_pairs_splink(recs, pairs, model))
     # Every level of every comparison is reached, "nickname or variant" (a derived column's
     # level) and null included.
     for comp in model.comparisons():
@@ -137,8 +138,8 @@ def test_values_missing_from_the_tf_tables(tiny) -> None:
         pl.when(pl.col("rid") % 4 == 0).then(pl.lit("zz9 9zz")).otherwise(pl.col("postcode")).alias("postcode"))
     pairs = all_pairs(recs.height)
     sparse = model_mod.TrainedModel(model.settings, thinned)
-    fast = model_mod.score_pairs(changed, pairs, sparse)
-    assert_same_scores(fast, model_mod._score_pairs_splink(changed, pairs, sparse))
+    fast = scoring.score_pairs(changed, pairs, sparse)
+    assert_same_scores(fast, scoring._score_pairs_splink(changed, pairs, sparse))
     # Exact agreements on values the thinned table holds and on values it does not.
     known = set(thinned["postcode"]["postcode"].to_list())
     pc = changed["postcode"].to_list()
@@ -171,12 +172,12 @@ def test_other_ladders_and_a_numeric_attribute(tmp_path: Path) -> None:
     p = load_project(project)
     recs = with_rids(load_records(p))
     assert recs.schema["census_no"] == pl.Float64
-    model = model_mod.train(recs, p)
+    model = training.train(recs, p)
     assert "census_no" in comparisons(model) and "full_name" in comparisons(model)
     assert len(model.tf_tables) == 5
     pairs = all_pairs(recs.height)
-    fast = model_mod.score_pairs(recs, pairs, model)
-    assert_same_scores(fast, model_mod._score_pairs_splink(recs, pairs, model))
+    fast = scoring.score_pairs(recs, pairs, model)
+    assert_same_scores(fast, scoring._score_pairs_splink(recs, pairs, model))
     assert set(fast["level_census_no"].to_list()) >= {-1, 0, 1}
 
 
@@ -184,27 +185,27 @@ def test_a_changed_model_is_not_scored_with_the_old_one(tiny) -> None:
     """The compiled SQL is kept per model (its settings): other parameters, other SQL."""
     recs, model = tiny
     pairs = all_pairs(recs.height)
-    before = model_mod.score_pairs(recs, pairs, model)
-    compiled = model_mod._compiled(model.settings)
-    assert compiled is model_mod._compiled(copy.deepcopy(model.settings))
+    before = scoring.score_pairs(recs, pairs, model)
+    compiled = scoring._compiled(model.settings)
+    assert compiled is scoring._compiled(copy.deepcopy(model.settings))
     # The query evaluates the very level CASE statements scoring_parts hands out.
-    assert all(g in compiled.vector_columns for g in model_mod.scoring_parts(model.settings).gamma_sql)
+    assert all(g in compiled.vector_columns for g in scoring.scoring_parts(model.settings).gamma_sql)
     settings = copy.deepcopy(model.settings)
     settings["probability_two_random_records_match"] *= 2
     exact = settings["comparisons"][0]["comparison_levels"][1]
     exact["m_probability"] = exact["m_probability"] / 2
     other = model_mod.TrainedModel(settings, model.tf_tables)
-    assert model_mod._compiled(settings) is not model_mod._compiled(model.settings)
-    fast = model_mod.score_pairs(recs, pairs, other)
-    assert_same_scores(fast, model_mod._score_pairs_splink(recs, pairs, other))
+    assert scoring._compiled(settings) is not scoring._compiled(model.settings)
+    fast = scoring.score_pairs(recs, pairs, other)
+    assert_same_scores(fast, scoring._score_pairs_splink(recs, pairs, other))
     moved = fast.filter(pl.col("level_first_name") == 7)
     assert moved.height and not np.array_equal(bits(moved["w_first_name"]),
                                                 bits(before.filter(pl.col("level_first_name") == 7)["w_first_name"]))
     assert not np.array_equal(bits(fast["match_weight"]), bits(before["match_weight"]))
     # scoring_parts hands out copies: changing one leaves the kept parts alone.
-    parts = model_mod.scoring_parts(model.settings)
+    parts = scoring.scoring_parts(model.settings)
     parts.comparisons[0]["weights"].clear()
-    assert model_mod.scoring_parts(model.settings).comparisons[0]["weights"]
+    assert scoring.scoring_parts(model.settings).comparisons[0]["weights"]
 
 
 def test_input_order_and_dtypes(tiny) -> None:
@@ -215,8 +216,8 @@ def test_input_order_and_dtypes(tiny) -> None:
         pl.col("rid_l").cast(pl.UInt32), pl.col("rid_r").cast(pl.UInt32),
         (pl.col("rid_l") % 7).cast(pl.Int64).alias("rule"))
     small = recs.with_columns(pl.col("rid").cast(pl.UInt32))
-    fast = model_mod.score_pairs(small, pairs, model)
-    assert_same_scores(fast, model_mod._score_pairs_splink(small, pairs, model))
+    fast = scoring.score_pairs(small, pairs, model)
+    assert_same_scores(fast, scoring._score_pairs_splink(small, pairs, model))
     assert fast.select("rid_l", "rid_r").equals(fast.select("rid_l", "rid_r").sort("rid_l", "rid_r"))
     assert fast.schema["rid_l"] == pl.Int64 and fast.schema["rule"] == pl.Int32
     assert fast["rule"].to_list() == [l % 7 for l in fast["rid_l"].to_list()]
@@ -225,10 +226,10 @@ def test_input_order_and_dtypes(tiny) -> None:
     # Pairs naming a rid no record has are dropped, as the linker drops them.
     extra = pl.DataFrame({"rid_l": [0, 1], "rid_r": [10_000, 2], "rule": [1, 1]},
                          schema={"rid_l": pl.Int64, "rid_r": pl.Int64, "rule": pl.Int32})
-    got = model_mod.score_pairs(recs, extra, model)
+    got = scoring.score_pairs(recs, extra, model)
     assert got.select("rid_l", "rid_r").rows() == [(1, 2)]
-    assert_same_scores(got, model_mod._score_pairs_splink(recs, extra, model))
-    empty = model_mod.score_pairs(recs, extra.head(0), model)
+    assert_same_scores(got, scoring._score_pairs_splink(recs, extra, model))
+    empty = scoring.score_pairs(recs, extra.head(0), model)
     assert empty.height == 0 and empty.schema == fast.schema
 
 
@@ -239,10 +240,10 @@ def test_a_model_without_a_tf_table_is_scored_by_the_linker(tiny) -> None:
     recs, model = tiny
     partial = model_mod.TrainedModel(model.settings, {"first_name": model.tf_tables["first_name"]})
     pairs = all_pairs(recs.height)
-    got = model_mod.score_pairs(recs, pairs, partial)
-    assert_same_scores(got, model_mod._score_pairs_splink(recs, pairs, partial))
-    full = model_mod.score_pairs(recs, pairs, model)
-    parts = model_mod.scoring_parts(model.settings)
+    got = scoring.score_pairs(recs, pairs, partial)
+    assert_same_scores(got, scoring._score_pairs_splink(recs, pairs, partial))
+    full = scoring.score_pairs(recs, pairs, model)
+    parts = scoring.scoring_parts(model.settings)
     weights = next(c for c in parts.comparisons if c["name"] == "last_name")["weights"]
     base = pl.Series([weights[g] for g in got["level_last_name"].to_list()])
     assert np.array_equal(bits(got["w_last_name"]), bits(base))

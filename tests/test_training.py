@@ -20,6 +20,7 @@ import pytest
 
 from conftest import FIXTURES, ROOT, copy_fixture
 from idweave.linkage import link
+from idweave.linkage import _splink, comparisons, training
 from idweave.linkage import model as model_mod
 from idweave.linkage.pipeline import _comparisons_signature
 from idweave.linkage.project import load_project
@@ -30,7 +31,7 @@ from idweave.linkage.sources import load_records
 TRAIN_SCRIPT = """
 import json, sys
 import polars as pl
-from idweave.linkage.model import train
+from idweave.linkage.training import train
 from idweave.linkage.project import load_project
 from idweave.linkage.sources import load_records
 p = load_project(sys.argv[1])
@@ -73,9 +74,9 @@ def generated_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ------------------------------------------------------------------------ determinism
 def test_same_records_same_model_whatever_the_row_order() -> None:
     p, recs = project_records(FIXTURES / "tiny" / "project.yaml")
-    a = model_mod.train(recs, p)
-    b = model_mod.train(recs, p)
-    c = model_mod.train(recs.sample(fraction=1.0, shuffle=True, seed=3), p)
+    a = training.train(recs, p)
+    b = training.train(recs, p)
+    c = training.train(recs.sample(fraction=1.0, shuffle=True, seed=3), p)
     assert a.version == b.version == c.version
     assert a.to_json() == b.to_json() == c.to_json()
     assert all(a.tf_tables[k].equals(c.tf_tables[k]) for k in a.tf_tables)
@@ -85,12 +86,12 @@ def test_model_json_has_no_random_cache_id() -> None:
     # Splink gives every linker a random id (names of its cache tables); it used to end up
     # in the model JSON and so in the model version.
     p, recs = project_records(FIXTURES / "tiny" / "project.yaml")
-    assert "linker_uid" not in model_mod.train(recs, p).settings
+    assert "linker_uid" not in training.train(recs, p).settings
 
 
 def test_same_model_across_processes(generated_project: Path) -> None:
     p, recs = project_records(generated_project)
-    here = model_mod.train(recs, p)
+    here = training.train(recs, p)
     runs = [train_in_subprocess(generated_project, seed) for seed in ("1", "2")]
     assert runs[0]["version"] == runs[1]["version"] == here.version
     assert runs[0]["settings"] == runs[1]["settings"] == json.loads(here.to_json())
@@ -121,21 +122,21 @@ def em_lines(model: model_mod.TrainedModel) -> list[str]:
 def assert_complete(model: model_mod.TrainedModel, p) -> None:
     """Every comparison of the project is in the model (so the next run reuses it) and every
     level has a usable m and u."""
-    assert _comparisons_signature(model.settings) == _comparisons_signature(model_mod.build_settings(p))
+    assert _comparisons_signature(model.settings) == _comparisons_signature(comparisons.build_settings(p))
     for c in model.comparisons():
         for lv in c["comparison_levels"]:
             if not lv.get("is_null_level"):
-                assert model_mod.MIN_M <= lv["m_probability"] <= 1 and 0 < lv["u_probability"] <= 1
+                assert training.MIN_M <= lv["m_probability"] <= 1 and 0 < lv["u_probability"] <= 1
 
 
 def rule_prior(recs: pl.DataFrame, p) -> float:
     """The prior the deterministic rules give (what training starts EM from)."""
-    settings = model_mod.build_settings(p)
-    r = model_mod.prepare(recs, model_mod.input_columns(settings))
-    present = {c for c in model_mod.comparison_columns(p) if r[c].null_count() < r.height}
-    with model_mod._training_engine() as con:
-        linker, _ = model_mod._linker(r, settings, con, p.engine)
-        linker.training.estimate_probability_two_random_records_match(model_mod._prior_rules(p, present),
+    settings = comparisons.build_settings(p)
+    r = comparisons.prepare(recs, comparisons.input_columns(settings))
+    present = {c for c in comparisons.comparison_columns(p) if r[c].null_count() < r.height}
+    with training._training_engine() as con:
+        linker, _ = _splink.make_linker(r, settings, con, p.engine)
+        linker.training.estimate_probability_two_random_records_match(training._prior_rules(p, present),
                                                                       recall=0.7)
         return linker.misc.save_model_to_json(None)["probability_two_random_records_match"]
 
@@ -144,21 +145,21 @@ def test_a_level_em_drives_to_zero_is_held_and_the_pass_kept() -> None:
     # Splink used to raise "m_probability value 0.0 is below the minimum allowed value of
     # 1e-300" in the birth-date pass, which was lost, and with it the birth-date comparison.
     p, recs = demo_subset(8, 3)
-    m = model_mod.train(recs, p)
+    m = training.train(recs, p)
     lines = em_lines(m)
     assert lines[0] == "em pass blocked on birth_date"
     assert lines[1].startswith("em pass blocked on birth_date: held m of ") and "at 1e-300" in lines[1]
     assert "em pass blocked on first_name & last_name" in lines
     assert not any("skipped" in x for x in lines)
     assert_complete(m, p)
-    assert model_mod.train(recs, p).version == m.version
+    assert training.train(recs, p).version == m.version
 
 
 def test_no_deterministic_match_keeps_the_default_prior() -> None:
     # The deterministic rules match no pair: Splink set the prior to 0 and every EM pass
     # failed with "math domain error". Here every pair sharing a birth date is a match, too.
     p, recs = demo_subset(24, 1)
-    m = model_mod.train(recs, p)
+    m = training.train(recs, p)
     assert em_lines(m) == [
         "prior: kept default 0.0001 (the deterministic rules gave 0)",
         "em pass blocked on birth_date",
@@ -177,7 +178,7 @@ def test_a_skipped_pass_leaves_the_model_as_it_was(every: int, offset: int, skip
     # Splink's EM session drops the comparisons its rule blocks on from the linker and
     # changes its prior before training; a failed pass used to leave them so.
     p, recs = demo_subset(every, offset)
-    m = model_mod.train(recs, p)
+    m = training.train(recs, p)
     assert [x for x in em_lines(m) if "skipped" in x] == skipped
     assert_complete(m, p)
     assert m.prior == (rule_prior(recs, p) or 0.0001)

@@ -129,6 +129,20 @@ def rule_pairs(records: pl.DataFrame, rule: Rule, *, max_block: int = DEFAULT_MA
     records of an incremental run). ``keys``: the rule's key frames from :func:`rule_keys`,
     when the caller already has them (block sizes count every record of those frames).
     """
+    return _rule_pairs(records, rule, max_block=max_block, exclusive=exclusive, restrict_to=restrict_to,
+                       stats=stats, keys=keys)[0]
+
+
+def _rule_pairs(records: pl.DataFrame, rule: Rule, *, max_block: int, exclusive: Iterable[str],
+                restrict_to: pl.Series | None, stats: PairStats | None,
+                keys: tuple[pl.DataFrame, pl.DataFrame] | None,
+                within: pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """:func:`rule_pairs`, and the records (``rid``) in the rule's blocks above its cap.
+
+    ``within`` (``rid``): only pairs between these records are made, once the block sizes
+    are known (they count every holder). A rule that sharpens another needs only the
+    members of the other's too-big blocks: any other pair it makes lies in a block the
+    other rule kept, so it is made already."""
     excl = list(exclusive)
     left, right = keys if keys is not None else rule_keys(records, rule)
     # A block's size is the number of distinct records holding the key on either side.
@@ -140,9 +154,13 @@ def rule_pairs(records: pl.DataFrame, rule: Rule, *, max_block: int = DEFAULT_MA
     if stats is not None:
         stats.skipped_blocks.append(big.height)
         stats.skipped_records.append(int(big["len"].sum()) if big.height else 0)
+    members = both.join(big.select("key"), on="key", how="semi").select("rid").unique()
     if big.height:
         left = left.join(big.select("key"), on="key", how="anti")
         right = right.join(big.select("key"), on="key", how="anti") if not rule.symmetric else left
+    if within is not None:
+        left = left.join(within, on="rid", how="semi")
+        right = right.join(within, on="rid", how="semi") if not rule.symmetric else left
     if restrict_to is not None:
         new = pl.DataFrame({"rid": restrict_to})
         keys = pl.concat([left.join(new, on="rid", how="semi").select("key"),
@@ -161,7 +179,7 @@ def rule_pairs(records: pl.DataFrame, rule: Rule, *, max_block: int = DEFAULT_MA
     if restrict_to is not None:
         new_ids = restrict_to.implode()
         pairs = pairs.filter(pl.col("rid_l").is_in(new_ids) | pl.col("rid_r").is_in(new_ids))
-    return pairs.unique()
+    return pairs.unique(), members
 
 
 def generate_pairs(records: pl.DataFrame, rules: Sequence[Rule], *, max_block: int = DEFAULT_MAX_BLOCK,
@@ -175,9 +193,14 @@ def generate_pairs(records: pl.DataFrame, rules: Sequence[Rule], *, max_block: i
     """
     excl = list(exclusive)
     parts = []
+    big_members: dict[str, pl.DataFrame] = {}  # rule name -> records in its blocks above the cap
     for i, rule in enumerate(rules):
-        p = rule_pairs(records, rule, max_block=max_block, exclusive=excl, restrict_to=restrict_to, stats=stats,
-                       keys=keys[i] if keys is not None else None)
+        # A sharpening rule pairs only inside its parent's too-big blocks (the same union:
+        # its other pairs the parent, an earlier rule, made already).
+        within = big_members.get(rule.sharpens) if rule.sharpens is not None else None
+        p, big_members[rule.name] = _rule_pairs(records, rule, max_block=max_block, exclusive=excl,
+                                                restrict_to=restrict_to, stats=stats,
+                                                keys=keys[i] if keys is not None else None, within=within)
         if stats is not None:
             stats.raw.append(p.height)
         parts.append(p.with_columns(pl.lit(i, pl.Int32).alias("rule")))
@@ -263,7 +286,8 @@ def count_pairs(records: pl.DataFrame, rules: Sequence[Rule], *, max_block: int 
     Per rule also: ``budget``, the pairs derived rules are meant to stay within
     (:func:`pair_budget` of the number of records, the same on every row), its block ``cap``, the rule it ``sharpens`` (whose blocks above the cap it
     splits by one more key; null for a rule of its own), ``pairs_made`` (its own pairs, found
-    by an earlier rule or not: what generating them costs), ``skipped_records`` (records in
+    by an earlier rule or not: what generating them costs; a sharpening rule's only inside
+    its parent's blocks above the cap), ``skipped_records`` (records in
     its blocks above the cap) and what happens to those blocks (``big_blocks``:
     ``"sharpened"`` when a later rule splits them, ``"dropped"`` when none does, empty when
     there are none).

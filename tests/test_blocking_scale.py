@@ -14,7 +14,7 @@ import pytest
 
 from idweave.blocking import count_pairs, derive_rules, generate_pairs, rule_pairs
 from idweave.blocking import rules as rules_mod
-from idweave.blocking.pairs import pair_budget, rule_keys
+from idweave.blocking.pairs import key_table, pair_budget, pairs_from_keys, rule_keys
 from idweave.blocking.rules import PAIR_BUDGET, SCALE_FROM, Rule, scale_factor, scaled_cap
 from idweave.linkage.project import load_project, project_rules, with_rids
 from idweave.linkage.sources import load_records
@@ -130,6 +130,18 @@ def test_a_too_big_block_sharpens_instead_of_vanishing(populations) -> None:
     assert checked >= 2
 
 
+def test_sharpening_inside_the_parents_big_blocks_only_makes_the_same_pairs(populations) -> None:
+    """generate_pairs pairs a sharpening rule only inside its parent's too-big blocks; the
+    incremental path (pairs_from_keys on stored keys) pairs it everywhere: the same pairs,
+    with the same first rule."""
+    _, records = populations[6000]
+    kinds = {"first_name": "given_name", "last_name": "family_name", "birth_date": "date", "postcode": "postcode"}
+    rules = derive_rules(kinds, records.height, scale_from=records.height // 16)
+    assert any(r.sharpens for r in rules)
+    want = pairs_from_keys(key_table(records, rules), rules, exclusive=["tax"])
+    assert generate_pairs(records, rules, exclusive=["tax"]).equals(want)
+
+
 # ------------------------------------------------------------------ the budget
 def test_pairs_per_record_stay_within_the_budget_as_n_grows(populations) -> None:
     (p_small, small), (p_large, large) = populations[1500], populations[6000]
@@ -166,7 +178,9 @@ def test_count_pairs_reports_budget_caps_and_sharpening(populations) -> None:
     assert df["budget"].unique().to_list() == [PAIR_BUDGET * recs.height]
     assert df["cap"].to_list() == [r.max_block for r in rules]
     assert df["sharpens"].to_list() == [r.sharpens for r in rules]
-    assert df["pairs_made"].to_list() == [rule_pairs(recs, r).height for r in rules]
+    # A sharpening rule makes only the pairs inside its parent's too-big blocks.
+    for r, made in zip(rules, df["pairs_made"].to_list()):
+        assert made == rule_pairs(recs, r).height if r.sharpens is None else made < rule_pairs(recs, r).height
     sharpened = df.filter(pl.col("big_blocks") == "sharpened")
     assert sharpened.height and set(sharpened["rule"]) <= set(df["sharpens"].drop_nulls())
     assert (df.filter(pl.col("skipped_blocks") == 0)["big_blocks"] == "").all()

@@ -364,7 +364,7 @@ def splink_latency(m: Matcher, qs: list[dict]) -> dict[str, Any]:
     import duckdb
     from splink import DuckDBAPI, Linker
 
-    from idweave.linkage import model as model_mod
+    from idweave.linkage import comparisons as model_mod
 
     cols = model_mod.input_columns(m.model.settings)
     recs = model_mod.prepare(m.records, cols)

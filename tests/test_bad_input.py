@@ -206,7 +206,7 @@ def test_unknown_source_key(bad: Path) -> None:
     p = project(bad, VALID.format(path="people.csv").replace("    id: id\n", "    id: id\n    exclusve: true\n"))
     assert fails(bad, "link", p) == (
         f"Error: {p}: invalid project file: sources.people.exclusve: unknown key; expected one of "
-        "columns, date_format, exclusive, format, id, mode, path")
+        "columns, date_format, encoding, exclusive, format, id, mode, path")
 
 
 def test_blocking_rule_with_brackets_is_printed_whole(bad: Path) -> None:

@@ -252,10 +252,10 @@ def rerun_series(work: Path, full: pl.DataFrame, seed: pl.DataFrame, n: int) -> 
         alive, done = Run(project).kill(after, delay)
         wal = Path(str(store) + ".wal")
         after_sha = sha256(store)
-        after = tables(store)
-        if same_tables(after, before):
+        after_tables = tables(store)
+        if same_tables(after_tables, before):
             state = "as it was"
-        elif after["runs"].height == before["runs"].height + 1:
+        elif after_tables["runs"].height == before["runs"].height + 1:
             state = "whole run committed"
         else:
             state = "IN BETWEEN"

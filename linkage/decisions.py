@@ -362,6 +362,26 @@ class DecisionResult:
 
 
 
+def _constrained_differently(a: Constraints, b: Constraints) -> set[Rec]:
+    """The records whose must-link group or cannot-link partners differ between ``a`` and ``b``.
+
+    >>> a, b = Constraints(), Constraints()
+    >>> b.forbid([("s", "1")], [("s", "2")], 1)
+    >>> sorted(_constrained_differently(a, b))
+    [('s', '1'), ('s', '2')]
+    """
+    out: set[Rec] = set()
+    for r in set(a.group_of) | set(b.group_of):
+        ga = a.groups.get(a.group_of.get(r, -1), set())
+        gb = b.groups.get(b.group_of.get(r, -1), set())
+        if ga != gb:
+            out.add(r)
+    for r in set(a.cannot) | set(b.cannot):
+        if set(a.cannot.get(r, {})) != set(b.cannot.get(r, {})):
+            out.add(r)
+    return out
+
+
 def _region(st: Store, cons: Constraints, rid_of: Mapping[Rec, int], entity_rids: pl.DataFrame,
             seeds: Iterable[Rec], thr: float) -> list[Rec]:
     """The records to re-cluster around ``seeds``: their connected part of the graph of
@@ -398,6 +418,7 @@ def _apply(st: Store, proj: Project, action: str, *, payload: dict[str, Any], au
     events and entity changes are written by :meth:`Store.write_identity`, as a run's are.
     """
     rows = decision_rows(st)
+    cons_before = replay(rows)
     did = (max((r["decision_id"] for r in rows), default=0)) + 1
     for r in rows:
         if undoes is not None and r["decision_id"] == undoes:
@@ -467,6 +488,11 @@ def _apply(st: Store, proj: Project, action: str, *, payload: dict[str, Any], au
         n_events = st.write_identity(a, sizes=sizes, run_id=None, moves=moves, decision_id=did,
                                      events_before=[{"type": "decision", "entity_id": main[0],
                                                      "other_entity_id": main[1], "detail": action}])
+        # The stored review queue (if any) loses the rows of what this decision changed:
+        # the entities of the region before and after, and of records whose constraints moved.
+        changed = {new_of[k] for k in _constrained_differently(cons_before, cons) if k in new_of}
+        st.queue_touched({e for m in moved for e in m[2:]} | a.touched | {x for pair in a.merged for x in pair}
+                         | set(seen_entities) | changed | {e for e in main if e})
         st.commit()
     except BaseException:
         st.rollback()

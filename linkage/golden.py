@@ -99,7 +99,8 @@ def golden(project: ProjectLike, out: str | Path | None = None, *,
     sources = list(proj.sources)
     proj, st = review.open_store(proj, read_only=True)
     with st:
-        attrs = [a for a in proj.attributes if a in st.columns("records")]
+        stored_cols = set(st.columns("records"))
+        attrs = [a for a in proj.attributes if a in stored_cols]
         cols = ", ".join(f'"{a}"' for a in attrs)
         if entity_id is not None:
             eid = review.active_entity(st, entity_id)

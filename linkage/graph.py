@@ -31,6 +31,7 @@ True
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import secrets
@@ -48,7 +49,8 @@ from idweave.linkage._db import fetch_one, query_pl
 
 from idweave.linkage.errors import StoreBusyError, StoreError
 
-__all__ = ["Store", "assign_ids", "IdAssignment", "new_entity_id", "utc_now", "SCHEMA_VERSION"]
+__all__ = ["Store", "assign_ids", "IdAssignment", "new_entity_id", "utc_now", "SCHEMA_VERSION", "QUEUE_TABLE",
+           "QUEUE_SCHEMA"]
 
 SCHEMA_VERSION = 1
 
@@ -214,6 +216,21 @@ def assign_ids(
     return out
 
 
+#: The stored review queue (see queue.py): one row per item, ``found`` its reasons in detector
+#: order as JSON ``[[reason, score, detail], ...]``; ``digest``s are the entities' record digests.
+QUEUE_TABLE = "review_queue"
+QUEUE_SCHEMA = {"entity_id": pl.Utf8, "other_entity_id": pl.Utf8, "reason": pl.Utf8, "reasons": pl.List(pl.Utf8),
+                "detail": pl.Utf8, "size": pl.Int32, "other_size": pl.Int32, "link": pl.Float64, "score": pl.Float64,
+                "suggested_split": pl.List(pl.Utf8), "found": pl.Utf8, "sources": pl.List(pl.Utf8),
+                "probabilities": pl.List(pl.Float64), "digest": pl.Utf8, "other_digest": pl.Utf8, "hard": pl.Boolean}
+_QUEUE_DDL = f"""
+create table if not exists {QUEUE_TABLE} (
+    entity_id varchar, other_entity_id varchar, reason varchar, reasons varchar[], detail varchar, size integer,
+    other_size integer, link double, score double, suggested_split varchar[], found json, sources varchar[],
+    probabilities double[], digest varchar, other_digest varchar, hard boolean);
+create table if not exists {QUEUE_TABLE}_dirty (entity_id varchar);
+"""
+
 _ENTITY_SCHEMA = {"entity_id": pl.Utf8, "status": pl.Utf8, "merged_into": pl.Utf8, "split_from": pl.Utf8,
                   "created_run": pl.Int32, "changed_run": pl.Int32, "size": pl.Int32}
 
@@ -238,6 +255,12 @@ class Store:
         ``wait`` seconds for it.
         """
         path = Path(path)
+        if read_only:
+            shared = _READING.get()
+            if shared is not None and os.path.abspath(shared.path) == os.path.abspath(path):
+                borrowed = _Borrowed(shared.path, shared.con, True)
+                borrowed._catalog = shared.__dict__.setdefault("_catalog", {})
+                return borrowed
         if read_only and not path.exists():
             raise StoreError("no store yet: run `idweave link` first", file=str(path))
         if not read_only:
@@ -263,6 +286,28 @@ class Store:
         else:
             store._check_schema()
         return store
+
+    @classmethod
+    @contextmanager
+    def reading(cls, path: str | Path, *, wait: float = 0.0) -> Iterator[Store]:
+        """One read-only opening of the store at ``path`` for the block: every
+        ``Store.open(path, read_only=True)`` inside it (in this thread or task) gets this
+        connection, and its ``close`` leaves it open, so the library calls that gather one
+        screen read one state of the store and pay for one opening. Opening for writing is
+        not affected (and waits for no reader of this process: close the block first).
+
+        >>> with Store.reading("out/doctest.duckdb") as st:
+        ...     with Store.open("out/doctest.duckdb", read_only=True) as again:
+        ...         again.con is st.con
+        True
+        """
+        st = cls.open(path, read_only=True, wait=wait)
+        token = _READING.set(st)
+        try:
+            yield st
+        finally:
+            _READING.reset(token)
+            st.close()
 
     def close(self) -> None:
         """Close the connection. After a write that failed (see :meth:`begin`), the store's
@@ -731,14 +776,38 @@ class Store:
             return self.con.execute("select r.source, r.record_id, r.content_hash from records r join _dig d "
                                     "on r.source = d.source and r.record_id = d.record_id").fetchall()
 
-    def links_among(self, recs: Iterable[tuple[str, str]], *, min_p: float | None = None) -> pl.DataFrame:
-        """The stored links (every column) both of whose records are among ``recs``."""
+    def links_among(self, recs: Iterable[tuple[str, str]], *, min_p: float | None = None,
+                    columns: Sequence[str] | None = None) -> pl.DataFrame:
+        """The stored links (every column, or ``columns``) both of whose records are among ``recs``."""
+        cond = "" if min_p is None else f" and match_probability >= {float(min_p)!r}"
+        rks = self._rks_of(recs)
+        if rks is not None:
+            # Filters on literal record keys: DuckDB skips the row groups their range rules out.
+            cols = "*" if columns is None else ", ".join(f'"{c}"' for c in columns)
+            return query_pl(self.con, f"select {cols} from links where rk_l in ({rks}) and rk_r in ({rks})" + cond)
         cond = "" if min_p is None else f" where l.match_probability >= {float(min_p)!r}"
         with self.registered("_q_among", self._keys_frame(recs)):
             return query_pl(self.con, "select l.* from links l "
                                       "semi join _q_among a on l.source_l = a.source and l.record_id_l = a.record_id "
                                       "semi join _q_among b on l.source_r = b.source and l.record_id_r = b.record_id"
                                       + cond)
+
+    def _rks_of(self, recs: Iterable[tuple[str, str]]) -> str | None:
+        """The ``rk`` of those of ``recs`` the store holds, as a literal SQL list ('null'
+        for none), or None when the store predates ``rk`` (then look up by source and id)."""
+        keyed = getattr(self, "_keyed", None)
+        if keyed is None:
+            keyed = self._keyed = "rk" in self.columns("records") and {"rk_l", "rk_r"} <= set(self.columns("links"))
+        if not keyed:
+            return None
+        keys = self._keys_frame(recs)
+        if not keys.height:
+            return "null"
+        with self.registered("_q_rks", keys):
+            rks = [int(k) for (k,) in self.con.execute(
+                "select r.rk from records r join _q_rks q on r.source = q.source and r.record_id = q.record_id "
+                "order by r.rk").fetchall() if k is not None]
+        return ", ".join(map(str, rks)) or "null"
 
     def link_pairs(self, min_p: float | None = None) -> pl.DataFrame:
         """``source_l, record_id_l, source_r, record_id_r, match_probability`` of every stored
@@ -747,10 +816,26 @@ class Store:
         return query_pl(self.con, "select source_l, record_id_l, source_r, record_id_r, match_probability from links"
                         + cond, [] if min_p is None else [float(min_p)])
 
-    def links_leaving(self, recs: Iterable[tuple[str, str]], entity_id: str, limit: int) -> pl.DataFrame:
-        """The best ``limit`` links from ``recs`` to records outside ``entity_id`` (``source``,
-        ``record_id``, ``other_source``, ``other_record_id``, ``other_entity_id``,
-        ``match_probability``)."""
+    def links_leaving(self, recs: Iterable[tuple[str, str]], entity_id: str, limit: int, *,
+                      min_p: float | None = None) -> pl.DataFrame:
+        """The best ``limit`` links (of at least ``min_p``) from ``recs`` to records outside
+        ``entity_id`` (``source``, ``record_id``, ``other_source``, ``other_record_id``,
+        ``other_entity_id``, ``match_probability``)."""
+        rks = self._rks_of(recs)
+        p = "" if min_p is None else f" and l.match_probability >= {float(min_p)!r}"
+        if rks is not None:
+            return query_pl(self.con, f"""
+                select * from (
+                  select l.source_l as source, l.record_id_l as record_id, l.source_r as other_source,
+                         l.record_id_r as other_record_id, r.entity_id as other_entity_id, l.match_probability
+                  from links l join records r on r.rk = l.rk_r
+                  where l.rk_l in ({rks}) and r.entity_id <> ?{p}
+                  union all
+                  select l.source_r, l.record_id_r, l.source_l, l.record_id_l, r.entity_id, l.match_probability
+                  from links l join records r on r.rk = l.rk_l
+                  where l.rk_r in ({rks}) and r.entity_id <> ?{p})
+                order by match_probability desc, other_entity_id, source, record_id, other_source, other_record_id
+                limit {int(limit)}""", [entity_id, entity_id])
         with self.registered("_q_near", self._keys_frame(recs)):
             return query_pl(self.con, f"""
                 select * from (
@@ -758,13 +843,14 @@ class Store:
                          l.record_id_r as other_record_id, r.entity_id as other_entity_id, l.match_probability
                   from links l semi join _q_near q on l.source_l = q.source and l.record_id_l = q.record_id
                   join records r on r.source = l.source_r and r.record_id = l.record_id_r
-                  where r.entity_id <> ?
+                  where r.entity_id <> ?{p}
                   union all
                   select l.source_r, l.record_id_r, l.source_l, l.record_id_l, r.entity_id, l.match_probability
                   from links l semi join _q_near q on l.source_r = q.source and l.record_id_r = q.record_id
                   join records r on r.source = l.source_l and r.record_id = l.record_id_l
-                  where r.entity_id <> ?)
-                order by match_probability desc, other_entity_id limit {int(limit)}""", [entity_id, entity_id])
+                  where r.entity_id <> ?{p})
+                order by match_probability desc, other_entity_id, source, record_id, other_source, other_record_id
+                limit {int(limit)}""", [entity_id, entity_id])
 
     def all_records(self) -> pl.DataFrame:
         """Every stored record, every column (in the table's order)."""
@@ -818,6 +904,123 @@ class Store:
             self.con.execute("delete from links where exists (select 1 from _pairs p where "
                              "links.rk_l = p.a and links.rk_r = p.b)")
 
+    # --- small named values in ``meta`` (e.g. the sources' files a run read: _incremental.py) ---
+    def meta_value(self, key: str) -> str | None:
+        """The ``meta`` value of ``key`` (None if unset)."""
+        row = fetch_one(self.con, "select value from meta where key = ?", [key])
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        """Set (or with None, remove) the ``meta`` value of ``key``."""
+        self.con.execute("delete from meta where key = ?", [key])
+        if value is not None:
+            self.con.execute("insert into meta values (?, ?)", [key, value])
+
+    # --- the stored review queue (built by queue.py; decisions keep it current) ---
+    def queue_basis(self) -> dict[str, Any] | None:
+        """What the stored review queue was built on (``run``, ``large_size``, ``format``),
+        or None when the store holds none. It is current while ``run`` is the last run."""
+        if not self.has_table(QUEUE_TABLE):
+            return None
+        row = fetch_one(self.con, "select value from meta where key = ?", [QUEUE_TABLE])
+        return json.loads(row[0]) if row else None
+
+    def queue_rows(self) -> pl.DataFrame:
+        """Every stored queue row (see :data:`QUEUE_SCHEMA`)."""
+        return query_pl(self.con, f"select * from {QUEUE_TABLE}")
+
+    def queue_dirty(self) -> set[str]:
+        """The entities whose stored queue rows a decision took away and that wait to be
+        found again (:meth:`queue_touched`)."""
+        return {e for (e,) in self.con.execute(f"select entity_id from {QUEUE_TABLE}_dirty").fetchall()}
+
+    def queue_touched(self, entities: Iterable[str]) -> None:
+        """Inside a decision's transaction: the queue rows naming ``entities`` go, and they are
+        noted as dirty (found again by the next reader of the queue). A stored queue of an
+        earlier run is emptied instead (a run changes every row)."""
+        basis = self.queue_basis()
+        if basis is None:
+            return
+        if basis.get("run") != self.last_run():
+            for t in (QUEUE_TABLE, f"{QUEUE_TABLE}_dirty"):
+                self.con.execute(f"delete from {t}")
+            self.con.execute("delete from meta where key = ?", [QUEUE_TABLE])
+            return
+        ids = pl.DataFrame({"entity_id": sorted(set(entities))}, schema={"entity_id": pl.Utf8})
+        with self.registered("_q_touched", ids):
+            self.con.execute(f"delete from {QUEUE_TABLE} where entity_id in (select entity_id from _q_touched) "
+                             "or other_entity_id in (select entity_id from _q_touched)")
+            self.con.execute(f"insert into {QUEUE_TABLE}_dirty select entity_id from _q_touched "
+                             f"where entity_id not in (select entity_id from {QUEUE_TABLE}_dirty)")
+
+    def record_counts(self) -> dict[str, int]:
+        """Entity id -> how many records the store holds for it (entities with records only)."""
+        return dict(self.con.execute("select entity_id, count(*) from records group by entity_id").fetchall())
+
+    def max_decision_id(self) -> int:
+        """The latest decision's id (0 before the first)."""
+        return int(fetch_one(self.con, "select coalesce(max(decision_id), 0) from decisions")[0])
+
+    def records_of_entities(self, entities: Iterable[str]) -> pl.DataFrame:
+        """Every stored record (every column) of ``entities``, by source and record id."""
+        ids = pl.DataFrame({"entity_id": sorted(set(entities))}, schema={"entity_id": pl.Utf8})
+        with self.registered("_q_ents", ids):
+            return query_pl(self.con, "select r.* from records r semi join _q_ents q on r.entity_id = q.entity_id "
+                                      "order by r.source, r.record_id")
+
+    def entities_linked_to(self, entities: Iterable[str], min_p: float) -> set[str]:
+        """The other entities that a link of at least ``min_p`` joins to a record of ``entities``."""
+        mine = self.records_of_entities(entities).select("source", "record_id")
+        if not mine.height:
+            return set()
+        near = self.links_leaving(list(mine.iter_rows()), "", 10**9, min_p=min_p)
+        return set(near["other_entity_id"].to_list()) - set(entities)
+
+    def write_queue(self, rows: pl.DataFrame, basis: Mapping[str, Any], *, entities: Iterable[str] | None = None) -> None:
+        """Store queue ``rows`` (inside the caller's transaction) with their ``basis``: all of
+        them (``entities`` None: the table is replaced), or those of the dirty ``entities``
+        found again (their old rows go; they are no longer dirty)."""
+        self.con.execute(_QUEUE_DDL)
+        if entities is None:
+            self.con.execute(f"delete from {QUEUE_TABLE}")
+            self.con.execute(f"delete from {QUEUE_TABLE}_dirty")
+        else:
+            ids = pl.DataFrame({"entity_id": sorted(set(entities))}, schema={"entity_id": pl.Utf8})
+            with self.registered("_q_found", ids):
+                self.con.execute(f"delete from {QUEUE_TABLE} where entity_id in (select entity_id from _q_found) "
+                                 "or other_entity_id in (select entity_id from _q_found)")
+                self.con.execute(f"delete from {QUEUE_TABLE}_dirty where entity_id in (select entity_id from _q_found)")
+        if rows.height:
+            with self.registered("_q_rows", rows.select(list(QUEUE_SCHEMA)).cast(QUEUE_SCHEMA)):
+                self.con.execute(f"insert into {QUEUE_TABLE} by name select * from _q_rows")
+        self.con.execute("insert or replace into meta values (?, ?)", [QUEUE_TABLE, json.dumps(dict(basis))])
+
+
+class _Borrowed(Store):
+    """A store opened inside :meth:`Store.reading`: its connection is the block's, so closing
+    it leaves the connection open."""
+
+    _catalog: dict[tuple[str, str], Any]
+
+    def close(self) -> None:
+        pass
+
+    # The block reads one state of the store: its tables and columns do not change in it.
+    def has_table(self, name: str) -> bool:
+        key = ("table", name)
+        if key not in self._catalog:
+            self._catalog[key] = Store.has_table(self, name)
+        return self._catalog[key]
+
+    def columns(self, table: str) -> list[str]:
+        key = ("columns", table)
+        if key not in self._catalog:
+            self._catalog[key] = Store.columns(self, table)
+        return list(self._catalog[key])
+
+
+_READING: contextvars.ContextVar[Store | None] = contextvars.ContextVar("idweave_store_reading", default=None)
+
 
 # Every table a store of this schema version holds. A file holding only these (and at least
 # the tables every store has) but no ``meta`` marker is taken for an idweave store whose
@@ -825,7 +1028,7 @@ class Store:
 # writing. Any other table, or a ``records`` table without the marker, means the file is
 # somebody else's: it is refused and left untouched.
 STORE_TABLES = frozenset({"meta", "runs", "entities", "events", "decisions", "models", "model_tf", "model_sql",
-                          "records", "links", "block_keys", "joins"})
+                          "records", "links", "block_keys", "joins", QUEUE_TABLE, f"{QUEUE_TABLE}_dirty"})
 _CORE_TABLES = frozenset({"runs", "entities", "events", "decisions"})
 _NOT_A_STORE = "not an idweave store"
 

@@ -15,6 +15,7 @@ True
 from __future__ import annotations
 
 import datetime
+import json
 import math
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -25,10 +26,13 @@ from rapidfuzz.distance import JaroWinkler, Levenshtein
 
 from idweave.linkage.decisions import (CONFLICT_PROBABILITY, Constraints, ProjectLike, Rec, entity_digest,
                                        fmt_record as _fmt, in_force, open_store, replay, run_info)
+from idweave.linkage.graph import QUEUE_SCHEMA, Store
 from idweave.linkage.project import Project
 
 __all__ = ["queue", "build_queue", "QueueItem", "QueueEvidence", "REASONS", "DETECTORS", "weight", "probability",
-           "worst_split"]
+           "worst_split", "default_large_size", "StoredQueue", "stored_queue", "store_queue", "full_queue_frame",
+           "current_queue", "as_item",
+           "QUEUE_FORMAT"]
 
 #: Queue reasons, most serious first, with the sentence the CLI shows for each.
 REASONS = {
@@ -385,7 +389,7 @@ def worst_split(nodes: list[Rec], edges: list[tuple[float, Rec, Rec]], thr: floa
 
 def queue(project: ProjectLike, *, limit: int | None = None, margin_bits: float = 3.0,
           large_size: int | None = None, date_gap_days: int = 730, unscored_weight: float = 1.0,
-          include_reviewed: bool = False) -> list[QueueItem]:
+          include_reviewed: bool = False, stored: bool = True) -> list[QueueItem]:
     """The review queue: doubtful entities and entity pairs, most likely wrong first.
 
     Reasons (see :data:`REASONS`): a human decision contradicted by new scores; two records
@@ -397,6 +401,10 @@ def queue(project: ProjectLike, *, limit: int | None = None, margin_bits: float 
     ``margin_bits`` below the threshold (a near miss). Entities a decision has reviewed
     (confirmed, or the result of a merge or split) stay out until their records change.
 
+    With the default settings and a queue kept in the store (:func:`store_queue`), that one
+    is read and made current (:func:`stored_queue`) unless ``stored`` is False: the same
+    items, without running every detector over the whole store.
+
     >>> from idweave.linkage import link
     >>> _ = link("fixtures/demo/project.yaml")
     >>> items = queue("fixtures/demo/project.yaml", limit=3)
@@ -405,6 +413,10 @@ def queue(project: ProjectLike, *, limit: int | None = None, margin_bits: float 
     """
     proj, st = open_store(project, read_only=True)
     with st:
+        defaults = (margin_bits, large_size, date_gap_days, unscored_weight) == (3.0, None, 730, 1.0)
+        sq = stored_queue(st, proj) if stored and defaults else None
+        if sq is not None:
+            return sq.items(include_reviewed=include_reviewed, limit=limit)
         thr, _method, _ = run_info(st, proj)
         recs = st.all_records()
         links = st.link_pairs()
@@ -512,10 +524,8 @@ class QueueEvidence:
         self.cons = replay(self.rows)
         self.entity_of = {(s, r): e for s, r, e in recs.select("source", "record_id", "entity_id").iter_rows()}
         self.sizes = dict(recs.group_by("entity_id").len().iter_rows())
-        multi = sorted(v for v in self.sizes.values() if v >= 2)
         if self.large_size is None:
-            q95 = multi[int(0.95 * (len(multi) - 1))] if multi else 1
-            self.large_size = max(5, 2 * q95)
+            self.large_size = default_large_size(self.sizes.values())
         self.found = defaultdict(dict)
         self.multi_ids = recs.filter(pl.col("entity_id").is_in([e for e, n in self.sizes.items() if n >= 2]))
         self.ek = links.join(recs.select(pl.col("source").alias("source_l"), pl.col("record_id").alias("record_id_l"),
@@ -740,51 +750,76 @@ DETECTORS: tuple[Callable[[QueueEvidence], None], ...] = (
     _near_misses)
 
 
+def default_large_size(sizes: Iterable[int]) -> int:
+    """The ``large`` reason's size when none is given: twice the 95th percentile of the
+    sizes of entities of two or more records, at least 5.
+
+    >>> default_large_size([1, 2, 2, 3, 40])
+    6
+    """
+    multi = sorted(v for v in sizes if v >= 2)
+    q95 = multi[int(0.95 * (len(multi) - 1))] if multi else 1
+    return max(5, 2 * q95)
+
+
+def _evidence(proj: Project, recs: pl.DataFrame, links: pl.DataFrame, rows: list[dict[str, Any]], thr: float, *,
+              margin_bits: float = 3.0, large_size: int | None = None, date_gap_days: int = 730,
+              unscored_weight: float = 1.0,
+              detectors: Sequence[Callable[[QueueEvidence], None]] = ()) -> QueueEvidence:
+    """The ``detectors`` (default: every one) run, in order, over one :class:`QueueEvidence`."""
+    q = QueueEvidence(proj, recs, links, rows, thr, margin_bits, large_size, date_gap_days, unscored_weight)
+    for detect in detectors or DETECTORS:
+        detect(q)
+    return q
+
+
 def build_queue(proj: Project, recs: pl.DataFrame, links: pl.DataFrame, rows: list[dict[str, Any]], thr: float, *,
                 limit: int | None, margin_bits: float, large_size: int | None, date_gap_days: int,
                 unscored_weight: float, include_reviewed: bool) -> list[QueueItem]:
     """The queue of :func:`queue` from the store's ``recs``, ``links`` and decision ``rows``:
     every detector's findings, minus entities a decision reviewed, ranked."""
-    q = QueueEvidence(proj, recs, links, rows, thr, margin_bits, large_size, date_gap_days, unscored_weight)
-    for detect in DETECTORS:
-        detect(q)
+    q = _evidence(proj, recs, links, rows, thr, margin_bits=margin_bits, large_size=large_size,
+                  date_gap_days=date_gap_days, unscored_weight=unscored_weight)
     return _ranked(q, limit=limit, include_reviewed=include_reviewed)
+
+
+def _reviewed(rows: list[dict[str, Any]]) -> set[str]:
+    """The entity digests the decisions in force reviewed (those entities stay out of the
+    queue until their records change)."""
+    out: set[str] = set()
+    for d in in_force(rows):
+        out.update(d["payload"].get("reviewed", {}).values())
+    return out
+
+
+def _item(key: tuple[str, str | None], reasons: Mapping[str, tuple[float, str]], sizes: Mapping[str, int],
+          link_of: Mapping, suggest: Mapping[str, list[str]]) -> QueueItem:
+    """One item (rank 0) of a key's reasons (reason -> (score, detail), in detector order)."""
+    e, other = key
+    ordered = sorted(reasons, key=lambda r: -reasons[r][0])
+    top = ordered[0]
+    scores = [reasons[r][0] for r in ordered]
+    score = scores[0] if scores[0] >= 1 else 1.0 - math.prod(1.0 - min(x, 0.999999) for x in scores)
+    return QueueItem(rank=0, entity_id=e, other_entity_id=other, reason=top, reasons=ordered,
+                     detail=reasons[top][1], size=sizes.get(e, 0), other_size=sizes.get(other) if other else None,
+                     link=link_of.get(key), score=round(score, 6),
+                     suggested_split=suggest.get(e) if other is None else None)
 
 
 def _ranked(q: QueueEvidence, *, limit: int | None, include_reviewed: bool) -> list[QueueItem]:
     """The found items, reviewed ones left out until their records change, most likely wrong first."""
     rows, found, recs, sizes, link_of, suggest = q.rows, q.found, q.recs, q.sizes, q.link_of, q.suggest
-    # -- reviewed entities leave the queue until their records change
-    reviewed: set[str] = set()
-    for d in in_force(rows):
-        reviewed.update(d["payload"].get("reviewed", {}).values())
+    reviewed = _reviewed(rows)
     digest_of: dict[str, str] = {}
     if not include_reviewed and reviewed:
-        wanted = {e for key in found for e in key if e}
-        sub = recs.filter(pl.col("entity_id").is_in(sorted(wanted))).select("entity_id", "source", "record_id",
-                                                                             "content_hash")
-        grouped: dict[str, list] = defaultdict(list)
-        for e, s, r, h in sub.iter_rows():
-            grouped[e].append((s, r, h))
-        digest_of = {e: entity_digest(v) for e, v in grouped.items()}
-
+        digest_of = _digests(recs, {e for key in found for e in key if e})
     items = []
     for key, reasons in found.items():
-        e, other = key
-        hard_conflict = "decision_conflict" in reasons
-        if not include_reviewed and not hard_conflict and reviewed:
+        if not include_reviewed and reviewed and "decision_conflict" not in reasons:
             seen = [digest_of.get(x) in reviewed for x in key if x]
-            if (other is None and seen[0]) or (other is not None and all(seen)):
+            if (key[1] is None and seen[0]) or (key[1] is not None and all(seen)):
                 continue
-        ordered = sorted(reasons, key=lambda r: -reasons[r][0])
-        top = ordered[0]
-        scores = [reasons[r][0] for r in ordered]
-        score = scores[0] if scores[0] >= 1 else 1.0 - math.prod(1.0 - min(x, 0.999999) for x in scores)
-        items.append(QueueItem(rank=0, entity_id=e, other_entity_id=other, reason=top, reasons=ordered,
-                               detail=reasons[top][1], size=sizes.get(e, 0),
-                               other_size=sizes.get(other) if other else None,
-                               link=link_of.get(key), score=round(score, 6),
-                               suggested_split=suggest.get(e) if other is None else None))
+        items.append(_item(key, reasons, sizes, link_of, suggest))
     items.sort(key=lambda i: (-i.score, i.entity_id, i.other_entity_id or ""))
     if limit is not None:
         items = items[:limit]
@@ -792,3 +827,271 @@ def _ranked(q: QueueEvidence, *, limit: int | None, include_reviewed: bool) -> l
         it.rank = n
     return items
 
+
+def _digests(recs: pl.DataFrame, wanted: Iterable[str]) -> dict[str, str]:
+    """:func:`entity_digest` of each ``wanted`` entity's records in ``recs``."""
+    sub = recs.filter(pl.col("entity_id").is_in(sorted(set(wanted)))).select("entity_id", "source", "record_id",
+                                                                            "content_hash")
+    grouped: dict[str, list] = defaultdict(list)
+    for e, s, r, h in sub.iter_rows():
+        grouped[e].append((s, r, h))
+    return {e: entity_digest(v) for e, v in grouped.items()}
+
+
+# --------------------------------------------------------------------------------------
+# the stored queue: built once per run, kept current decision by decision
+# --------------------------------------------------------------------------------------
+#: Bump when what a stored queue row holds changes: a stored queue of another format is rebuilt.
+QUEUE_FORMAT = 1
+_DETECTOR_OF = {"decision_conflict": 0, "exclusive_twice": 1, "conflicting_id": 2, "dates_apart": 3, "household": 4,
+                "large": 5, "weak_bridge": 6, "loose_groups": 6, "uncertain": 6, "near_miss": 7}
+
+
+def _queue_frame(q: QueueEvidence, found: Mapping[tuple[str, str | None], Mapping[str, tuple[float, str]]]) -> pl.DataFrame:
+    """The stored rows (:data:`~idweave.linkage.graph.QUEUE_SCHEMA`) of ``found`` (key ->
+    reasons in detector order), with what a screen lists beside each item: the sources of
+    its records, the probabilities of its links (inside the entity; across, for a pair),
+    lowest first, and the digests of its entities."""
+    keys = list(found)
+    ents = {e for k in keys for e in k if e}
+    digest_of = _digests(q.recs, ents)
+    src = (q.recs.filter(pl.col("entity_id").is_in(sorted(ents))).group_by("entity_id")
+           .agg(pl.col("source").unique().sort()))
+    sources_of = {e: list(v) for e, v in src.iter_rows()}
+    want = pl.DataFrame({"ka": [min(k[0], k[1] or k[0]) for k in keys], "kb": [max(k[0], k[1] or k[0]) for k in keys]},
+                        schema={"ka": pl.Utf8, "kb": pl.Utf8})
+    probs = (q.ek.select(pl.min_horizontal("e_l", "e_r").alias("ka"), pl.max_horizontal("e_l", "e_r").alias("kb"),
+                         "match_probability")
+             .join(want.unique(), on=["ka", "kb"], how="semi").group_by("ka", "kb")
+             .agg(pl.col("match_probability").sort()))
+    probs_of = {(a, b): list(v) for a, b, v in probs.iter_rows()}
+    out = []
+    for key in keys:
+        it = _item(key, found[key], q.sizes, q.link_of, q.suggest)
+        e, o = key
+        out.append({"entity_id": e, "other_entity_id": o, "reason": it.reason, "reasons": it.reasons,
+                    "detail": it.detail, "size": it.size, "other_size": it.other_size, "link": it.link,
+                    "score": it.score, "suggested_split": it.suggested_split,
+                    "found": json.dumps([[r, sc, d] for r, (sc, d) in found[key].items()]),
+                    "sources": sorted({x for y in (e, o) if y for x in sources_of.get(y, [])}),
+                    "probabilities": probs_of.get((min(e, o or e), max(e, o or e)), []),
+                    "digest": digest_of.get(e), "other_digest": digest_of.get(o) if o else None,
+                    "hard": "decision_conflict" in found[key]})
+    return pl.DataFrame(out, schema=QUEUE_SCHEMA)
+
+
+def _found_of(row: Mapping[str, Any]) -> dict[str, tuple[float, str]]:
+    return {r: (float(sc), d) for r, sc, d in json.loads(row["found"])}
+
+
+def _conflicts(st: Store, proj: Project, rows: list[dict[str, Any]], thr: float,
+               large_size: int) -> dict[tuple[str, str | None], tuple[float, str]]:
+    """Every ``decision_conflict`` finding of the store (key -> (score, detail)), from the
+    records the decisions in force constrain and the links among them: what the detector
+    finds over the whole store."""
+    cons = replay(rows)
+    if not cons.groups and not cons.cannot:
+        return {}
+    constrained = set(cons.group_of) | set(cons.cannot)
+    ent = st.entity_of_records(constrained)
+    recs = pl.DataFrame({"source": [k[0] for k in ent], "record_id": [k[1] for k in ent],
+                         "entity_id": list(ent.values())}, schema={"source": pl.Utf8, "record_id": pl.Utf8,
+                                                                   "entity_id": pl.Utf8})
+    links = _pairs_of(st.links_among(list(ent), columns=_PAIR_COLUMNS))
+    q = QueueEvidence(proj, recs, links, rows, thr, 3.0, large_size, 730, 1.0)
+    _decision_conflicts(q)
+    return {k: v["decision_conflict"] for k, v in q.found.items() if "decision_conflict" in v}
+
+
+_PAIR_COLUMNS = ("source_l", "record_id_l", "source_r", "record_id_r", "match_probability")
+
+
+def _pairs_of(links: pl.DataFrame) -> pl.DataFrame:
+    if not links.height:
+        return pl.DataFrame(schema={c: (pl.Float64 if c == "match_probability" else pl.Utf8) for c in _PAIR_COLUMNS})
+    return links.select(_PAIR_COLUMNS)
+
+
+def _found_again(st: Store, proj: Project, rows: list[dict[str, Any]], thr: float, large_size: int, dirty: set[str],
+                 conflicts: Mapping[tuple[str, str | None], tuple[float, str]]) -> pl.DataFrame:
+    """The queue rows of every key naming a ``dirty`` entity, as a full build finds them:
+    the detectors over the dirty entities and every entity a near-miss link (or a
+    conflict) joins to them, whole, with the store's ``large_size``; the
+    ``decision_conflict`` findings are the store's (``conflicts``)."""
+    near_low = probability(weight(thr) - 3.0)
+    partners = st.entities_linked_to(dirty, near_low)
+    extra = {e for k in conflicts if (k[0] in dirty or k[1] in dirty) for e in k if e}
+    region = set(dirty) | partners | extra
+    recs = st.records_of_entities(region)
+    links = _pairs_of(st.links_among(list(zip(recs["source"], recs["record_id"])), columns=_PAIR_COLUMNS)
+                      if recs.height else pl.DataFrame())
+    # Decision conflicts are the store's (``conflicts``), not those of this part of it.
+    q = _evidence(proj, recs, links, rows, thr, large_size=large_size,
+                  detectors=[d for d in DETECTORS if d is not _decision_conflicts])
+    found: dict[tuple[str, str | None], dict[str, tuple[float, str]]] = {}
+    for key, reasons in q.found.items():
+        if key[0] in dirty or (key[1] is not None and key[1] in dirty):
+            rest = {r: v for r, v in reasons.items() if r != "decision_conflict"}
+            found[key] = ({"decision_conflict": conflicts[key]} if key in conflicts else {}) | rest
+    for key, v in conflicts.items():
+        if (key[0] in dirty or (key[1] is not None and key[1] in dirty)) and key not in found:
+            found[key] = {"decision_conflict": v}
+    found = {k: v for k, v in found.items() if v}
+    return _queue_frame(q, found)
+
+
+@dataclass
+class StoredQueue:
+    """The review queue as the store holds it: ``frame`` has one row per item (reviewed ones
+    too; ``open`` says which are in the queue, ``rank`` their place in it), with the columns
+    of :data:`~idweave.linkage.graph.QUEUE_SCHEMA`; ``found`` is the part found again for
+    entities decisions changed since it was stored (``dirty``), ``basis`` what to store."""
+
+    frame: pl.DataFrame
+    found: pl.DataFrame
+    dirty: set[str]
+    basis: dict[str, Any]
+    threshold: float
+
+    def items(self, *, include_reviewed: bool = False, limit: int | None = None) -> list[QueueItem]:
+        """The queue (or every item, with ``include_reviewed``) as :class:`QueueItem`s, ranked."""
+        f = self.frame if include_reviewed else self.frame.filter(pl.col("open"))
+        f = f.sort(["score", "entity_id", "other_key"], descending=[True, False, False])
+        if limit is not None:
+            f = f.head(limit)
+        return [as_item(n, r) for n, r in enumerate(f.iter_rows(named=True), 1)]
+
+
+def as_item(rank: int, r: Mapping[str, Any]) -> QueueItem:
+    """A stored queue row as a :class:`QueueItem` of ``rank``.
+
+    >>> as_item(1, {"entity_id": "E1", "other_entity_id": None, "reason": "large", "reasons": ["large"],
+    ...             "detail": "9 records", "size": 9, "other_size": None, "link": 0.95, "score": 0.6,
+    ...             "suggested_split": None}).rank
+    1
+    """
+    return QueueItem(rank=rank, entity_id=r["entity_id"], other_entity_id=r["other_entity_id"], reason=r["reason"],
+                     reasons=list(r["reasons"]), detail=r["detail"], size=int(r["size"]),
+                     other_size=None if r["other_size"] is None else int(r["other_size"]), link=r["link"],
+                     score=float(r["score"]),
+                     suggested_split=None if r["suggested_split"] is None else list(r["suggested_split"]))
+
+
+def full_queue_frame(st: Store, proj: Project) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Every queue row of the store built from scratch (the default settings, reviewed items
+    included), and the basis to store it with."""
+    thr, _method, _ = run_info(st, proj)
+    recs = st.all_records()
+    links = st.link_pairs()
+    rows = st.decision_rows()
+    q = _evidence(proj, recs, links, rows, thr)
+    return _queue_frame(q, q.found), {"format": QUEUE_FORMAT, "run": st.last_run(), "large_size": q.large_size,
+                                      "decision": max((r["decision_id"] for r in rows), default=0)}
+
+
+def stored_queue(st: Store, proj: Project) -> StoredQueue | None:
+    """The queue the store holds, made current: the entities decisions changed since it was
+    stored (and any whose ``large`` reason or decision conflict moved) are found again, so it
+    is the queue a full build gives now. None when the store holds no queue of its last run
+    (build one with :func:`store_queue`).
+
+    >>> from idweave.linkage import link
+    >>> from idweave.linkage.graph import Store
+    >>> _ = link("fixtures/tiny/project.yaml")
+    >>> store_queue("fixtures/tiny/project.yaml")
+    True
+    >>> proj, st = open_store("fixtures/tiny/project.yaml", read_only=True)
+    >>> with st:
+    ...     sq = stored_queue(st, proj)
+    >>> [i.to_dict() for i in sq.items()] == [i.to_dict() for i in queue(proj, stored=False)]
+    True
+    """
+    basis = st.queue_basis()
+    if not basis or basis.get("format") != QUEUE_FORMAT or basis.get("run") != st.last_run():
+        return None
+    thr, _method, _ = run_info(st, proj)
+    frame = st.queue_rows().select(list(QUEUE_SCHEMA)).cast(QUEUE_SCHEMA)
+    dirty = st.queue_dirty()
+    rows = st.decision_rows()
+    last = max((r["decision_id"] for r in rows), default=0)
+    large = int(basis.get("large_size") or 0)
+    found = frame.clear()
+    if last != basis.get("decision") or dirty:
+        # Decisions since it was stored: sizes, and so the ``large`` size, and the decision
+        # conflicts may have moved anywhere; what moved is found again with the dirty entities.
+        sizes = st.record_counts()
+        large = default_large_size(sizes.values())
+        if large != basis.get("large_size"):
+            low = min(large, int(basis.get("large_size") or large))
+            dirty |= {e for e, n in sizes.items() if n > low}
+        conflicts = _conflicts(st, proj, rows, thr, large)
+        held = {(r["entity_id"], r["other_entity_id"]): _found_of(r).get("decision_conflict")
+                for r in frame.filter(pl.col("hard")).iter_rows(named=True)}
+        for key in set(held) | set(conflicts):
+            if held.get(key) != conflicts.get(key):
+                dirty |= {e for e in key if e}
+        if dirty:
+            found = _found_again(st, proj, rows, thr, large, dirty, conflicts)
+            gone = sorted(dirty)
+            frame = pl.concat([frame.filter(~pl.col("entity_id").is_in(gone)
+                                            & ~pl.col("other_entity_id").fill_null("").is_in(gone)), found])
+    return _finished(frame, found, dirty, {**basis, "large_size": large, "decision": last}, thr, rows)
+
+
+def _finished(frame: pl.DataFrame, found: pl.DataFrame, dirty: set[str], basis: dict[str, Any], thr: float,
+              rows: list[dict[str, Any]]) -> StoredQueue:
+    """The queue of ``frame``'s rows: which are open (not reviewed), ranked."""
+    reviewed = sorted(_reviewed(rows))
+    hidden = (pl.col("digest").is_in(reviewed) & (pl.col("other_entity_id").is_null()
+                                                  | pl.col("other_digest").is_in(reviewed))) & ~pl.col("hard")
+    frame = frame.with_columns(open=~hidden, other_key=pl.col("other_entity_id").fill_null(""))
+    frame = frame.sort(["score", "entity_id", "other_key"], descending=[True, False, False])
+    frame = frame.with_columns(rank=pl.when(pl.col("open")).then(pl.col("open").cast(pl.Int32).cum_sum()))
+    return StoredQueue(frame, found, dirty, basis, thr)
+
+
+def current_queue(st: Store, proj: Project) -> StoredQueue:
+    """The queue now: the stored one made current (:func:`stored_queue`), else one built
+    from scratch in memory (nothing is written)."""
+    sq = stored_queue(st, proj)
+    if sq is not None:
+        return sq
+    frame, basis = full_queue_frame(st, proj)
+    thr, _method, _ = run_info(st, proj)
+    return _finished(frame, frame.clear(), set(), basis, thr, st.decision_rows())
+
+
+def store_queue(project: ProjectLike, *, wait: float = 0.0) -> bool:
+    """Keep the review queue in the store: built from scratch when the store holds none of
+    its last run, else the entities decisions changed since are found again and written
+    back (:func:`stored_queue`). Returns whether it wrote. The whole build reads with the
+    store open read-only and writes only at the end (a run started meanwhile wins: nothing
+    is written).
+
+    >>> from idweave.linkage import link
+    >>> _ = link("fixtures/tiny/project.yaml")
+    >>> store_queue("fixtures/tiny/project.yaml"), store_queue("fixtures/tiny/project.yaml")
+    (True, False)
+    """
+    proj, st = open_store(project, read_only=True)
+    with st:
+        sq = stored_queue(st, proj)
+        if sq is None:
+            frame, basis = full_queue_frame(st, proj)
+            entities = None
+        elif sq.dirty or sq.basis != st.queue_basis():
+            frame, basis, entities = sq.found, sq.basis, sq.dirty
+        else:
+            return False
+        seen = (st.last_run(), st.max_decision_id())
+    with Store.open(proj.store, wait=wait) as st:
+        if (st.last_run(), st.max_decision_id()) != seen:
+            return False  # the store changed while the queue was found: the next reader finds it again
+        st.begin()
+        try:
+            st.write_queue(frame, basis, entities=entities)
+            st.commit()
+        except BaseException:
+            st.rollback()
+            raise
+    return True

@@ -38,6 +38,7 @@ import polars as pl
 
 from idweave.linkage import explain as explain_mod
 from idweave.linkage import history as history_mod
+from idweave.linkage import queue as queue_mod
 from idweave.linkage import review
 from idweave.linkage._db import fetch_one, query_pl
 from idweave.linkage.errors import IdweaveError
@@ -48,7 +49,7 @@ from idweave.linkage.project import Project
 __all__ = [
     "store_state", "QueueRow", "QueuePage", "queue_page", "EntityPage", "entity_page", "segments",
     "ModelView", "model_view", "entity_version", "ConflictError", "decide", "DecisionChanges",
-    "decision_changes", "find_entities", "ACTIONS",
+    "decision_changes", "find_entities", "ACTIONS", "queue_neighbours", "current_queue",
 ]
 
 ProjectLike = Project | str | Path | Mapping[str, Any]
@@ -66,6 +67,18 @@ class ConflictError(IdweaveError):
 def _open(project: ProjectLike) -> tuple[Project, Store]:
     proj = resolve_project(project)
     return review.open_store(proj, read_only=True)
+
+
+def current_queue(project: ProjectLike) -> queue_mod.StoredQueue:
+    """The store's review queue now (:func:`~idweave.linkage.queue.current_queue`), for a
+    screen that shows several parts of it.
+
+    >>> current_queue("fixtures/tiny/project.yaml").frame.height >= 0
+    True
+    """
+    proj, st = _open(project)
+    with st:
+        return queue_mod.current_queue(st, proj)
 
 
 def store_state(project: ProjectLike) -> str:
@@ -136,12 +149,14 @@ def _resolve_search(st: Store, text: str) -> list[str]:
 
 def queue_page(project: ProjectLike, *, items: Sequence[review.QueueItem] | None = None, reason: str | None = None,
                source: str | None = None, min_size: int | None = None, max_size: int | None = None,
-               search: str | None = None, limit: int = 50) -> QueuePage:
+               search: str | None = None, limit: int = 50, queue: queue_mod.StoredQueue | None = None) -> QueuePage:
     """The review queue filtered by reason (any of an item's reasons), source (an item with
     a record of it), size (of the larger entity) and a search (an entity id or a record
     ``source:id``), at most ``limit`` rows, each with its link probabilities.
 
-    ``items`` is the queue if the caller already has it (:func:`review.queue`).
+    The queue is the store's (:func:`~idweave.linkage.queue.current_queue`: kept in the
+    store, made current; ``queue`` if the caller has it), filtered and paged as a frame;
+    ``items`` is accepted for callers that hold a list of items instead.
 
     >>> page = queue_page("fixtures/tiny/project.yaml", limit=2)
     >>> len(page.rows) <= 2 and all(r.probabilities == sorted(r.probabilities) for r in page.rows)
@@ -149,61 +164,86 @@ def queue_page(project: ProjectLike, *, items: Sequence[review.QueueItem] | None
     >>> queue_page("fixtures/tiny/project.yaml", search="no-such-entity").total
     0
     """
-    proj = resolve_project(project)
-    if items is None:
-        items = review.queue(proj)
-    reasons = Counter(r for it in items for r in it.reasons)
-    proj, st = _open(proj)
+    proj, st = _open(project)
     with st:
         thr, _, _ = review.run_info(st, proj)
-        ids = sorted({e for it in items for e in (it.entity_id, it.other_entity_id) if e})
-        df = pl.DataFrame({"entity_id": ids}, schema={"entity_id": pl.Utf8})
-        with st.registered("_q_ids", df):
-            src = st.con.execute("select entity_id, list(distinct source order by source) from records "
-                                 "where entity_id in (select entity_id from _q_ids) group by entity_id").fetchall()
-        sources_of = {e: list(s) for e, s in src}
-        all_sources = sorted(proj.sources)
         found = _resolve_search(st, search) if search else []
-        chosen = []
-        for it in items:
-            ents = [e for e in (it.entity_id, it.other_entity_id) if e]
-            if reason and reason not in it.reasons:
-                continue
-            srcs = sorted({s for e in ents for s in sources_of.get(e, [])})
-            if source and source not in srcs:
-                continue
-            size = max(it.size, it.other_size or 0)
-            if min_size is not None and size < min_size or max_size is not None and size > max_size:
-                continue
-            if search and not set(ents) & set(found):
-                continue
-            chosen.append((it, srcs))
-        page = chosen[:max(0, int(limit))]
-        members: dict[str, list[Rec]] = defaultdict(list)
-        page_ids = sorted({e for it, _ in page for e in (it.entity_id, it.other_entity_id) if e})
-        links = pl.DataFrame()
-        if page_ids:
-            df = pl.DataFrame({"entity_id": page_ids})
-            with st.registered("_q_page", df):
-                recs = query_pl(st.con, "select source, record_id, entity_id from records "
-                                        "where entity_id in (select entity_id from _q_page)")
-            for s, r, e in recs.iter_rows():
-                members[e].append((s, r))
-            links = st.links_among([m for e in page_ids for m in members[e]])
-    entity_of = {m: e for e, ms in members.items() for m in ms}
+        if items is not None:
+            frame = _frame_of_items(st, items)
+        else:
+            frame = (queue or queue_mod.current_queue(st, proj)).frame.filter(pl.col("open"))
+    reasons = Counter(frame["reasons"].explode().drop_nulls().to_list()) if frame.height else Counter()
+    f = frame
+    if reason:
+        f = f.filter(pl.col("reasons").list.contains(reason))
+    if source:
+        f = f.filter(pl.col("sources").list.contains(source))
+    big = pl.max_horizontal(pl.col("size"), pl.col("other_size").fill_null(0))
+    if min_size is not None:
+        f = f.filter(big >= min_size)
+    if max_size is not None:
+        f = f.filter(big <= max_size)
+    if search:
+        hit = list(found)
+        f = f.filter(pl.col("entity_id").is_in(hit) | pl.col("other_entity_id").fill_null("").is_in(hit))
+    rows = [QueueRow(item=queue_mod.as_item(int(r["rank"]), r), probabilities=list(r["probabilities"] or []),
+                     sources=list(r["sources"] or []))
+            for r in f.sort("rank").head(max(0, int(limit))).iter_rows(named=True)]
+    return QueuePage(rows=rows, total=f.height, queue_size=frame.height, reasons=dict(reasons),
+                     sources=sorted(proj.sources), found=found, threshold=thr)
+
+
+def _frame_of_items(st: Store, items: Sequence[review.QueueItem]) -> pl.DataFrame:
+    """Queue items given by a caller as the rows :func:`queue_page` filters (their sources
+    and link probabilities read from the store)."""
+    ids = sorted({e for it in items for e in (it.entity_id, it.other_entity_id) if e})
+    recs = st.records_of_entities(ids).select("source", "record_id", "entity_id") if ids else pl.DataFrame(
+        schema={"source": pl.Utf8, "record_id": pl.Utf8, "entity_id": pl.Utf8})
+    entity_of = {(s, r): e for s, r, e in recs.iter_rows()}
     by_pair: dict[tuple[str, str], list[float]] = defaultdict(list)
-    if links.height:
-        for sl, rl, sr, rr, p in links.select("source_l", "record_id_l", "source_r", "record_id_r",
-                                              "match_probability").iter_rows():
+    if recs.height:
+        for sl, rl, sr, rr, p in st.links_among(list(entity_of)).select(
+                "source_l", "record_id_l", "source_r", "record_id_r", "match_probability").iter_rows():
             a, b = entity_of.get((sl, rl)), entity_of.get((sr, rr))
             if a and b:
-                by_pair[tuple(sorted((a, b)))].append(float(p))  # type: ignore[index]
-    rows = []
-    for it, srcs in page:
-        key = tuple(sorted((it.entity_id, it.other_entity_id or it.entity_id)))
-        rows.append(QueueRow(item=it, probabilities=sorted(by_pair.get(key, [])), sources=srcs))  # type: ignore[arg-type]
-    return QueuePage(rows=rows, total=len(chosen), queue_size=len(items), reasons=dict(reasons),
-                     sources=all_sources, found=found, threshold=thr)
+                by_pair[(min(a, b), max(a, b))].append(float(p))
+    sources_of: dict[str, set[str]] = defaultdict(set)
+    for s, _r, e in recs.iter_rows():
+        sources_of[e].add(s)
+    out = []
+    for it in items:
+        key = (min(it.entity_id, it.other_entity_id or it.entity_id), max(it.entity_id, it.other_entity_id or it.entity_id))
+        out.append({**{k: getattr(it, k) for k in ("rank", "entity_id", "other_entity_id", "reason", "reasons", "detail",
+                                                  "size", "other_size", "link", "score", "suggested_split")},
+                    "sources": sorted({x for e in key for x in sources_of.get(e, ())}),
+                    "probabilities": sorted(by_pair.get(key, []))})
+    schema = {"rank": pl.Int32, "entity_id": pl.Utf8, "other_entity_id": pl.Utf8, "reason": pl.Utf8,
+              "reasons": pl.List(pl.Utf8), "detail": pl.Utf8, "size": pl.Int32, "other_size": pl.Int32,
+              "link": pl.Float64, "score": pl.Float64, "suggested_split": pl.List(pl.Utf8),
+              "sources": pl.List(pl.Utf8), "probabilities": pl.List(pl.Float64)}
+    return pl.DataFrame(out, schema=schema)
+
+
+def queue_neighbours(project: ProjectLike, entity_id: str, *, queue: queue_mod.StoredQueue | None = None
+                     ) -> tuple[review.QueueItem | None, review.QueueItem | None]:
+    """The open queue's items before and after the first item of ``entity_id`` (the first
+    item, after an entity not in the queue): what a screen's previous and next links open.
+    ``queue`` is the store's queue if the caller has it.
+
+    >>> prev, nxt = queue_neighbours("fixtures/tiny/project.yaml", "no-such-entity")
+    >>> prev is None
+    True
+    """
+    proj, st = _open(project)
+    with st:
+        f = (queue or queue_mod.current_queue(st, proj)).frame.filter(pl.col("open")).sort("rank")
+    at = f.with_row_index("i").filter(pl.col("entity_id") == entity_id)["i"].head(1).to_list()
+    if not at:
+        return None, (queue_mod.as_item(1, f.row(0, named=True)) if f.height else None)
+    i = at[0]
+    prev = queue_mod.as_item(i, f.row(i - 1, named=True)) if i > 0 else None
+    nxt = queue_mod.as_item(i + 2, f.row(i + 1, named=True)) if i + 1 < f.height else None
+    return prev, nxt
 
 
 # --------------------------------------------------------------------------------------
@@ -277,9 +317,11 @@ def _prior_weight_of(st: Store) -> float | None:
 
 
 def entity_page(project: ProjectLike, entity_id: str, *, link: int | None = None, nearby: int = 10,
-                items: Sequence[review.QueueItem] | None = None) -> EntityPage:
+                items: Sequence[review.QueueItem] | None = None, open_only: bool = False,
+                queue: queue_mod.StoredQueue | None = None) -> EntityPage:
     """The entity screen's content (see :class:`EntityPage`). ``link`` picks the link whose
-    evidence is shown (an index into ``links``); ``items`` is the queue if the caller has it.
+    evidence is shown (an index into ``links``); ``items`` is the queue if the caller has it,
+    else the store's (``queue``, or read; reviewed items too, unless ``open_only``).
 
     >>> from idweave.linkage import link as run
     >>> eid = run("fixtures/tiny/project.yaml").entities["entity_id"][0]
@@ -329,7 +371,12 @@ def entity_page(project: ProjectLike, entity_id: str, *, link: int | None = None
     for n in near_list:
         n["size"] = int(sizes.get(n["entity_id"], 0))
     if items is None:
-        items = review.queue(proj, include_reviewed=True)
+        _, st = _open(proj)
+        with st:
+            f = (queue or queue_mod.current_queue(st, proj)).frame
+        f = f.filter(pl.col("open")) if open_only else f
+        f = f.filter((pl.col("entity_id") == eid) | (pl.col("other_entity_id") == eid))
+        items = [queue_mod.as_item(int(r["rank"] or 0), r) for r in f.iter_rows(named=True)]
     mine = [it for it in items if eid in (it.entity_id, it.other_entity_id)]
     suggestion = next((it.suggested_split for it in mine if it.other_entity_id is None and it.suggested_split), None)
     decs = review.decisions(proj)

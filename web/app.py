@@ -42,8 +42,10 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from idweave.linkage import queue as queue_mod
 from idweave.linkage import review, views
 from idweave.linkage.errors import IdweaveError, StoreBusyError
+from idweave.linkage.graph import Store
 from idweave.linkage.project import resolve_project
 from idweave.linkage.project import Project
 from idweave.web import svg
@@ -71,8 +73,9 @@ class _Busy(Exception):
 
 
 class _State:
-    """What the app keeps between requests: the project, the lock, the sessions and the
-    queue of the store's current state (recomputed when a run or decision changes it)."""
+    """What the app keeps between requests: the project, the lock, the sessions, the model
+    page's sweep of the store's current state, and the store state at which the stored
+    review queue was last made current."""
 
     def __init__(self, project: Project, token: str, author: str | None, truth: str | None):
         self.project = project
@@ -82,6 +85,7 @@ class _State:
         self.lock = threading.RLock()
         self.sessions: dict[str, dict[str, str | None]] = {}
         self._cache: dict[str, Any] = {}
+        self.queue_state: str | None = None
 
     def cached(self, name: str, state: str, compute: Callable[[], Any]) -> Any:
         key = (name, state)
@@ -91,8 +95,18 @@ class _State:
             self._cache[key] = compute()
         return self._cache[key]
 
-    def queue(self, state: str) -> list[review.QueueItem]:
-        return self.cached("queue", state, lambda: review.queue(self.project))
+    def ensure_queue(self) -> None:
+        """Keep the review queue in the store current (:func:`queue.store_queue`: built once
+        per run, then only what decisions changed is found again), checked whenever the
+        store file changed; a run holding the store leaves it to the readers to find."""
+        now = views.store_state(self.project)
+        if now == self.queue_state:
+            return
+        try:
+            queue_mod.store_queue(self.project)
+        except StoreBusyError:
+            return
+        self.queue_state = views.store_state(self.project)
 
 
 def _env() -> Environment:
@@ -131,6 +145,15 @@ def make_app(project: Project | str | Path | Mapping[str, Any], *, token: str | 
                 return fn()
         return await run_in_threadpool(locked)
 
+    async def read(fn: Callable[[], Any]) -> Any:
+        """``fn`` under the lock, with the stored queue current and one read-only opening of
+        the store shared by every library call it makes (one state of the store per page)."""
+        def reading() -> Any:
+            st.ensure_queue()
+            with Store.reading(proj.store):
+                return fn()
+        return await call(reading)
+
     def state() -> str:
         return views.store_state(proj)
 
@@ -146,11 +169,7 @@ def make_app(project: Project | str | Path | Mapping[str, Any], *, token: str | 
                    "min_size": num("min_size"), "max_size": num("max_size"), "search": q.get("q") or None}
         limit = num("limit") or 50
 
-        def build() -> views.QueuePage:
-            items = st.queue(state())
-            return views.queue_page(proj, items=items, limit=limit, **filters)
-
-        qp = await call(build)
+        qp = await read(lambda: views.queue_page(proj, limit=limit, **filters))
         rows = [{"row": r, "spark": Markup(svg.sparkline(r.probabilities, threshold=qp.threshold))} for r in qp.rows]
         return page(request, "queue.html", qp=qp, rows=rows, filters=filters, limit=limit, title="Review queue")
 
@@ -161,22 +180,18 @@ def make_app(project: Project | str | Path | Mapping[str, Any], *, token: str | 
         other = q.get("other") or None
 
         def build() -> dict[str, Any]:
-            s = state()
-            # The open queue only (one queue per store state): an entity a decision reviewed
-            # shows no queue reason or suggestion until its records change.
-            open_items = st.queue(s)
-            ep = views.entity_page(proj, eid, link=int(link) if link and link.isdigit() else None, items=open_items)
+            # The open queue only: an entity a decision reviewed shows no queue reason or
+            # suggestion until its records change.
+            sq = views.current_queue(proj)
+            ep = views.entity_page(proj, eid, link=int(link) if link and link.isdigit() else None, open_only=True,
+                                   queue=sq)
             other_view = review.show(proj, other, nearby=0) if other else None
-            ids = [it.entity_id for it in open_items]
-            at = ids.index(ep.view.entity_id) if ep.view.entity_id in ids else None
-            nxt = open_items[at + 1] if at is not None and at + 1 < len(open_items) else (
-                open_items[0] if open_items and at is None else None)
-            prv = open_items[at - 1] if at else None
+            prv, nxt = views.queue_neighbours(proj, ep.view.entity_id, queue=sq)
             other_version = views.entity_version(proj, other_view.entity_id) if other_view else None
             return {"ep": ep, "other_view": other_view, "next_item": nxt, "prev_item": prv,
                     "other_version": other_version}
 
-        ctx = await call(build)
+        ctx = await read(build)
         ep: views.EntityPage = ctx["ep"]
         if ep.redirected_from:
             return RedirectResponse(f"/entity/{ep.view.entity_id}", status_code=303)
@@ -204,7 +219,7 @@ def make_app(project: Project | str | Path | Mapping[str, Any], *, token: str | 
     async def search(request: Request) -> Response:
         text = request.query_params.get("q", "")
         exclude = request.query_params.get("exclude", "")
-        found = await call(lambda: views.find_entities(proj, text))
+        found = await read(lambda: views.find_entities(proj, text))
         return page(request, "_search.html", found=[f for f in found if f["entity_id"] != exclude], q=text)
 
     async def model_page(request: Request) -> Response:
@@ -223,13 +238,13 @@ def make_app(project: Project | str | Path | Mapping[str, Any], *, token: str | 
                 sweep = st.cached("sweep", s, chart)
             return {"mv": mv, "sweep": sweep}
 
-        ctx = await call(build)
+        ctx = await read(build)
         chart = Markup(svg.weights_chart(ctx["mv"].comparisons)) if ctx["mv"].comparisons else None
         return page(request, "model.html", mv=ctx["mv"], chart=chart,
                     sweep=Markup(ctx["sweep"]) if ctx["sweep"] else None, truth=st.truth, title="Model")
 
     async def decisions_page(request: Request) -> Response:
-        df = await call(lambda: review.decisions(proj))
+        df = await read(lambda: review.decisions(proj))
         return page(request, "decisions.html", rows=list(reversed(df.to_dicts())), title="Decisions")
 
     async def signin_form(request: Request) -> Response:
@@ -285,9 +300,11 @@ def make_app(project: Project | str | Path | Mapping[str, Any], *, token: str | 
 
         def run() -> dict[str, Any]:
             res = views.decide(proj, action, expected=expected, author=who, reason=reason, **args)
-            changes = views.decision_changes(proj, res.decision_id)
-            items = st.queue(state())
-            return {"res": res, "changes": changes, "next_item": items[0] if items else None}
+            st.ensure_queue()  # what the decision changed is found again and stored
+            with Store.reading(proj.store):
+                changes = views.decision_changes(proj, res.decision_id)
+                _, first = views.queue_neighbours(proj, "")
+            return {"res": res, "changes": changes, "next_item": first}
 
         try:
             ctx = await call(run)

@@ -19,7 +19,6 @@ records, not the number of rules.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -77,8 +76,7 @@ def write_all(st: Store, rows: pl.DataFrame) -> None:
 def write_delta(st: Store, gone_rks: pl.Series, rows: pl.DataFrame) -> None:
     """Drop the keys of removed and changed records, add those of new and changed ones."""
     if gone_rks.len():
-        with st.registered("_gone_rk", pl.DataFrame({"rk": gone_rks.cast(pl.Int64)})):
-            st.con.execute("delete from block_keys where rk in (select rk from _gone_rk)")
+        st.delete_block_keys(gone_rks)
     st.append("block_keys", rows)
 
 
@@ -86,28 +84,10 @@ def _holders(st: Store, keys: pl.DataFrame, rks: pl.Series, skip: pl.DataFrame) 
     """Stored rows whose key hash is one of a key (``rule``, ``h``) of ``keys`` or of the
     stored records ``rks``, leaving out the keys of ``skip``: a superset of the holders of
     those keys (a hash may stand for a key of another rule too), for the caller to narrow
-    on (``rule``, ``h``). One query, joined on the hash alone: DuckDB then skips most of the
-    table with a filter on it before the join."""
-    from idweave.linkage._db import query_pl
-
-    want = keys.select("rule", "h").unique()
-    rk = pl.DataFrame({"rk": rks.cast(pl.Int64)}).unique()
-    of_rks = "select rule, h from block_keys where rk in (select rk from _rks)"
-    frames = [(n, f, q) for n, f, q in (("_want", want, "select rule, h from _want"), ("_rks", rk, of_rks))
-              if f.height]
-    if not frames:
-        return pl.DataFrame(schema=_ROW_SCHEMA)
-    wanted = " union ".join(q for _, _, q in frames)
-    if skip.height:
-        wanted = f"select rule, h from ({wanted}) except select rule, h from _skip"
-        frames.append(("_skip", skip.select("rule", "h"), ""))
-    with ExitStack() as stack:
-        for name, frame, _ in frames:  # only the frames the query reads (registering costs)
-            stack.enter_context(st.registered(name, frame))
-        out = query_pl(st.con, f"""
-            with k as ({wanted})
-            select b.rule, b.side, b.h, b.rk from block_keys b semi join (select distinct h from k) k on b.h = k.h""")
-    return out.cast(_ROW_SCHEMA) if out.height else pl.DataFrame(schema=_ROW_SCHEMA)
+    on (``rule``, ``h``) (:meth:`~idweave.linkage.graph.Store.block_key_holders`)."""
+    out = st.block_key_holders(keys.select("rule", "h").unique(), pl.DataFrame({"rk": rks.cast(pl.Int64)}).unique(),
+                               skip)
+    return out.cast(_ROW_SCHEMA) if out is not None and out.height else pl.DataFrame(schema=_ROW_SCHEMA)
 
 
 def _split_big(rows: pl.DataFrame, gone: pl.DataFrame, caps: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -44,6 +44,7 @@ NEUTRAL_MODULES = {
     "linkage/csvsafe.py": "CSV writing for people (exports, labels)",
     "linkage/fingerprint.py": "this module",
     "linkage/explain.py": "explanations of stored state, read only",
+    "linkage/store_queries.py": "the store's read-only queries for the side doors (explain, history, views...)",
 }
 
 # Libraries that compute part of the stored state (polars hashes rows and block keys; DuckDB

@@ -39,16 +39,14 @@ suppress``: then the record is skipped and counted (``erased_skipped`` in the su
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import polars as pl
 
-from idweave.linkage._db import query_pl
 from idweave.linkage.errors import IdweaveError, SourceError, StoreBusyError
-from idweave.linkage.graph import Store, utc_now
+from idweave.linkage.graph import ERASURES_DDL, Store, utc_now
 from idweave.linkage.project import Project
 
 __all__ = ["forget", "ForgetResult", "erased", "screen_erased", "erased_neighbours", "clear_pending",
@@ -56,16 +54,10 @@ __all__ = ["forget", "ForgetResult", "erased", "screen_erased", "erased_neighbou
 
 ProjectLike = Project | str | Path | Mapping[str, Any]
 
-ERASURES_DDL = """
-create table if not exists erasures (
-    source varchar, record_id varchar, id_sha256 varchar, reason varchar, erased_at timestamp, author varchar,
-    decision_id integer, primary key (source, record_id));
-create table if not exists erasure_pending (rk bigint);
-"""
-# erasure_pending: records that had a link to an erased record. The next incremental run
-# treats them as it treats the neighbours of a record gone from its source (their clusters
-# are decided again, not replayed from the trace the erased record was part of), then
-# empties the table.
+# ERASURES_DDL (graph.py): the erasures, and erasure_pending: records that had a link to an
+# erased record. The next incremental run treats them as it treats the neighbours of a record
+# gone from its source (their clusters are decided again, not replayed from the trace the
+# erased record was part of), then empties the table.
 
 _PAYLOAD_RECORD_LISTS = ("records_a", "records_b", "records", "rest", "left", "right")
 
@@ -91,20 +83,6 @@ def id_digest(source: str, record_id: str) -> str:
     'cad3485d3d01'
     """
     return hashlib.sha256(f"{source}\x00{record_id}".encode()).hexdigest()
-
-
-class _Outer(Store):
-    """The store inside :func:`forget`'s own transaction: the decision write path's
-    begin/commit/rollback become no-ops, so its writes and the erasure commit as one."""
-
-    def begin(self) -> None:
-        pass
-
-    def commit(self) -> None:
-        pass
-
-    def rollback(self) -> None:
-        pass
 
 
 def _scrub(payload: dict[str, Any], rec: tuple[str, str]) -> tuple[dict[str, Any], bool]:
@@ -143,8 +121,7 @@ def forget(project: ProjectLike, source: str, record_id: str, *, reason: str, au
     proj = resolve_project(project)
     source, record_id = str(source), str(record_id)
     ref = f"{source}:{record_id}"
-    if not Path(proj.store).exists():
-        raise IdweaveError("no store yet: run `idweave link` first", file=str(proj.store))
+    Store.require_file(proj.store)
     # Checked read-only first: bad input never opens the store for writing.
     with Store.open(proj.store, read_only=True) as st:
         _check_erasable(st, source, record_id, ref)
@@ -152,41 +129,28 @@ def forget(project: ProjectLike, source: str, record_id: str, *, reason: str, au
     with Store.open(proj.store) as st:
         row = _check_erasable(st, source, record_id, ref)
         rk, eid = int(row["rk"]), row["entity_id"]
-        outer = _Outer(st.path, st.con, False)
+        # The decision below writes inside this transaction: the erasure and it commit as one.
+        outer = st.nested()
         st.begin()
         try:
-            st.con.execute(ERASURES_DDL)
-            # Records that had a link to it: decided again by the next incremental run.
-            st.con.execute("insert into erasure_pending select distinct rk from ("
-                           "select rk_r as rk from links where rk_l = ? union select rk_l from links where rk_r = ?)",
-                           [rk, rk])
+            # The tf values only it holds go first (read from the records it is among).
             _erase_tf_values(st, proj, row)
-            st.con.execute("delete from records where rk = ?", [rk])
-            st.con.execute("delete from links where rk_l = ? or rk_r = ?", [rk, rk])
-            if st.has_table("block_keys"):
-                st.con.execute("delete from block_keys where rk = ?", [rk])
-            if st.has_table("joins"):
-                st.con.execute("delete from joins where rk_l = ? or rk_r = ?", [rk, rk])
-            st.con.execute("delete from erasure_pending where rk = ?", [rk])
-            for did, payload in st.con.execute("select decision_id, payload from decisions").fetchall():
-                p = json.loads(payload) if isinstance(payload, str) else (payload or {})
+            st.erase_record(rk)  # its links' other records: decided again by the next incremental run
+            for did, p in st.decision_payloads():
                 p2, hit = _scrub(p, (source, record_id))
                 if hit:
-                    st.con.execute("update decisions set payload = ? where decision_id = ?", [json.dumps(p2), did])
-            rest = {(s, r) for s, r in st.con.execute("select source, record_id from records where entity_id = ?",
-                                                      [eid]).fetchall()}
+                    st.set_decision_payload(did, p2)
+            rest = set(st.members(eid))
             res = apply_decision(outer, proj, "erase", payload={"entity": eid, "erased": [source, record_id]},
                                  author=who, reason=str(reason), seeds=rest, main=(eid, None))
             events = [{"type": "record_erased", "entity_id": eid, "source": source, "record_id": record_id,
                        "detail": str(reason)}]
             if not rest:
-                st.con.execute("update entities set status = 'retired', size = 0, changed_run = ? "
-                               "where entity_id = ?", [st.last_run(), eid])
+                st.retire_entity(eid)
                 events.append({"type": "entity_retired", "entity_id": eid})
             n = st.append_events(events, decision_id=res.decision_id)
-            st.con.execute("insert into erasures values (?, ?, ?, ?, ?, ?, ?)",
-                           [source, record_id, id_digest(source, record_id), str(reason), utc_now(), who,
-                            res.decision_id])
+            st.record_erasure([source, record_id, id_digest(source, record_id), str(reason), utc_now(), who,
+                               res.decision_id])
             st.commit()
         except BaseException:
             st.rollback()
@@ -196,12 +160,10 @@ def forget(project: ProjectLike, source: str, record_id: str, *, reason: str, au
 
 
 def _check_erasable(st: Store, source: str, record_id: str, ref: str) -> dict[str, Any]:
-    if st.has_table("erasures") and st.con.execute(
-            "select count(*) from erasures where source = ? and record_id = ?", [source, record_id]).fetchone()[0]:
+    if st.is_erased(source, record_id):
         raise IdweaveError(f"record {ref} was erased already")
-    if not st.has_table("records"):
-        raise IdweaveError("the store holds no records yet: run `idweave link` first", file=str(st.path))
-    got = query_pl(st.con, "select * from records where source = ? and record_id = ?", [source, record_id])
+    st.require(records=True)
+    got = st.record_row(source, record_id)
     if got.height == 0:
         raise IdweaveError(f"no record {ref} in the store")
     return got.row(0, named=True)
@@ -210,18 +172,14 @@ def _check_erasable(st: Store, source: str, record_id: str, ref: str) -> dict[st
 def _erase_tf_values(st: Store, proj: Project, row: Mapping[str, Any]) -> None:
     """Drop the model_tf rows of values only this record holds (their frequency would tell
     that someone had that value)."""
-    if not st.has_table("model_tf"):
-        return
-    cols = [c for (c,) in st.con.execute('select distinct "column" from model_tf').fetchall()]
+    cols = st.tf_value_columns()
     have = set(st.columns("records"))
     for c in cols:
         v = row.get(c)
         if v is None or c not in have:
             continue
-        others = st.con.execute(f'select count(*) from records where "{c}" = ? and rk <> ?',
-                                [v, int(row["rk"])]).fetchone()[0]
-        if not others:
-            st.con.execute('delete from model_tf where "column" = ? and value = ?', [c, str(v)])
+        if not st.value_held_elsewhere(c, v, int(row["rk"])):
+            st.delete_tf_value(c, str(v))
 
 
 # --------------------------------------------------------------------------------------
@@ -237,9 +195,7 @@ def erased(store: str | Path) -> pl.DataFrame:
     if not Path(store).exists():
         return pl.DataFrame(schema=schema)
     with Store.open(store, read_only=True) as st:
-        if not st.has_table("erasures"):
-            return pl.DataFrame(schema=schema)
-        return query_pl(st.con, "select source, record_id, erased_at from erasures order by source, record_id")
+        return st.erasure_list()
 
 
 def _key(df: pl.DataFrame) -> pl.Series:
@@ -257,8 +213,7 @@ def screen_erased(project: Project, loaded: Any, report: Any = None, *,
     from idweave.linkage.sources import Reused
 
     if st is not None:
-        gone = (query_pl(st.con, "select source, record_id from erasures") if st.has_table("erasures")
-                else pl.DataFrame(schema={"source": pl.Utf8, "record_id": pl.Utf8}))
+        gone = st.erased_keys()
     else:
         try:
             gone = erased(project.store)
@@ -291,9 +246,7 @@ def screen_erased(project: Project, loaded: Any, report: Any = None, *,
 
 def erased_neighbours(st: Store, records: pl.DataFrame) -> pl.Series:
     """Rids of this run's records that had a link to a record erased since the last run."""
-    if not st.has_table("erasure_pending"):
-        return pl.Series("rid", [], dtype=pl.Int64)
-    pending = query_pl(st.con, "select distinct rk from erasure_pending")
+    pending = st.pending_erasure_rks()
     if pending.height == 0:
         return pl.Series("rid", [], dtype=pl.Int64)
     return records.join(pending.cast({"rk": pl.Int64}), on="rk", how="semi")["rid"]
@@ -302,5 +255,4 @@ def erased_neighbours(st: Store, records: pl.DataFrame) -> pl.Series:
 def clear_pending(st: Store) -> None:
     """Empty ``erasure_pending`` (inside the run's transaction: the run has decided those
     records' clusters again)."""
-    if st.has_table("erasure_pending"):
-        st.con.execute("delete from erasure_pending")
+    st.clear_erasure_pending()

@@ -36,7 +36,7 @@ import json
 import os
 import secrets
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,6 +48,7 @@ import polars as pl
 from idweave.linkage._db import fetch_one, query_pl
 
 from idweave.linkage.errors import StoreBusyError, StoreError
+from idweave.linkage.store_queries import NO_STORE, StoreReads
 
 __all__ = ["Store", "assign_ids", "IdAssignment", "new_entity_id", "utc_now", "SCHEMA_VERSION", "QUEUE_TABLE",
            "QUEUE_SCHEMA"]
@@ -238,7 +239,7 @@ _RECORD_INDEX_SCHEMA = {"source": pl.Utf8, "record_id": pl.Utf8, "content_hash":
                         "first_seen_run": pl.Int32, "last_seen_run": pl.Int32, "rk": pl.Int64, "raw_hash": pl.UInt64}
 
 
-class Store:
+class Store(StoreReads):
     """An open identity store. Use :meth:`open`; writes happen inside :meth:`transaction`."""
 
     def __init__(self, path: Path, con: duckdb.DuckDBPyConnection, read_only: bool):
@@ -262,7 +263,7 @@ class Store:
                 borrowed._catalog = shared.__dict__.setdefault("_catalog", {})
                 return borrowed
         if read_only and not path.exists():
-            raise StoreError("no store yet: run `idweave link` first", file=str(path))
+            raise StoreError(NO_STORE, file=str(path))
         if not read_only:
             _check_writable(path)
             if path.exists() and path.stat().st_size > 0:
@@ -643,6 +644,121 @@ class Store:
         if not self.has_table("model_sql") or self.compiled_model(key) is not None:
             return
         self.con.execute("insert into model_sql values (?, ?, ?, ?, ?)", [*key, run_id, text])
+
+    # --- erasure (forget.py) and stored block keys (_blockkeys.py): inside the caller's transaction ---
+    def record_row(self, source: str, record_id: str) -> pl.DataFrame:
+        """The stored row (every column) of one record: no rows if the store does not hold it."""
+        return query_pl(self.con, "select * from records where source = ? and record_id = ?", [source, record_id])
+
+    def is_erased(self, source: str, record_id: str) -> bool:
+        """Whether the record was erased (``idweave forget``)."""
+        return self.has_table("erasures") and bool(fetch_one(
+            self.con, "select count(*) from erasures where source = ? and record_id = ?", [source, record_id])[0])
+
+    def erasure_list(self) -> pl.DataFrame:
+        """``source``, ``record_id``, ``erased_at`` of every erased record, sorted (none
+        before the first erasure)."""
+        if not self.has_table("erasures"):
+            return pl.DataFrame(schema={"source": pl.Utf8, "record_id": pl.Utf8, "erased_at": pl.Datetime})
+        return query_pl(self.con, "select source, record_id, erased_at from erasures order by source, record_id")
+
+    def erased_keys(self) -> pl.DataFrame:
+        """``source``, ``record_id`` of every erased record (none before the first erasure)."""
+        if not self.has_table("erasures"):
+            return pl.DataFrame(schema={"source": pl.Utf8, "record_id": pl.Utf8})
+        return query_pl(self.con, "select source, record_id from erasures")
+
+    def pending_erasure_rks(self) -> pl.DataFrame:
+        """``rk`` of the records that had a link to a record erased since the last run."""
+        if not self.has_table("erasure_pending"):
+            return pl.DataFrame(schema={"rk": pl.Int64})
+        return query_pl(self.con, "select distinct rk from erasure_pending")
+
+    def clear_erasure_pending(self) -> None:
+        """Empty ``erasure_pending`` (a run has decided those records' clusters again)."""
+        if self.has_table("erasure_pending"):
+            self.con.execute("delete from erasure_pending")
+
+    def erase_record(self, rk: int) -> None:
+        """Delete the record ``rk`` and every row that names it (links, block keys, joins);
+        the records it had a link to are noted in ``erasure_pending`` (decided again by the
+        next incremental run)."""
+        self.con.execute(ERASURES_DDL)
+        self.con.execute("insert into erasure_pending select distinct rk from ("
+                         "select rk_r as rk from links where rk_l = ? union select rk_l from links where rk_r = ?)",
+                         [rk, rk])
+        self.con.execute("delete from records where rk = ?", [rk])
+        self.con.execute("delete from links where rk_l = ? or rk_r = ?", [rk, rk])
+        if self.has_table("block_keys"):
+            self.con.execute("delete from block_keys where rk = ?", [rk])
+        if self.has_table("joins"):
+            self.con.execute("delete from joins where rk_l = ? or rk_r = ?", [rk, rk])
+        self.con.execute("delete from erasure_pending where rk = ?", [rk])
+
+    def record_erasure(self, row: Sequence[Any]) -> None:
+        """Insert an ``erasures`` row (source, record_id, id_sha256, reason, erased_at,
+        author, decision_id)."""
+        self.con.execute("insert into erasures values (?, ?, ?, ?, ?, ?, ?)", list(row))
+
+    def decision_payloads(self) -> list[tuple[int, dict[str, Any]]]:
+        """(decision id, parsed payload) of every decision, in table order."""
+        return [(did, json.loads(p) if isinstance(p, str) else (p or {}))
+                for did, p in self.con.execute("select decision_id, payload from decisions").fetchall()]
+
+    def set_decision_payload(self, decision_id: int, payload: Mapping[str, Any]) -> None:
+        """Replace a decision's payload."""
+        self.con.execute("update decisions set payload = ? where decision_id = ?", [json.dumps(payload), decision_id])
+
+    def retire_entity(self, entity_id: str) -> None:
+        """Mark an entity retired with no records (changed in the last run)."""
+        self.con.execute("update entities set status = 'retired', size = 0, changed_run = ? "
+                         "where entity_id = ?", [self.last_run(), entity_id])
+
+    def tf_value_columns(self) -> list[str]:
+        """The columns the stored models keep term frequencies of."""
+        if not self.has_table("model_tf"):
+            return []
+        return [c for (c,) in self.con.execute('select distinct "column" from model_tf').fetchall()]
+
+    def value_held_elsewhere(self, column: str, value: Any, rk: int) -> bool:
+        """Whether a record other than ``rk`` holds ``value`` in ``column``."""
+        return bool(fetch_one(self.con, f'select count(*) from records where "{column}" = ? and rk <> ?',
+                              [value, int(rk)])[0])
+
+    def delete_tf_value(self, column: str, value: str) -> None:
+        """Drop the term-frequency rows of ``value`` in ``column``."""
+        self.con.execute('delete from model_tf where "column" = ? and value = ?', [column, value])
+
+    def nested(self) -> "Store":
+        """This store for a write nested in the caller's transaction: its begin, commit and
+        rollback do nothing, so its writes commit (or fail) with the caller's."""
+        return _Nested(self.path, self.con, False)
+
+    def delete_block_keys(self, rks: pl.Series) -> None:
+        """Delete the stored block keys of the records ``rks``."""
+        with self.registered("_gone_rk", pl.DataFrame({"rk": rks.cast(pl.Int64)})):
+            self.con.execute("delete from block_keys where rk in (select rk from _gone_rk)")
+
+    def block_key_holders(self, want: pl.DataFrame, rks: pl.DataFrame, skip: pl.DataFrame) -> pl.DataFrame | None:
+        """``rule``, ``side``, ``h``, ``rk`` of the stored block keys whose hash is that of a
+        key (``rule``, ``h``) of ``want`` or of the records ``rks``, leaving out the keys of
+        ``skip`` (None when ``want`` and ``rks`` are both empty). One query, joined on the
+        hash alone: DuckDB then skips most of the table with a filter on it before the join."""
+        of_rks = "select rule, h from block_keys where rk in (select rk from _rks)"
+        frames = [(n, f, q) for n, f, q in (("_want", want, "select rule, h from _want"), ("_rks", rks, of_rks))
+                  if f.height]
+        if not frames:
+            return None
+        wanted = " union ".join(q for _, _, q in frames)
+        if skip.height:
+            wanted = f"select rule, h from ({wanted}) except select rule, h from _skip"
+            frames.append(("_skip", skip.select("rule", "h"), ""))
+        with ExitStack() as stack:
+            for name, frame, _ in frames:  # only the frames the query reads (registering costs)
+                stack.enter_context(self.registered(name, frame))
+            return query_pl(self.con, f"""
+                with k as ({wanted})
+                select b.rule, b.side, b.h, b.rk from block_keys b semi join (select distinct h from k) k on b.h = k.h""")
 
     # --- identity changes (one write path) ---
     def write_identity(self, a: IdAssignment, *, sizes: Mapping[str, int], run_id: int | None,
@@ -1171,3 +1287,27 @@ def _check_writable(path: Path) -> None:
         raise StoreError("cannot write the store: the file is read-only", file=str(path))
     if path.exists() and path.is_dir():
         raise StoreError("the store path is a folder, not a file", file=str(path))
+
+
+class _Nested(Store):
+    """The store inside a caller's transaction (:meth:`Store.nested`)."""
+
+    def begin(self) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        pass
+
+
+#: The erasure tables (see forget.py). erasure_pending: records that had a link to an erased
+#: record; the next incremental run treats them as it treats the neighbours of a record gone
+#: from its source (their clusters are decided again), then empties the table.
+ERASURES_DDL = """
+create table if not exists erasures (
+    source varchar, record_id varchar, id_sha256 varchar, reason varchar, erased_at timestamp, author varchar,
+    decision_id integer, primary key (source, record_id));
+create table if not exists erasure_pending (rk bigint);
+"""

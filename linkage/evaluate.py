@@ -16,7 +16,6 @@ from typing import Any, Mapping, Sequence
 
 import polars as pl
 
-from idweave.linkage._db import query_pl
 from idweave.linkage.cluster import cluster
 from idweave.linkage.errors import IdweaveError, SourceError
 from idweave.linkage.graph import Store
@@ -100,11 +99,9 @@ def evaluate(project: Project | str | Path | Mapping[str, Any], *, truth: str,
         raise SourceError(f"no source has the truth column '{truth}'", column=truth)
     records = load_records(proj, extra_columns=[truth]).select("source", "record_id", truth)
     with Store.open(proj.store, read_only=True) as st:
-        if not st.has_table("records"):
-            raise IdweaveError("the store holds no records yet: run `idweave link` first", file=str(proj.store))
-        ents = query_pl(st.con, "select source, record_id, entity_id from records")
-        links = query_pl(st.con, "select source_l, record_id_l, source_r, record_id_r, match_probability from links")
-        run = query_pl(st.con, "select threshold, clustering from runs order by run_id desc limit 1")
+        ents = st.require(records=True).record_entity_index()
+        links = st.link_keys()
+        run = st.last_run_clustering()
     df = records.join(ents, on=["source", "record_id"], how="inner")
     # Records without a truth label are their own entity (a singleton can only cost recall).
     df = df.with_columns(pl.col(truth).fill_null(pl.concat_str([pl.lit("__none__"), pl.col("source"),
@@ -223,10 +220,8 @@ def evaluate_labels(project: Project | str | Path | Mapping[str, Any], labels_pa
             labels = labels.with_columns(pl.lit(only).alias("source_dataset_l"), pl.lit(only).alias("source_dataset_r"))
             notes.append(f"labels name {', '.join(sorted(str(u) for u in used))}; read as source '{only}'")
     with Store.open(proj.store, read_only=True) as st:
-        if not st.has_table("records"):
-            raise IdweaveError("the store holds no records yet: run `idweave link` first", file=str(proj.store))
-        ents = query_pl(st.con, "select source, record_id, entity_id from records")
-        links = query_pl(st.con, "select source_l, record_id_l, source_r, record_id_r, match_probability from links")
+        ents = st.require(records=True).record_entity_index()
+        links = st.link_keys()
     lab = (labels.rename({"source_dataset_l": "source_l", "unique_id_l": "record_id_l",
                           "source_dataset_r": "source_r", "unique_id_r": "record_id_r"})
            .join(ents.rename({"source": "source_l", "record_id": "record_id_l", "entity_id": "e_l"}),

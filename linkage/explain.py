@@ -21,7 +21,6 @@ from idweave.blocking.pairs import key_frame
 from idweave.linkage import model as model_mod
 from idweave.linkage import scoring
 from idweave.linkage.comparisons import level_labels
-from idweave.linkage._db import query_pl
 from idweave.linkage.errors import IdweaveError
 from idweave.linkage.graph import Store
 from idweave.linkage.project import project_rules, resolve_project
@@ -77,22 +76,16 @@ def explain_pair(project: Project | str | Path | Mapping[str, Any], left: tuple[
     """Score one pair with the stored model and say which blocking rules would find it."""
     proj = resolve_project(project)
     with Store.open(proj.store, read_only=True) as st:
-        if not st.has_table("records"):
-            raise IdweaveError("the store holds no records yet: run `idweave link` first", file=str(proj.store))
+        st.require(records=True)
         recs = []
         for s, r in (left, right):
-            row = query_pl(st.con, "select * from records where source = ? and record_id = ?", [s, r])
+            row = st.record_row(s, r)
             if row.height == 0:
                 raise IdweaveError(f"no record {s}:{r} in the store", row=r)
             recs.append(row)
-        stored = scoring.stored_model(st)
-        if stored is None:
-            raise IdweaveError("the store has no model yet: run `idweave link` first", file=str(proj.store))
-        settings, tf, _ = stored
-        link_row = query_pl(st.con, "select rule, match_probability from links where (source_l = ? and record_id_l = ? "
-                                    "and source_r = ? and record_id_r = ?) or (source_l = ? and record_id_l = ? and "
-                                    "source_r = ? and record_id_r = ?)", [*left, *right, *right, *left])
-        run = query_pl(st.con, "select threshold from runs order by run_id desc limit 1")
+        settings, tf, _ = scoring.stored_model(st.require(model=True))
+        link_row = st.link_between(left, right)
+        threshold = st.last_threshold()
     both = pl.concat(recs, how="vertical_relaxed").with_row_index("rid").with_columns(pl.col("rid").cast(pl.Int64))
     trained = model_mod.TrainedModel(settings, tf)
     scored = scoring.score_pairs(both, pl.DataFrame({"rid_l": [0], "rid_r": [1], "rule": [-1]},
@@ -116,7 +109,7 @@ def explain_pair(project: Project | str | Path | Mapping[str, Any], left: tuple[
         left=left, right=right, comparisons=comps, prior_weight=math.log2(prior / (1 - prior)),
         match_weight=float(row["match_weight"]), match_probability=float(row["match_probability"]),
         blocking_rules=rules, candidate_in_last_run=link_row.height > 0, same_entity=e_l == e_r,
-        entity_left=e_l, entity_right=e_r, threshold=float(run["threshold"][0]) if run.height else None,
+        entity_left=e_l, entity_right=e_r, threshold=threshold,
         notes=notes)
 
 
@@ -232,26 +225,15 @@ def explain_entity(project: Project | str | Path | Mapping[str, Any], entity_id:
 
     proj = resolve_project(project)
     with Store.open(proj.store, read_only=True) as st:
-        if not st.has_table("records"):
-            raise IdweaveError("the store holds no records yet: run `idweave link` first", file=str(proj.store))
+        st.require(records=True)
         eid = st.resolve(str(entity_id))
         if eid is None:
             raise IdweaveError(f"no entity {entity_id} in the store")
-        recs = [(s, r) for s, r in st.con.execute(
-            "select source, record_id from records where entity_id = ? order by source, record_id", [eid]).fetchall()]
-        run = st.con.execute("select threshold from runs order by run_id desc limit 1").fetchall()
-        thr = float(run[0][0]) if run else None
+        recs = st.members(eid)
+        thr = st.last_threshold()
         stored = st.latest_model()
-        links = pl.DataFrame()
-        if recs:
-            df = pl.DataFrame({"source": [r[0] for r in recs], "record_id": [r[1] for r in recs]})
-            st.con.register("_q_entity", df.to_arrow())
-            try:
-                links = query_pl(st.con, "select l.* from links l "
-                                         "semi join _q_entity a on l.source_l = a.source and l.record_id_l = a.record_id "
-                                         "semi join _q_entity b on l.source_r = b.source and l.record_id_r = b.record_id")
-            finally:
-                st.con.unregister("_q_entity")
+        # (their order does not matter: the tree's edges are sorted below)
+        links = st.links_among(recs) if recs else pl.DataFrame()
         rows = _decision_rows(st)
     labels = level_labels(stored[0]) if stored else {}
     mine = set(recs)

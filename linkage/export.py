@@ -14,7 +14,6 @@ from typing import Any, Mapping, Sequence
 import polars as pl
 
 from idweave.blocking import count_pairs as _count_pairs
-from idweave.linkage._db import query_pl
 from idweave.linkage.csvsafe import write_csv
 from idweave.linkage.errors import IdweaveError
 from idweave.linkage.graph import Store
@@ -44,14 +43,12 @@ def export(project: Project | str | Path | Mapping[str, Any], out: str | Path | 
         project, with_attributes = proj0, True
     proj = resolve_project(project)
     with Store.open(proj.store, read_only=True) as st:
-        if not st.has_table("records"):
-            raise IdweaveError("the store holds no records yet: run `idweave link` first", file=str(proj.store))
+        st.require(records=True)
         cols = ["source", "record_id", "entity_id"]
         if with_attributes:
-            have = set(query_pl(st.con, "select * from records limit 0").columns)
+            have = set(st.columns("records"))
             cols += [a for a in (wanted if columns is not None else proj.attributes) if a in have]
-        df = query_pl(st.con, f"select {', '.join(chr(34) + c + chr(34) for c in cols)} from records "
-                              "order by source, record_id")
+        df = st.record_columns(cols)
     if out is not None:
         out = Path(out)
         suffix = out.suffix.lower()

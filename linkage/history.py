@@ -21,7 +21,6 @@ from typing import Any, Mapping
 
 import polars as pl
 
-from idweave.linkage._db import fetch_one, query_pl
 from idweave.linkage.errors import IdweaveError
 from idweave.linkage.graph import Store
 from idweave.linkage.project import Project
@@ -73,17 +72,16 @@ def _open(project: ProjectLike, store: str | Path | None) -> Store:
 
 
 def _resolve(st: Store, entity_id: str) -> Resolution:
-    row = fetch_one(st.con, "select status, changed_run from entities where entity_id = ?", [entity_id])
+    row = st.entity_status_changed(entity_id)
     if row is None:
         raise IdweaveError(f"no entity '{entity_id}' in the store", file=str(st.path),
                            hint="entity ids look like E1A2B3C4D5E6F (E and 12 hex digits); see `idweave export`")
     survivor = st.resolve(entity_id) or entity_id
-    status = fetch_one(st.con, "select status from entities where entity_id = ?", [survivor])[0]
+    status = st.entity_status(survivor)
     merged_run = merged_decision = None
     if survivor != entity_id:
         # The last event that merged this id away (it may have been restored and merged again).
-        ev = fetch_one(st.con, "select run_id, decision_id from events where type = 'entities_merged' "
-                               "and other_entity_id = ? order by event_id desc limit 1", [entity_id])
+        ev = st.last_merge_of(entity_id)
         if ev is not None:
             merged_run, merged_decision = ev
         else:
@@ -118,14 +116,7 @@ def history(project: ProjectLike, entity_id: str, *, store: str | Path | None = 
     """
     with _open(project, store) as st:
         res = _resolve(st, entity_id)
-        ids = pl.DataFrame({"entity_id": res.lineage}, schema={"entity_id": pl.Utf8})
-        st.con.register("_ids", ids.to_arrow())
-        try:
-            return query_pl(st.con, f"select {', '.join('e.' + c for c in _EVENT_COLS)} from events e "
-                                    "where e.entity_id in (select entity_id from _ids) "
-                                    "or e.other_entity_id in (select entity_id from _ids) order by e.event_id")
-        finally:
-            st.con.unregister("_ids")
+        return st.events_of_entities(res.lineage, _EVENT_COLS)
 
 
 def diff(project: ProjectLike, run: int, *, store: str | Path | None = None) -> pl.DataFrame:
@@ -143,5 +134,4 @@ def diff(project: ProjectLike, run: int, *, store: str | Path | None = None) -> 
         last = st.last_run()
         if not isinstance(run, int) or run < 1 or run > last:
             raise IdweaveError(f"no run {run} in the store; runs are numbered 1 to {last}", file=str(st.path))
-        return query_pl(st.con, "select type as change, entity_id, other_entity_id, source, record_id, detail "
-                                "from events where run_id = ? order by event_id", [run])
+        return st.run_changes(run)

@@ -32,8 +32,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from idweave.linkage._db import query_pl
-from idweave.linkage.errors import IdweaveError
 from idweave.linkage.graph import Store
 from idweave.linkage.project import Project
 
@@ -63,50 +61,45 @@ class ModelReport:
 def model_report(project: ProjectLike) -> ModelReport:
     """The stored model of the latest run, level by level, with where it came from (see the
     module docstring). Writes nothing."""
+    from idweave.linkage.comparisons import level_labels
     from idweave.linkage.model import TrainedModel
     from idweave.linkage.project import resolve_project
 
     proj = resolve_project(project)
-    if not Path(proj.store).exists():
-        raise IdweaveError("no store yet: run `idweave link` first", file=str(proj.store))
+    Store.require_file(proj.store)
     with Store.open(proj.store, read_only=True) as st:
-        stored = st.latest_model()
-        if stored is None:
-            raise IdweaveError("the store has no model yet: run `idweave link` first", file=str(proj.store))
-        settings, tf, version = stored
+        settings, tf, version = st.require(model=True).latest_model()
         info = st.last_run_info() or {}
-        model_row = query_pl(st.con, "select version, created_run, created_at, splink_version from models "
-                                     "where version = ?", [version]).to_dicts()
+        model_row = st.model_rows(version).to_dicts()
         created = model_row[0]["created_run"] if model_row else None
-        run = query_pl(st.con, "select run_id, started_at, finished_at, mode, n_records, project_hash, summary "
-                               "from runs where run_id = ?", [created]).to_dicts() if created is not None else []
+        run = st.run_rows(["run_id", "started_at", "finished_at", "mode", "n_records", "project_hash", "summary"],
+                          created).to_dicts() if created is not None else []
         # The log of the first run with this model that trained it (a retrain can give the
         # same version again, bit for bit; runs that reused it logged only that).
-        later = [json.loads(x or "{}").get("training_log") or [] for (x,) in st.con.execute(
-            "select summary from runs where model_version = ? order by run_id", [version]).fetchall()]
+        later = [json.loads(x or "{}").get("training_log") or [] for x in st.run_summaries(version)]
         trained_log = next((lg for lg in later if lg and lg != ["reused the stored model"]), [])
         link_cols = set(st.columns("links"))
         counts: dict[str, dict[int, int]] = {}
         n_links = 0
         if link_cols:
-            n_links = int(st.con.execute("select count(*) from links").fetchone()[0])
+            n_links = st.link_count()
             for c in settings.get("comparisons", []):
                 col = f"level_{c['output_column_name']}"
                 if col in link_cols:
-                    counts[c["output_column_name"]] = {
-                        (-1 if g is None else int(g)): int(n)
-                        for g, n in st.con.execute(f'select "{col}", count(*) from links group by 1').fetchall()}
+                    counts[c["output_column_name"]] = st.link_level_counts(col)
     trained = TrainedModel(settings, tf)
     weights = trained.weights_table()
     comps = []
+    numbers = level_labels(settings)
     for c in trained.comparisons():
         name = c["output_column_name"]
         levels_spec = [lv for lv in c["comparison_levels"] if not lv.get("is_null_level")]
         rows = weights.filter(weights["comparison"] == name).to_dicts()
         by = counts.get(name, {})
         levels = []
-        for i, (spec, row) in enumerate(zip(levels_spec, rows)):
-            gamma = len(levels_spec) - 1 - i  # Splink numbers levels from the bottom (else = 0)
+        # The level numbers of the non-null levels, most similar first (as the weights' rows).
+        gammas = sorted((g for g in numbers[name] if g >= 0), reverse=True)
+        for spec, row, gamma in zip(levels_spec, rows, gammas):
             levels.append({"level": row["level"], "m": row["m"], "u": row["u"], "weight": row["weight"],
                            "term_frequency": bool(spec.get("tf_adjustment_column")), "links": by.get(gamma, 0)})
         comps.append({"comparison": name, "levels": levels, "null_links": by.get(-1, 0)})

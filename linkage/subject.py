@@ -37,7 +37,6 @@ from typing import Any, Mapping
 
 import polars as pl
 
-from idweave.linkage._db import query_pl
 from idweave.linkage.errors import IdweaveError
 from idweave.linkage.graph import Store
 from idweave.linkage.project import Project
@@ -146,28 +145,24 @@ def subject_access(project: ProjectLike, *, record: tuple[str, str] | str | None
     if (record is None) == (record_json is None):
         raise IdweaveError("give either a record (SOURCE:ID) or --record JSON, not both or neither")
     proj = resolve_project(project)
-    if not Path(proj.store).exists():
-        raise IdweaveError("no store yet: run `idweave link` first", file=str(proj.store))
+    Store.require_file(proj.store)
     match = None
     candidates: list[dict[str, Any]] = []
     notes: list[str] = []
     with Store.open(proj.store, read_only=True) as st:
-        if not st.has_table("records"):
-            raise IdweaveError("the store holds no records yet: run `idweave link` first", file=str(proj.store))
-        info = st.last_run_info() or {}
+        info = st.require(records=True).last_run_info() or {}
         thr = float(info["threshold"]) if info.get("threshold") is not None else proj.threshold
     if record is not None:
         s, r = parse_record_ref(record) if isinstance(record, str) else (str(record[0]), str(record[1]))
         asked = f"{s}:{r}"
         with Store.open(proj.store, read_only=True) as st:
-            got = st.con.execute("select entity_id from records where source = ? and record_id = ?", [s, r]).fetchall()
-            erased = (st.has_table("erasures") and st.con.execute(
-                "select count(*) from erasures where source = ? and record_id = ?", [s, r]).fetchone()[0])
-        if not got:
+            got = st.entity_of(s, r)
+            erased = st.is_erased(s, r)
+        if got is None:
             if erased:
                 raise IdweaveError(f"record {asked} was erased (idweave forget): the store holds nothing of it")
             raise IdweaveError(f"no record {asked} in the store", row=r)
-        eid = got[0][0]
+        eid = got
     else:
         from idweave.linkage.lookup import lookup
 
@@ -202,9 +197,9 @@ def subject_access(project: ProjectLike, *, record: tuple[str, str] | str | None
                                    "best_record": f"{h['source']}:{h['record_id']}"})
     events = history(proj, eid)
     with Store.open(proj.store, read_only=True) as st:
-        res_status = st.con.execute("select status from entities where entity_id = ?", [eid]).fetchall()
+        res_status = st.entity_status(eid)
         lineage = st.lineage(eid)
-        recs = query_pl(st.con, "select * from records where entity_id = ? order by source, record_id", [eid])
+        recs = st.entity_records(eid)
         attrs = [a for a in proj.attributes if a in recs.columns]
         keys = {(s, r) for s, r in recs.select("source", "record_id").iter_rows()}
         records = [{"source": row["source"], "record_id": row["record_id"],
@@ -215,14 +210,10 @@ def subject_access(project: ProjectLike, *, record: tuple[str, str] | str | None
         settings = stored[0] if stored else {"comparisons": []}
         links = []
         if recs.height:
-            with st.registered("_subject", recs.select("source", "record_id")):
-                lk = query_pl(st.con, "select l.* from links l "
-                                      "semi join _subject a on l.source_l = a.source and l.record_id_l = a.record_id "
-                                      "semi join _subject b on l.source_r = b.source and l.record_id_r = b.record_id "
-                                      "order by l.match_probability desc, l.source_l, l.record_id_l, "
-                                      "l.source_r, l.record_id_r")
-                rec_events = query_pl(st.con, "select e.* from events e semi join _subject s "
-                                              "on e.source = s.source and e.record_id = s.record_id")
+            lk = st.links_among(recs.select("source", "record_id").iter_rows()).sort(
+                "match_probability", "source_l", "record_id_l", "source_r", "record_id_r",
+                descending=[True, False, False, False, False])
+            rec_events = st.events_of_records(recs)
             for row in lk.iter_rows(named=True):
                 ev = link_evidence(row, settings)
                 links.append({"left": f"{ev['left'][0]}:{ev['left'][1]}", "right": f"{ev['right'][0]}:{ev['right'][1]}",
@@ -238,10 +229,8 @@ def subject_access(project: ProjectLike, *, record: tuple[str, str] | str | None
         decisions = []
         if st.has_table("decisions"):
             ids = set(lineage)
-            rows = query_pl(st.con, "select decision_id, decided_at, author, action, reason, payload, undone_by "
-                                    "from decisions order by decision_id")
-            for d in rows.iter_rows(named=True):
-                p = json.loads(d["payload"]) if isinstance(d["payload"], str) else (d["payload"] or {})
+            for d in st.decision_rows():
+                p = d["payload"]
                 if _decision_touches(p, keys, ids) or any(e["decision_id"] == d["decision_id"]
                                                           for e in events.iter_rows(named=True)):
                     decisions.append({"decision_id": d["decision_id"], "decided_at": d["decided_at"],
@@ -253,18 +242,17 @@ def subject_access(project: ProjectLike, *, record: tuple[str, str] | str | None
             run_ids |= {int(x) for x in (rec["first_seen_run"], rec["last_seen_run"]) if x is not None}
         runs = []
         if run_ids:
-            got = query_pl(st.con, "select run_id, started_at, finished_at, mode, model_version, threshold, clustering "
-                                   "from runs order by run_id")
+            got = st.run_rows(["run_id", "started_at", "finished_at", "mode", "model_version", "threshold",
+                               "clustering"])
             runs = [r for r in got.iter_rows(named=True) if r["run_id"] in run_ids]
         versions = sorted({r["model_version"] for r in runs if r["model_version"]})
         models = []
         if versions:
-            got = query_pl(st.con, "select version, created_run, created_at, splink_version from models "
-                                   "order by created_run")
+            got = st.model_rows()
             models = [m for m in got.iter_rows(named=True) if m["version"] in versions]
     if lineage and lineage[0] != eid:
         notes.append(f"entity {eid} was merged into {lineage[0]}")
-    return SubjectReport(asked=asked, entity_id=eid, status=res_status[0][0] if res_status else None, threshold=thr,
+    return SubjectReport(asked=asked, entity_id=eid, status=res_status, threshold=thr,
                          records=records, links=links, decisions=decisions,
                          events=events.to_dicts(), runs=runs, models=models, lineage=lineage, match=match,
                          candidates=candidates, notes=notes)

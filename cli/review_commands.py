@@ -307,6 +307,21 @@ def confirm_cmd(
     _print_result(confirm(project, entity_id, author=author, reason=reason))
 
 
+@app.command("pin")
+def pin_cmd(
+    project: Path = PROJECT,
+    entity_id: str = typer.Argument(..., help="The entity whose golden record to pin."),
+    attribute: str = typer.Argument(..., help="The attribute (as in the project file)."),
+    value: str = typer.Argument(..., help="The value the golden record keeps."),
+    reason: str = REASON,
+    author: Optional[str] = AUTHOR,
+) -> None:
+    """Pin a golden-record value: export --golden writes it whatever the survivorship rules pick."""
+    from idweave.linkage.review import pin
+
+    _print_result(pin(project, entity_id, attribute, value, author=author, reason=reason))
+
+
 @app.command("undo")
 def undo_cmd(
     project: Path = PROJECT,

@@ -50,7 +50,7 @@ from idweave.linkage.graph import Store, assign_ids
 from idweave.linkage.project import Project, resolve_project
 
 __all__ = [
-    "merge", "split", "keep_apart", "confirm", "undo", "DecisionResult", "decisions", "apply_decision",
+    "merge", "split", "keep_apart", "confirm", "pin", "undo", "DecisionResult", "decisions", "apply_decision",
     "constraints", "Constraints", "replay", "in_force", "decision_rows", "entity_digest", "default_author",
     "CONFLICT_PROBABILITY", "open_store", "run_info", "active_entity", "record_ref", "fmt_record",
     "records_from_json", "Rec", "ProjectLike",
@@ -406,6 +406,22 @@ def _region(st: Store, cons: Constraints, rid_of: Mapping[Rec, int], entity_rids
     return [rec_of[i] for i in reached.to_list()]
 
 
+def _region_by_rk(st: Store, cons: Constraints, rk_of: Mapping[Rec, int], entity_rks: pl.DataFrame,
+                  seeds: Iterable[Rec], thr: float) -> list[Rec]:
+    """:func:`_region` on the records' keys (``rk``): the strong links as the store keys them,
+    with no join on source and record id."""
+    strong = st.strong_rk_pairs(thr)
+    edges = [strong.select(pl.col("rk_l").cast(pl.Int64).alias("rid_l"), pl.col("rk_r").cast(pl.Int64).alias("rid_r")),
+             entity_rks.select(pl.col("rk").cast(pl.Int64).alias("rid_l"),
+                               pl.col("rk").min().over("entity_id").cast(pl.Int64).alias("rid_r"))]
+    pins = [(rk_of[a], rk_of[b]) for a, b in cons.must_pairs(set(rk_of))]
+    if pins:
+        edges.append(pl.DataFrame(pins, schema={"rid_l": pl.Int64, "rid_r": pl.Int64}, orient="row"))
+    rec_of = {k: r for r, k in rk_of.items()}
+    reached = closure([rk_of[s] for s in seeds if s in rk_of], pl.concat(edges), entity_rks["rk"].cast(pl.Int64))
+    return [rec_of[k] for k in reached.to_list()]
+
+
 def _apply(st: Store, proj: Project, action: str, *, payload: dict[str, Any], author: str, reason: str,
            seeds: set[Rec], fresh: set[Rec] = frozenset(), undoes: int | None = None,
            basis_override: dict[Rec, str] | None = None,
@@ -428,13 +444,17 @@ def _apply(st: Store, proj: Project, action: str, *, payload: dict[str, Any], au
     thr, method, min_average = run_info(st, proj)
 
     recs = st.record_entities().with_row_index("rid").with_columns(pl.col("rid").cast(pl.Int64))
-    current: dict[Rec, str] = {(s, r): e for s, r, e in recs.select("source", "record_id", "entity_id").iter_rows()}
-    chash: dict[Rec, str] = {(s, r): h for s, r, h in recs.select("source", "record_id", "content_hash").iter_rows()}
-    rk_of: dict[Rec, int] = {(s, r): k for s, r, k in recs.select("source", "record_id", "rk").iter_rows()}
+    keys = list(zip(recs["source"].to_list(), recs["record_id"].to_list()))
+    current: dict[Rec, str] = dict(zip(keys, recs["entity_id"].to_list()))
+    chash: dict[Rec, str] = dict(zip(keys, recs["content_hash"].to_list()))
+    rk_of: dict[Rec, int] = dict(zip(keys, recs["rk"].to_list()))
     rid_of = {k: i for i, k in enumerate(current)}
 
     seeds = {s for s in seeds if s in current}
-    region = _region(st, cons, rid_of, recs.select("rid", "entity_id"), seeds, thr)
+    if recs["rk"].null_count() == 0 and {"rk_l", "rk_r"} <= set(st.columns("links")):
+        region = sorted(_region_by_rk(st, cons, rk_of, recs.select("rk", "entity_id"), seeds, thr), key=rid_of.get)
+    else:  # a store from before record keys
+        region = _region(st, cons, rid_of, recs.select("rid", "entity_id"), seeds, thr)
     region_links = st.links_among(region)
     if region_links.height:
         lk = pl.DataFrame({
@@ -684,6 +704,45 @@ def confirm(project: ProjectLike, entity_id: str, *, author: str | None = None, 
         return {"payload": {"entity": eid, "records": _recs_json(mem)}, "seeds": set(mem), "main": (eid, None)}
 
     return _decide(project, "confirm", plan, author=author, reason=reason)
+
+
+def pin(project: ProjectLike, entity_id: str, attribute: str, value: str, *, author: str | None = None,
+        reason: str = "") -> DecisionResult:
+    """Pin the golden value of ``attribute`` for an entity (see :mod:`idweave.linkage.golden`):
+    recorded as a decision with its author and reason, shown in the entity's history,
+    undone with :func:`undo`; it follows the entity through merges and later runs, and wins
+    over every survivorship rule (``export --golden`` writes it). It moves no record.
+
+    >>> from idweave.linkage import link, load_project
+    >>> p = load_project("fixtures/tiny/project.yaml"); p.store = Path("out/doctest-pin.duckdb")
+    >>> e = link(p).entities["entity_id"][0]
+    >>> pin(p, e, "last_name", "smith", author="ada", reason="the tax office's spelling").action
+    'pin'
+    """
+    text = "" if value is None else str(value).strip()
+    if not text:
+        raise IdweaveError("a pinned value cannot be empty")
+    if len(text) > 500 or not text.isprintable():
+        raise IdweaveError("a pinned value must be one line of printable text, at most 500 characters")
+
+    def plan(st: Store) -> dict[str, Any]:
+        proj = resolve_project(project)
+        if attribute not in proj.attributes:
+            raise IdweaveError(f"no attribute {attribute!r} in the project; attributes: {', '.join(proj.attributes)}")
+        eid = active_entity(st, entity_id)
+        held = None
+        for d in in_force(decision_rows(st)):  # the pin in force, as golden.pinned finds it
+            p = d["payload"]
+            if d["action"] == "pin" and p.get("attribute") == attribute and st.resolve(str(p["entity"])) == eid:
+                held = (d["decision_id"], p["value"])
+        if held is not None and held[1] == text:
+            raise IdweaveError(f"already in force: decision #{held[0]} pins this value of {attribute} for entity "
+                               f"{eid}; nothing recorded")
+        mem = st.members(eid)
+        payload = {"entity": eid, "attribute": attribute, "value": text, "records": _recs_json(mem)}
+        return {"payload": payload, "seeds": set(mem), "main": (eid, None)}
+
+    return _decide(project, "pin", plan, author=author, reason=reason)
 
 
 def undo(project: ProjectLike, decision_id: int, *, author: str | None = None, reason: str = "") -> DecisionResult:

@@ -13,7 +13,13 @@ attribute, the one that survives:
 Ties fall to the defaults after the rule: most frequent, then longest, then the order of the
 project's sources, then the record id, so the result never depends on row order. The default
 rule per kind: ``most_recent`` for what a person changes (``postcode``, ``address``,
-``phone``, ``email``), ``most_frequent`` for every other kind.
+``phone``, ``email``), ``most_frequent`` for every other kind. The project file's
+``survivorship:`` key sets a rule per attribute (validated with the project file).
+
+A steward can pin a value (:func:`idweave.linkage.decisions.pin`, a decision like the
+others): a pin in force wins over every rule, and its ``<attr>_source`` is ``pinned`` and
+``<attr>_record_id`` the decision (``#12``). Pins follow the entity through merges and
+persist across runs with its id; undoing the pin lets the rule decide again.
 
 >>> from idweave.linkage import link
 >>> _ = link("fixtures/tiny/project.yaml")
@@ -32,15 +38,14 @@ import polars as pl
 
 from idweave.linkage._db import query_pl
 from idweave.linkage.errors import IdweaveError
-from idweave.linkage.project import resolve_project
-from idweave.linkage.project import Project
+from idweave.linkage.project import SURVIVORSHIP_RULES, Project, resolve_project
 
-__all__ = ["golden", "RULES", "default_rule"]
+__all__ = ["golden", "RULES", "default_rule", "pinned"]
 
 ProjectLike = Project | str | Path | Mapping[str, Any]
 
 #: The survivorship rules by name (``source_priority`` takes a list of sources).
-RULES = ("most_frequent", "longest", "most_recent", "first_non_null", "source_priority")
+RULES = SURVIVORSHIP_RULES
 _CHANGING = {"postcode", "address", "phone", "email"}
 
 
@@ -73,12 +78,35 @@ def _rule_key(rule: Any, attr: str, sources: list[str]):
     raise IdweaveError(f"survivorship.{attr}: unknown rule {rule!r}; expected one of {', '.join(RULES)}")
 
 
+def pinned(st: Any) -> dict[tuple[str, str], tuple[int, str]]:
+    """(active entity, attribute) -> (decision id, value) of the pins in force in the store
+    ``st``: each pin's entity followed through merges, a later pin of the same attribute
+    over an earlier one.
+
+    >>> from idweave.linkage.decisions import open_store
+    >>> _, st = open_store("fixtures/tiny/project.yaml", read_only=True)
+    >>> with st:
+    ...     isinstance(pinned(st), dict)
+    True
+    """
+    from idweave.linkage.decisions import in_force
+
+    out: dict[tuple[str, str], tuple[int, str]] = {}
+    for d in in_force(st.decision_rows()):
+        if d["action"] == "pin":
+            p = d["payload"]
+            e = st.resolve(str(p["entity"]))
+            if e is not None:
+                out[(e, str(p["attribute"]))] = (int(d["decision_id"]), str(p["value"]))
+    return out
+
+
 def golden(project: ProjectLike, out: str | Path | None = None, *,
            rules: Mapping[str, Any] | None = None, entity_id: str | None = None) -> pl.DataFrame:
     """One row per active entity: ``entity_id``, then for each attribute its surviving value,
     ``<attr>_source`` and ``<attr>_record_id`` (where it came from). ``rules`` maps
-    attributes to survivorship rules (see the module docstring; the default per kind
-    otherwise). ``entity_id`` limits it to one entity (merges followed). Written to ``out``
+    attributes to survivorship rules (see the module docstring), over the project file's
+    ``survivorship:`` and the default per kind; a pinned value wins over any rule. ``entity_id`` limits it to one entity (merges followed). Written to ``out``
     (``.csv``, formulas neutralised, or ``.parquet``) if given.
 
     >>> g = golden("fixtures/tiny/project.yaml", rules={"last_name": "longest"})
@@ -92,7 +120,7 @@ def golden(project: ProjectLike, out: str | Path | None = None, *,
     from idweave.linkage import review
 
     proj = resolve_project(project)
-    rules = dict(rules or {})
+    rules = {**proj.survivorship, **dict(rules or {})}
     unknown = sorted(set(rules) - set(proj.attributes))
     if unknown:
         raise IdweaveError(f"survivorship: no attribute {', '.join(unknown)} in the project")
@@ -110,6 +138,7 @@ def golden(project: ProjectLike, out: str | Path | None = None, *,
             recs = query_pl(st.con, f"select r.entity_id, r.source, r.record_id, r.last_seen_run, {cols} "
                                     "from records r join entities e on e.entity_id = r.entity_id "
                                     "where e.status = 'active'")
+        pins = pinned(st)
     src_rank = {s: i for i, s in enumerate(sources)}
     keys = {}
     for a in attrs:
@@ -127,7 +156,10 @@ def golden(project: ProjectLike, out: str | Path | None = None, *,
             cands = [{"value": str(r[a]), "source": r["source"], "record_id": r["record_id"],
                       "run": int(r["last_seen_run"] or 0), "order": i, "count": counts[str(r[a])]}
                      for i, r in enumerate(rows) if r[a] is not None]
-            if cands:
+            if (e, a) in pins:
+                did, value = pins[(e, a)]
+                g[a], g[f"{a}_source"], g[f"{a}_record_id"] = value, "pinned", f"#{did}"
+            elif cands:
                 best = min(cands, key=lambda c: (*keys[a](c), -c["count"], -len(c["value"]), c["order"]))
                 g[a], g[f"{a}_source"], g[f"{a}_record_id"] = best["value"], best["source"], best["record_id"]
             else:

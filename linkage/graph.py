@@ -1069,6 +1069,10 @@ class Store(StoreReads):
             self.con.execute(f"insert into {QUEUE_TABLE}_dirty select entity_id from _q_touched "
                              f"where entity_id not in (select entity_id from {QUEUE_TABLE}_dirty)")
 
+    def strong_rk_pairs(self, min_p: float) -> pl.DataFrame:
+        """``rk_l``, ``rk_r`` of every stored link of at least ``min_p`` (a decision's region)."""
+        return query_pl(self.con, "select rk_l, rk_r from links where match_probability >= ?", [float(min_p)])
+
     def record_counts(self) -> dict[str, int]:
         """Entity id -> how many records the store holds for it (entities with records only)."""
         return dict(self.con.execute("select entity_id, count(*) from records group by entity_id").fetchall())

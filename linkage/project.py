@@ -41,8 +41,11 @@ _AVAILABLE_ENGINES = ("duckdb",)  # spark is reserved for scale-out
 _SOURCE_KEYS = {"path", "id", "columns", "date_format", "exclusive", "mode", "format", "encoding"}
 _TOP_KEYS = {
     "store", "threshold", "attributes", "sources", "blocking", "comparisons", "engine",
-    "model", "training", "clustering", "base_dir", "erasure", "privacy",
+    "model", "training", "clustering", "base_dir", "erasure", "privacy", "survivorship",
 }
+#: Survivorship rules of a golden record (``survivorship:``; see golden.py). ``source_priority``
+#: takes a list of sources: ``{source_priority: [tax, census]}``.
+SURVIVORSHIP_RULES = ("most_frequent", "longest", "most_recent", "first_non_null", "source_priority")
 _FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet",
             ".ndjson": "ndjson", ".jsonl": "ndjson"}
 
@@ -113,6 +116,7 @@ class Project:
     file: Path | None = None
     base_dir: Path = Path(".")
     raw: dict[str, Any] = field(default_factory=dict)
+    survivorship: dict[str, Any] = field(default_factory=dict)
 
     @property
     def model_file(self) -> Path:
@@ -123,7 +127,8 @@ class Project:
 
     def config_hash(self) -> str:
         """A hash of the settings that change results (not of the data)."""
-        keep = {k: v for k, v in self.raw.items() if k not in ("store", "base_dir")}
+        # Survivorship picks golden values at export: it changes no run's result.
+        keep = {k: v for k, v in self.raw.items() if k not in ("store", "base_dir", "survivorship")}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -339,6 +344,7 @@ def project_from_dict(
                         f"got {_type_name(data['model'])}")
         data["model"] = None
     problems += _check_options_of(data, attributes, base)
+    survivorship = _parse_survivorship(data.get("survivorship"), raw_attrs, list(src_objs), problems)
     # Column checks read the file headers (cheap) of every source whose path is sound, even
     # when other parts of the file have problems, so that one run reports everything.
     for src in src_objs.values():
@@ -361,7 +367,49 @@ def project_from_dict(
         file=file,
         base_dir=base,
         raw={k: v for k, v in data.items()},
+        survivorship=survivorship,
     )
+
+
+def _parse_survivorship(raw: Any, raw_attrs: Mapping[Any, Any], sources: list[str],
+                        problems: list[str]) -> dict[str, Any]:
+    """``survivorship:``: attribute -> a rule of :data:`SURVIVORSHIP_RULES` (``source_priority``
+    as ``{source_priority: [SOURCE, ...]}``).
+
+    >>> problems = []
+    >>> _parse_survivorship({"name": "longest", "dob": "shortest"}, {"name": "full_name", "dob": "date"}, ["a"], problems)
+    {'name': 'longest'}
+    >>> problems
+    ["survivorship.dob: unknown rule 'shortest'; expected one of most_frequent, longest, most_recent, first_non_null, {source_priority: [SOURCE, ...]}"]
+    """
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        problems.append(f"survivorship: must be a mapping of attribute -> rule, got {_type_name(raw)}")
+        return {}
+    out: dict[str, Any] = {}
+    shown = ", ".join(SURVIVORSHIP_RULES[:-1]) + ", {source_priority: [SOURCE, ...]}"
+    for attr, rule in raw.items():
+        at = f"survivorship.{_printable(attr)}"
+        if attr not in raw_attrs:
+            problems.append(f"{at}: not a declared attribute; declared: {', '.join(map(str, raw_attrs))}")
+            continue
+        if isinstance(rule, dict) and list(rule) == ["source_priority"]:
+            order = rule["source_priority"]
+            if not isinstance(order, list) or not order or not all(isinstance(x, str) for x in order):
+                problems.append(f"{at}.source_priority: must be a list of source names, got {_type_name(order)}")
+                continue
+            unknown = [x for x in order if x not in sources]
+            if unknown:
+                problems.append(f"{at}.source_priority: no source {', '.join(map(_printable, unknown))}; "
+                                f"sources are {', '.join(sources)}")
+                continue
+            out[attr] = {"source_priority": list(order)}
+        elif isinstance(rule, str) and rule in SURVIVORSHIP_RULES[:-1]:
+            out[attr] = rule
+        else:
+            problems.append(f"{at}: unknown rule {_shown(rule)}; expected one of {shown}")
+    return out
 
 
 def _parse_store(store_val: Any, base: Path, problems: list[str]) -> Path:

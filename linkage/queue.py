@@ -998,8 +998,7 @@ def stored_queue(st: Store, proj: Project) -> StoredQueue | None:
     >>> from idweave.linkage import link
     >>> from idweave.linkage.graph import Store
     >>> _ = link("fixtures/tiny/project.yaml")
-    >>> store_queue("fixtures/tiny/project.yaml")
-    True
+    >>> _ = store_queue("fixtures/tiny/project.yaml")
     >>> proj, st = open_store("fixtures/tiny/project.yaml", read_only=True)
     >>> with st:
     ...     sq = stored_queue(st, proj)
@@ -1070,8 +1069,9 @@ def store_queue(project: ProjectLike, *, wait: float = 0.0) -> bool:
 
     >>> from idweave.linkage import link
     >>> _ = link("fixtures/tiny/project.yaml")
-    >>> store_queue("fixtures/tiny/project.yaml"), store_queue("fixtures/tiny/project.yaml")
-    (True, False)
+    >>> _ = store_queue("fixtures/tiny/project.yaml")
+    >>> store_queue("fixtures/tiny/project.yaml")  # nothing changed since: nothing to write
+    False
     """
     proj, st = open_store(project, read_only=True)
     with st:

@@ -56,7 +56,7 @@ ProjectLike = Project | str | Path | Mapping[str, Any]
 Rec = tuple[str, str]
 
 #: The decisions :func:`decide` records, by the name of their :mod:`review` function.
-ACTIONS = ("confirm", "split", "merge", "keep_apart", "undo")
+ACTIONS = ("confirm", "split", "merge", "keep_apart", "pin", "undo")
 
 
 class ConflictError(IdweaveError):
@@ -288,7 +288,9 @@ class EntityPage:
     (entity id, best probability, links, their size); ``items`` its queue items;
     ``suggested_split`` the queue's suggestion, if any; ``decisions`` the decisions about its
     records; ``version`` its :func:`entity_version`; ``golden`` its golden record
-    (attribute, surviving value, ``source:record_id`` it came from; :func:`golden.golden`).
+    (attribute, surviving value, ``source:record_id`` it came from, or the pin that set it;
+    :func:`golden.golden`) and ``golden_choices`` the values its records hold per attribute
+    (what a steward can pin, :func:`review.pin`).
     """
 
     view: review.EntityView
@@ -305,6 +307,7 @@ class EntityPage:
     version: str
     redirected_from: str | None = None
     golden: list[tuple[str, str | None, str | None]] = field(default_factory=list)
+    golden_choices: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _prior_weight_of(st: Store) -> float | None:
@@ -385,12 +388,15 @@ def entity_page(project: ProjectLike, entity_id: str, *, link: int | None = None
     from idweave.linkage.golden import golden
 
     g = golden(proj, entity_id=eid).to_dicts()
-    best = [(a, g[0][a], f"{g[0][a + '_source']}:{g[0][a + '_record_id']}") for a in view.attributes
-            if g and g[0].get(a) is not None]
+    best = [(a, g[0][a], f"{g[0][a + '_source']}:{g[0][a + '_record_id']}"
+             if g[0][a + "_source"] != "pinned" else f"pinned by decision {g[0][a + '_record_id']}")
+            for a in view.attributes if g and g[0].get(a) is not None]
+    choices = {a: sorted({str(v) for v in view.records[a].to_list() if v is not None}) for a in view.attributes}
     return EntityPage(view=view, explanation=ex, cells=cells, links=links, chosen=chosen,
                       prior_weight=prior_weight, history=hist, near_misses=near_list, items=mine,
                       suggested_split=suggestion, decisions=dec_rows, version=version,
-                      redirected_from=None if view.asked == eid else view.asked, golden=best)
+                      redirected_from=None if view.asked == eid else view.asked, golden=best,
+                      golden_choices=choices)
 
 
 def find_entities(project: ProjectLike, text: str, *, limit: int = 10) -> list[dict[str, Any]]:
@@ -490,9 +496,9 @@ def decide(project: ProjectLike, action: str, *, expected: Mapping[str, str] | N
         proj, st = _open(proj)
         with st:
             changed = [e for e, v in expected.items() if _version(st, e) != v]
-            last = fetch_one(st.con, "select max(decision_id) from decisions")
+            last = st.max_decision_id()
         if changed:
-            by = f" (the last decision is #{last[0]})" if last and last[0] else ""
+            by = f" (the last decision is #{last})" if last else ""
             raise ConflictError(f"entity {', '.join(changed)} changed since the page was loaded{by}: "
                                 "nothing was recorded; reload it and decide again")
     fn = getattr(review, action)

@@ -20,7 +20,7 @@ from idweave.linkage import ProjectError, SourceError, link, load_project
 
 KINDS = ("given_name, family_name, full_name, date, sex, category, postcode, address, city, "
          "national_id, phone, email, text, number")
-TOP_KEYS = "attributes, blocking, clustering, comparisons, engine, erasure, model, privacy, sources, store, threshold, training"
+TOP_KEYS = "attributes, blocking, clustering, comparisons, engine, erasure, model, privacy, sources, store, survivorship, threshold, training"
 
 VALID = """\
 store: out/bad.duckdb

@@ -285,3 +285,25 @@ def test_two_stewards_on_one_entity_the_second_gets_a_conflict(browser, server, 
     with bob.expect_navigation():
         bob.click("#reload")
     assert "ada checked it" in bob.inner_text("#decisions")  # the reloaded page shows ada's decision
+
+
+def test_pin_a_golden_value_from_the_entity_page(browser, server, demo) -> None:
+    from idweave.linkage.golden import golden
+
+    with store(demo) as con:
+        eid, value = con.execute(
+            "select entity_id, min(first_name) from records where first_name is not null group by entity_id "
+            "having count(distinct first_name) >= 2 order by entity_id limit 1").fetchone()
+    page = steward(browser, server, "ada")
+    page.goto(f"{server.base}/entity/{eid}")
+    page.select_option("#pin-first_name select[name=value]", value)
+    page.fill("#pin-first_name input[name=reason]", "the spelling on the birth certificate")
+    assert submit(page, "pin-first_name") == 200
+    d = last_decision(demo)
+    assert d["action"] == "pin" and d["author"] == "ada" and d["reason"] == "the spelling on the birth certificate"
+    row = golden(demo, entity_id=eid).row(0, named=True)
+    assert (row["first_name"], row["first_name_source"], row["first_name_record_id"]) == \
+        (value, "pinned", f"#{d['decision_id']}")
+    page.goto(f"{server.base}/entity/{eid}")
+    assert f"pinned by decision #{d['decision_id']}" in page.inner_text("#golden")
+    assert f"decision #{d['decision_id']}" in page.inner_text("#history")

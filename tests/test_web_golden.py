@@ -77,3 +77,60 @@ def test_the_entity_page_shows_the_golden_record(demo: Path, tmp_path: Path) -> 
     html = c.get(f"/entity/{samuel(project)}").text
     part = html[html.index('id="golden"'):html.index("</section>", html.index('id="golden"'))]
     assert "<th>ssn</th><td>895843485</td><td class=\"detail\">tax:T0000049</td>" in part
+
+
+def _copy(demo: Path, tmp_path: Path, extra: str = "") -> Path:
+    shutil.copytree(demo.parent, tmp_path / "demo")
+    project = tmp_path / "demo" / "project.yaml"
+    if extra:
+        project.write_text(project.read_text() + extra)
+    return project
+
+
+def test_survivorship_in_the_project_file(demo: Path, tmp_path: Path) -> None:
+    eid = samuel(demo)
+    project = _copy(demo, tmp_path, "survivorship:\n  ssn: {source_priority: [benefits]}\n")
+    want = golden(demo, entity_id=eid, rules={"ssn": {"source_priority": ["benefits"]}}).row(0, named=True)
+    got = golden(project, entity_id=eid).row(0, named=True)
+    assert got["ssn_source"] == want["ssn_source"] == "benefits" and got == want
+    # A survivorship key changes no run: the run signature (project hash) stays.
+    from idweave.linkage.project import load_project
+    assert load_project(project).config_hash() == load_project(demo).config_hash()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("survivorship:\n  ssn: shortest\n", "survivorship.ssn: unknown rule 'shortest'"),
+    ("survivorship:\n  height: longest\n", "survivorship.height: not a declared attribute"),
+    ("survivorship:\n  ssn: {source_priority: [nowhere]}\n", "survivorship.ssn.source_priority: no source nowhere"),
+    ("survivorship: longest\n", "survivorship: must be a mapping"),
+])
+def test_a_bad_survivorship_key_is_named_exit_2(demo: Path, tmp_path: Path, extra: str, message: str) -> None:
+    project = _copy(demo, tmp_path, extra)
+    res = run_cli("export", project, "--out", tmp_path / "g.csv", "--golden")
+    assert res.code == 2 and message in res.error and "Traceback" not in res.error
+    assert not (tmp_path / "g.csv").exists()
+
+
+def test_a_pin_is_a_decision_export_uses_it_a_run_keeps_it_undo_lifts_it(demo: Path, tmp_path: Path) -> None:
+    project = _copy(demo, tmp_path)
+    eid = samuel(project)
+    before = golden(project, entity_id=eid).row(0, named=True)
+    res = run_cli("pin", project, eid, "first_name", "samuel j", "--reason", "as he signs", "--author", "ada")
+    assert res.code == 0, res.error
+    d = review.decisions(project).row(-1, named=True)
+    assert (d["action"], d["author"], d["reason"], d["in_force"]) == ("pin", "ada", "as he signs", True)
+    out = tmp_path / "golden.csv"
+    assert run_cli("export", project, "--out", out, "--golden").code == 0
+    row = pl.read_csv(out, infer_schema_length=0).filter(pl.col("entity_id") == eid).row(0, named=True)
+    assert (row["first_name"], row["first_name_source"], row["first_name_record_id"]) == \
+        ("samuel j", "pinned", f"#{d['decision_id']}")
+    from idweave.linkage.history import history
+    assert "pin" in history(project, eid).filter(pl.col("type") == "decision")["detail"].to_list()
+    assert run_cli("link", project, "--full").code == 0  # survives a rerun (the entity keeps its id)
+    assert golden(project, entity_id=eid).row(0, named=True)["first_name"] == "samuel j"
+    again = run_cli("pin", project, eid, "first_name", "samuel j", "--reason", "again")
+    assert again.code == 2 and "already in force" in again.error
+    bad = run_cli("pin", project, eid, "height", "2m", "--reason", "x")
+    assert bad.code == 2 and "no attribute 'height'" in bad.error
+    review.undo(project, d["decision_id"], author="ada", reason="pinned by mistake")
+    assert golden(project, entity_id=eid).row(0, named=True) == before

@@ -285,6 +285,9 @@ def make_app(project: Project | str | Path | Mapping[str, Any], *, token: str | 
             args: dict[str, Any] = {"entity_id": entity}
         elif action == "split":
             args = {"entity_id": entity, "records": [str(r) for r in form.getlist("records")]}
+        elif action == "pin":
+            args = {"entity_id": entity, "attribute": str(form.get("attribute", "")).strip(),
+                    "value": str(form.get("value", ""))}
         elif action in ("merge", "keep_apart"):
             args = {"a": entity, "b": other}
             if not other:

@@ -29,7 +29,7 @@ from idweave.linkage.errors import ModelError
 __all__ = [
     "INTERNALS", "splink_version", "dist_version", "engine", "engine_errors", "db_api", "make_linker",
     "linker_prior", "set_linker_prior", "linker_settings", "restore_linker_settings", "is_em_training_error",
-    "em_step_replaced", "scoring_reading",
+    "em_step_replaced", "scoring_reading", "block_on", "spark_jar", "SPARK_HASH_UDF",
 ]
 
 # Splink's internals the functions below use: (where, attribute) -> what for.
@@ -64,6 +64,9 @@ INTERNALS: dict[tuple[str, str], str] = {
     ("splink.internals.expectation_maximisation", "compute_proportions_for_new_parameters"):
         "EM's maximisation step, replaced while an EM pass runs",
     ("splink.internals.exceptions", "EMTrainingException"): "an EM pass with no pairs",
+    ("splink.internals.dialects", "SparkDialect"): "Spark's dialect, hashing as DuckDB does (sampling, chunks)",
+    ("SparkDialect", "hash_function_name"): "the hash function of Splink's sampling and chunking",
+    ("SparkDialect", "hash_bucket_expression"): "the hash bucket of Splink's record and EM sampling",
 }
 
 
@@ -134,22 +137,72 @@ def engine_errors(what: str) -> Iterator[None]:
         raise ModelError(f"{what} failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:300]}") from exc
 
 
-def db_api(con: duckdb.DuckDBPyConnection, engine: str):
-    """Splink's database API for ``engine`` over ``con`` (only DuckDB in this version).
+def db_api(con, engine: str):
+    """Splink's database API for ``engine`` over ``con`` (a DuckDB connection, or for
+    ``spark`` a SparkSession: see :mod:`idweave.linkage.engine`).
 
     >>> with engine("a test") as con:
     ...     type(db_api(con, "duckdb")).__name__
     'DuckDBAPI'
     """
-    if engine != "duckdb":
-        raise ModelError(f"engine {engine!r} is not available in this version of idweave; use duckdb",
-                         key="engine")
-    from splink import DuckDBAPI
+    if engine == "duckdb":
+        from splink import DuckDBAPI
 
-    return DuckDBAPI(connection=con)
+        return DuckDBAPI(connection=con)
+    if engine == "spark":
+        from splink.backends.spark import SparkAPI
+
+        db = SparkAPI(spark_session=con)
+        db.sql_dialect = _spark_dialect()
+        return db
+    raise ModelError(f"engine {engine!r} is not available in this version of idweave; use duckdb or spark",
+                     key="engine")
 
 
-def make_linker(records: pl.DataFrame, settings: dict[str, Any], con: duckdb.DuckDBPyConnection, engine: str,
+# The Spark UDF computing DuckDB's hash() (registered by idweave.linkage.engine).
+SPARK_HASH_UDF = "idweave_duckdb_hash"
+
+
+@lru_cache(maxsize=1)
+def _spark_dialect():
+    """Splink's Spark dialect hashing with DuckDB's ``hash()`` (:data:`SPARK_HASH_UDF`):
+    Splink picks the pairs u is estimated on (and its sample of records, and EM's) by hash
+    buckets of the unique id, so with Spark's own ``hash`` a Spark-trained model would
+    estimate u on other pairs than a DuckDB-trained one."""
+    with _internals():
+        from splink.internals.dialects import SparkDialect
+
+    class DuckDBHashSparkDialect(SparkDialect):
+        @property
+        def hash_function_name(self) -> str:
+            return SPARK_HASH_UDF
+
+        def hash_bucket_expression(self, col_expression: str, modulus: int) -> str:
+            # DuckDB's: the hash is unsigned there (a DECIMAL(20, 0) here), so ``%`` is a bucket
+            return f"{self.hash_function_expression(col_expression)} % {modulus}"
+
+    return DuckDBHashSparkDialect()
+
+
+def spark_jar() -> str:
+    """The path of Splink's similarity jar for the installed Spark (``spark.jars``)."""
+    from splink.backends.spark import similarity_jar_location
+
+    return similarity_jar_location()
+
+
+def block_on(*columns: str):
+    """Splink's blocking rule "these columns agree", rendered by the linker in its dialect.
+
+    >>> block_on("a", "b").get_blocking_rule("duckdb").blocking_rule_sql
+    '(l."a" = r."a") AND (l."b" = r."b")'
+    """
+    from splink import block_on as _block_on
+
+    return _block_on(*columns)
+
+
+def make_linker(records: pl.DataFrame, settings: dict[str, Any], con, engine: str,
                 tf_tables: dict[str, pl.DataFrame] | None = None, *, validate: bool = True):
     """A Splink linker over ``records`` (registered in ``con``) with ``settings`` and the
     given term-frequency tables; returns (linker, database API).

@@ -34,6 +34,7 @@ STATE_MODULES = (
     "linkage/model.py", "linkage/comparisons.py", "linkage/training.py", "linkage/scoring.py", "linkage/_splink.py",
     "linkage/cluster.py", "linkage/_blockkeys.py", "linkage/_incremental.py", "linkage/pipeline.py",
     "linkage/graph.py", "linkage/forget.py", "linkage/review.py", "linkage/decisions.py",
+    "linkage/engine.py", "linkage/_levels.py",
 )
 
 # Modules a run imports that cannot change what it stores (with why).
@@ -45,6 +46,7 @@ NEUTRAL_MODULES = {
     "linkage/fingerprint.py": "this module",
     "linkage/explain.py": "explanations of stored state, read only",
     "linkage/store_queries.py": "the store's read-only queries for the side doors (explain, history, views...)",
+    "linkage/_query_clean.py": "lookup's query cleaning; a run reads only its date pattern and fallback signal",
 }
 
 # Libraries that compute part of the stored state (polars hashes rows and block keys; DuckDB

@@ -33,6 +33,7 @@ from idweave.linkage import _splink
 from idweave.linkage._db import query_pl
 from idweave.linkage._splink import dist_version, scoring_reading, splink_version
 from idweave.linkage.comparisons import input_columns, prepare, tf_columns
+from idweave.linkage.engine import Engine, get_engine
 from idweave.linkage.model import TrainedModel
 
 __all__ = [
@@ -53,7 +54,7 @@ def _scoring_engine() -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 def score_pairs(records: pl.DataFrame, pairs: pl.DataFrame, model: TrainedModel, *,
-                engine: str = "duckdb") -> pl.DataFrame:
+                engine: str | Engine = "duckdb") -> pl.DataFrame:
     """Score candidate pairs (``rid_l``, ``rid_r``, ``rule``) with a trained model.
 
     Returns one row per pair, ordered by ``rid_l``, ``rid_r``: ``rid_l``, ``rid_r``, ``rule``,
@@ -107,27 +108,27 @@ def score_pairs(records: pl.DataFrame, pairs: pl.DataFrame, model: TrainedModel,
 
 
 def _score_pairs_splink(records: pl.DataFrame, pairs: pl.DataFrame, model: TrainedModel, *,
-                        engine: str = "duckdb") -> pl.DataFrame:
+                        engine: str | Engine = "duckdb") -> pl.DataFrame:
     """:func:`score_pairs` through a Splink linker's ``predict`` (non-empty ``pairs``): the
     reference the fast path is tested against, and the path for other engines."""
     comps = [c["output_column_name"] for c in model.comparisons()]
     recs = prepare(records, input_columns(model.settings))
-    with _splink.engine("scoring") as con:
-        linker, db = _splink.make_linker(recs, model.settings, con, engine, model.tf_tables, validate=False)
+    eng = get_engine(engine)
+    with eng.session("scoring") as con:
+        linker, db = eng.linker(con, recs, model.settings, model.tf_tables, validate=False)
         blocked = pairs.select(
             pl.col("rid_l").alias("join_key_l"), pl.col("rid_r").alias("join_key_r"),
             pl.col("rule").cast(pl.Utf8).alias("match_key"))
-        b = db.register(blocked.to_arrow(), table_name="idweave_blocked")
-        linker.table_management.register_blocked_pairs_for_predict(b)
-        pred = linker.inference.predict(warning_mode="never").as_duckdbpyrelation()
-        sel = ["rid_l", "rid_r", "cast(match_key as integer) as rule", "match_weight", "match_probability"]
-        for c in comps:
-            tf = f" + coalesce(mw_tf_adj_{c}, 0)" if c in model.tf_tables else ""
-            sel.append(f"cast(gamma_{c} as integer) as level_{c}")
-            sel.append(f"mw_{c}{tf} as w_{c}")
-        con.register("pred_rel", pred)
-        out = query_pl(con, f"select {', '.join(sel)} from pred_rel order by rid_l, rid_r")
-    return out.with_columns(pl.col("rid_l").cast(pl.Int64), pl.col("rid_r").cast(pl.Int64))
+        linker.table_management.register_blocked_pairs_for_predict(eng.register(db, blocked, "idweave_blocked"))
+        pred = eng.read(linker.inference.predict(warning_mode="never"))
+    sel = [pl.col("rid_l").cast(pl.Int64), pl.col("rid_r").cast(pl.Int64),
+           pl.col("match_key").cast(pl.Int32).alias("rule"), "match_weight", "match_probability"]
+    for c in comps:
+        w = pl.col(f"mw_{c}")
+        if c in model.tf_tables:
+            w = w + pl.col(f"mw_tf_adj_{c}").fill_null(0.0)
+        sel += [pl.col(f"gamma_{c}").cast(pl.Int32).alias(f"level_{c}"), w.cast(pl.Float64).alias(f"w_{c}")]
+    return pred.select(sel).sort("rid_l", "rid_r")
 
 
 @dataclass

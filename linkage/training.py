@@ -29,6 +29,7 @@ from idweave.linkage._db import query_pl
 from idweave.linkage.comparisons import (HOUSEHOLD_SUFFIX, build_settings, comparison_columns, input_columns,
                                          is_branch, level_labels, model_attributes, prepare, tf_columns,
                                          without_households)
+from idweave.linkage.engine import Engine, get_engine
 from idweave.linkage.errors import ModelError
 from idweave.linkage.kinds import NAME_KINDS
 from idweave.linkage.model import TrainedModel
@@ -40,9 +41,10 @@ __all__ = ["train", "regularise", "household_shares", "add_households", "refine_
 U_MAX_PAIRS = 1e6
 
 
-def _em_rules(project: Project, present: set[str]) -> list[tuple[str, str]]:
-    """EM blocking passes (name, SQL) so that every compared attribute is trained in at
-    least one pass that does not block on it."""
+def _em_rules(project: Project, present: set[str]) -> list[tuple[str, Any]]:
+    """EM blocking passes (name, Splink ``block_on`` rule, which each engine renders in its
+    dialect) so that every compared attribute is trained in at least one pass that does not
+    block on it."""
     kinds = {a.name: a.kind for a in project.attributes.values()}
     compared = [a for a in model_attributes(project) if a in present]
     by_kind: dict[str, list[str]] = {}
@@ -68,11 +70,12 @@ def _em_rules(project: Project, present: set[str]) -> list[tuple[str, str]]:
             trained |= gain
         if trained >= set(compared):
             break
-    return [(" & ".join(c), " AND ".join(f'l."{a}" = r."{a}"' for a in c)) for c in chosen]
+    return [(" & ".join(c), _splink.block_on(*c)) for c in chosen]
 
 
-def _prior_rules(project: Project, present: set[str]) -> list[str]:
-    """Deterministic rules that admit almost no false matches, for the prior."""
+def _prior_rules(project: Project, present: set[str]) -> list[Any]:
+    """Deterministic rules that admit almost no false matches, for the prior (``block_on``
+    rules: each engine renders them in its dialect)."""
     kinds = {a.name: a.kind for a in project.attributes.values()}
     by_kind: dict[str, list[str]] = {}
     for a in model_attributes(project):
@@ -83,12 +86,11 @@ def _prior_rules(project: Project, present: set[str]) -> list[str]:
     names = [by_kind[k][0] for k in ("given_name", "family_name") if k in by_kind] or \
         [by_kind[k][0] for k in ("full_name",) if k in by_kind]
     if names and date:
-        rules.append(" AND ".join(f'l."{a}" = r."{a}"' for a in [*names, date]))
+        rules.append([*names, date])
     for k in ("national_id", "email"):
         for a in by_kind.get(k, []):
-            extra = f' AND l."{names[0]}" = r."{names[0]}"' if names else ""
-            rules.append(f'l."{a}" = r."{a}"{extra}')
-    return rules
+            rules.append([a, *names[:1]])
+    return [_splink.block_on(*r) for r in rules]
 
 
 def _label_pairs(records: pl.DataFrame, project: Project) -> pl.DataFrame | None:
@@ -120,7 +122,8 @@ def _label_pairs(records: pl.DataFrame, project: Project) -> pl.DataFrame | None
             .unique().sort("rid_l", "rid_r").with_columns(pl.lit(1.0).alias("clerical_match_score")))
 
 
-def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=None) -> TrainedModel:
+def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=None,
+          engine: str | Engine | None = None) -> TrainedModel:
     """Train a model on records (which need ``rid`` and the compared attributes), no labels.
 
     Steps: the prior from deterministic rules (recall assumed 0.7); u by random sampling;
@@ -128,7 +131,9 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
     not block on it. The term-frequency tables of the training data are kept with the model.
 
     Training is deterministic: the same records (whatever their row order) give the same
-    model, bit for bit, in any process (see :func:`_training_engine`). A pass that EM cannot
+    model, bit for bit, in any process (see :func:`_training_engine`). ``engine`` (default:
+    the project's) is where Splink runs (:mod:`idweave.linkage.engine`); a model trained on
+    Spark is stored in the same form as one trained on DuckDB, and agrees with it to rounding. A pass that EM cannot
     train (no pairs, or every pair looked like a non-match) is skipped and said so in
     ``training_log``; values Splink's EM cannot go on from are held (see :func:`_em_pass`).
 
@@ -148,8 +153,9 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
     recs = prepare(records, input_columns(wanted)).sort("rid")
     present = {c for c in comparison_columns(project) if recs[c].null_count() < recs.height}
     log_lines: list[str] = []
-    with _training_engine() as con:
-        linker, db = _splink.make_linker(recs, settings, con, project.engine)
+    eng = get_engine(engine or project.engine)
+    with _training_engine(eng) as con:
+        linker, db = eng.linker(con, recs, settings)
         n = recs.height
         total_pairs = n * (n - 1) / 2
         prior_rules = _prior_rules(project, present)
@@ -174,37 +180,51 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
         labelled = _label_pairs(records, project)
         if labelled is not None:
             # Labels stand in for EM: m is what the labelled matches show, level by level.
-            t = db.register(labelled.to_arrow(), table_name="idweave_labels")
+            t = eng.register(db, labelled, "idweave_labels")
             linker.training.estimate_m_from_pairwise_labels(t)
             log_lines.append(f"m estimated from {labelled.height:,} labelled matching pairs")
         for name, sql in ([] if labelled is not None else _em_rules(project, present)):
             if progress:
                 progress(f"em: {name}")
             log_lines += _em_pass(linker, settings, name, sql)
-        trained = linker.misc.save_model_to_json(None)
+        trained = eng.canonical(linker.misc.save_model_to_json(None), settings)
         # Splink's random cache id (its table names) is no part of the model.
         trained.pop("linker_uid", None)
         raw = copy.deepcopy(trained)
         log_lines += regularise(trained)
         if any(is_branch(lv) for c in wanted["comparisons"] for lv in c["comparison_levels"]):
             kinds = {a: k for a, k in ((a.name, a.kind) for a in project.attributes.values()) if a in present}
-            log_lines += add_households(trained, wanted, household_shares(con, recs, wanted, kinds), raw)
+            with _driver_duckdb(eng, con) as dcon:
+                shares = household_shares(dcon, recs, wanted, kinds)
+            log_lines += add_households(trained, wanted, shares, raw)
         tf_tables = {}
         for col in tf_columns(trained):
-            tf = linker.table_management.compute_tf_table(col).as_duckdbpyrelation().pl()
-            tf_tables[col] = tf.sort(col)
+            tf_tables[col] = eng.read(linker.table_management.compute_tf_table(col)).sort(col)
     model = TrainedModel(trained, tf_tables, log_lines)
     return model
 
 
 @contextmanager
-def _training_engine() -> Iterator[duckdb.DuckDBPyConnection]:
-    """:func:`~idweave.linkage._splink.engine` with one thread: DuckDB's parallel aggregation adds floats in whatever
-    order its threads finish (EM's sums of match probabilities differ in the last bits from
-    run to run, and so would the model version); one thread adds them in row order."""
-    with _splink.engine("training") as con:
-        con.execute("SET threads = 1")
+def _training_engine(engine: Engine | None = None) -> Iterator[Any]:
+    """The engine's session (default DuckDB) with its determinism settings: on DuckDB one
+    thread (its parallel aggregation adds floats in whatever order its threads finish, so
+    EM's sums of match probabilities would differ in the last bits from run to run, and so
+    would the model version); one thread adds them in row order."""
+    with (engine or get_engine("duckdb")).session("training", deterministic=True) as con:
         yield con
+
+
+@contextmanager
+def _driver_duckdb(engine: Engine, con: Any) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckDB for the driver-side statistics of training (:func:`household_shares`, over
+    the records in this process): the training connection itself on DuckDB, a private one
+    with one thread on another engine (the statistics are counts: the same either way)."""
+    if engine.name == "duckdb":
+        yield con
+        return
+    with _splink.engine("household shares") as dcon:
+        dcon.execute("SET threads = 1")
+        yield dcon
 
 
 class _DegenerateEM(ValueError):

@@ -60,6 +60,8 @@ def test_the_quick_start_is_two_commands() -> None:
 
 def test_ci_runs_the_readme_test_command() -> None:
     assert ci_command() == ("([ -x /usr/bin/chromium ] || (apt-get update -q && apt-get install -y -q chromium)) && "
+                            "(command -v java >/dev/null || (apt-get update -q && apt-get install -y -q "
+                            "openjdk-17-jre-headless)) && "
                             "python3 -m venv .venv && . .venv/bin/activate && pip install -q -e '.[test]' "
                             "&& python -m pytest -q")
 

@@ -72,6 +72,9 @@ SHAPES: dict[tuple[str, str], Callable[[Any], bool]] = {
         lambda f: callable(f) and next(iter(inspect.signature(f).parameters)) == "settings_obj",
     ("splink.internals.expectation_maximisation", "compute_proportions_for_new_parameters"): _params(1),
     ("splink.internals.exceptions", "EMTrainingException"): lambda v: isinstance(v, type) and issubclass(v, Exception),
+    ("splink.internals.dialects", "SparkDialect"): lambda v: isinstance(v, type) and v().sql_dialect_str == "spark",
+    ("SparkDialect", "hash_function_name"): lambda v: isinstance(v, property),
+    ("SparkDialect", "hash_bucket_expression"): _params(3),
 }
 
 
@@ -91,7 +94,10 @@ def owners() -> dict[str, Any]:
     lv = next(x for x in cc.comparison_levels if getattr(x, "_has_tf_adjustments", False))
     con = duckdb.connect()
     linker, _ = _splink.make_linker(prepare(with_rids(load_records(p)), input_columns(s)), s, con, "duckdb")
-    yield {"Linker": linker, "Settings": settings, "Comparison": cc, "ComparisonLevel": lv}
+    from splink.internals.dialects import SparkDialect
+
+    yield {"Linker": linker, "Settings": settings, "Comparison": cc, "ComparisonLevel": lv,
+           "SparkDialect": SparkDialect}
     con.close()
 
 

@@ -26,7 +26,7 @@ from idweave.linkage.kinds import default_comparison
 from idweave.linkage.project import Project
 
 __all__ = [
-    "FORMAL_SUFFIX", "HOUSEHOLD_SUFFIX", "HOUSEHOLD_METHODS", "input_columns", "prepare", "model_attributes",
+    "FORMAL_SUFFIX", "HOUSEHOLD_SUFFIX", "HOUSEHOLD_METHODS", "HASHED_NEAR", "input_columns", "prepare", "model_attributes",
     "comparison_columns", "build_settings", "tf_columns", "is_branch", "without_households", "level_labels",
 ]
 
@@ -82,6 +82,8 @@ HOUSEHOLD_SUFFIX = ", same family name"
 # (borrowed, or mistyped by a clerk) an identifier. Not a postcode: it holds many households,
 # and on historical_50k (no households) conditioning it cost 0.004 F1 (BENCHMARKS.md).
 HOUSEHOLD_METHODS = ("address", "phone", "identifier")
+# The near level of a pseudonymised attribute (:func:`_hashed_ladder`).
+HASHED_NEAR = "one edit apart (hashed variants in common)"
 
 
 def _family_agrees(family: str) -> str:
@@ -262,6 +264,32 @@ def _ladder(c: str, kind: str, spec: dict[str, Any], others: dict[str, str]) -> 
     return levels
 
 
+def _hashed_ladder(c: str, spec: dict[str, Any], others: dict[str, str]) -> list[dict]:
+    """The ladder of a pseudonymised attribute (``privacy: {pseudonymise: [...]}``), whose
+    stored value is its keyed hash followed by the keyed hashes of its one-deletion
+    neighbourhood (``privacy.Pseudonymiser.encode``): exact (equal strings: equal values),
+    then one edit apart (a hashed variant in common: one substitution, insertion, deletion or
+    swap of neighbours), then else. Levels that read characters (edit distances, the last
+    digits of a phone, the user name of an e-mail) cannot work on hashes and are left out.
+
+    >>> [lv["label_for_charts"] for lv in _hashed_ladder("ssn", {"method": "identifier"}, {})]
+    ['null', 'exact', 'one edit apart (hashed variants in common)', 'else']
+    """
+    levels = [_null(c), _exact(c, bool(spec.get("term_frequency", False))),
+              _lvl(f"list_has_any(string_split({_l(c)}, ' '), string_split({_r(c)}, ' '))", HASHED_NEAR)]
+    family = next((a for a, k in others.items() if k == "family_name"), None)
+    if spec["method"] in HOUSEHOLD_METHODS and family and family != c and spec.get("household", True):
+        levels[1:] = [*_household_branch(levels[1:], family), *levels[1:]]
+    levels.append(_else())
+    return levels
+
+
+def _pseudonymised(project: Project) -> set[str]:
+    """The attributes the project pseudonymises (see linkage/privacy.py)."""
+    priv = (getattr(project, "raw", None) or {}).get("privacy") or {}
+    return set(priv.get("pseudonymise") or []) if isinstance(priv, dict) else set()
+
+
 def model_attributes(project: Project) -> dict[str, dict[str, Any]]:
     """Attribute -> comparison spec actually used (overrides applied, 'off' removed).
 
@@ -310,12 +338,14 @@ def build_settings(project: Project, *, rules_sql: Iterable[str] = (), prior: fl
     ('dedupe_only', 'null')
     """
     kinds = {a.name: a.kind for a in project.attributes.values()}
+    hashed = _pseudonymised(project)
     comps = []
     for attr, spec in model_attributes(project).items():
         comps.append({
             "output_column_name": attr,
-            "comparison_description": f"{attr} ({kinds[attr]}, {spec['method']})",
-            "comparison_levels": _ladder(attr, kinds[attr], spec, kinds),
+            "comparison_description": f"{attr} ({kinds[attr]}, {spec['method']}{', pseudonymised' if attr in hashed else ''})",
+            "comparison_levels": (_hashed_ladder(attr, spec, kinds) if attr in hashed
+                                  else _ladder(attr, kinds[attr], spec, kinds)),
         })
     if not comps:
         raise ModelError("no attribute is compared: declare at least one attribute a source maps")

@@ -1032,6 +1032,10 @@ class Store(StoreReads):
         if value is not None:
             self.con.execute("insert into meta values (?, ?)", [key, value])
 
+    def has_records(self) -> bool:
+        """Whether the store holds any record (privacy.check_store: an empty store takes any key)."""
+        return self.has_table("records") and fetch_one(self.con, "select 1 from records limit 1") is not None
+
     # --- the stored review queue (built by queue.py; decisions keep it current) ---
     def queue_basis(self) -> dict[str, Any] | None:
         """What the stored review queue was built on (``run``, ``large_size``, ``format``),

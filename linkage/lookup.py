@@ -50,6 +50,7 @@ from idweave.linkage._levels import compile_comparison, duckdb_fuses, gamma_of
 from idweave.linkage._query_clean import check_attributes, clean_frames, RecordCleaner, SlowPath
 from idweave.linkage.errors import LookupInputError, StoreError
 from idweave.linkage.graph import Store
+from idweave.linkage.privacy import check_store, pseudonymiser
 from idweave.linkage.project import Project
 
 __all__ = ["lookup", "Matcher"]
@@ -183,6 +184,7 @@ class Matcher:
             stored = scoring.stored_model(st)
             if stored is None:
                 raise StoreError("the store has no model yet: run `idweave link` first", file=str(proj.store))
+            check_store(proj, st)  # a missing or wrong pseudonymisation key: exit 2, before anything is read
             settings, tf_tables, version = stored
             row = fetch_one(st.con, "select run_id, threshold from runs order by run_id desc limit 1")
             records = query_pl(st.con, "select * from records order by source, record_id")
@@ -190,6 +192,7 @@ class Matcher:
         self.model = model_mod.TrainedModel(settings, tf_tables)
         self.model_version = version
         self.kinds = {a.name: a.kind for a in proj.attributes.values()}
+        self._pseudo = pseudonymiser(proj)  # queries are hashed as the sources were (privacy.py)
         records = records.with_row_index("rid").with_columns(pl.col("rid").cast(pl.Int64))
         for a, k in self.kinds.items():
             if a not in records.columns:
@@ -264,10 +267,13 @@ class Matcher:
             check_attributes(records, 0, self.kinds)
             rec = self._cleaner.clean(records, date_format)
             if rec is not None:
+                rec = self._pseudo.record(rec) if self._pseudo else rec
                 return pl.DataFrame([[rec[a]] for a in self.kinds] + [[0]], orient="col",
                                     schema={**{a: pl.Float64 if k == "number" else pl.Utf8 for a, k in self.kinds.items()},
                                             "query": pl.Int64})
-        return clean_frames(records, self.kinds, date_format)
+        frame = clean_frames(records, self.kinds, date_format)
+        return frame.with_columns(**self._pseudo(frame.select(*(self._pseudo.attributes & set(frame.columns))).to_dict())) \
+            if self._pseudo else frame
 
     def candidates(self, rec: Mapping[str, Any], *, source: str | None = None) -> dict[int, int]:
         """Stored rids a batch run would pair with this cleaned record -> the first rule that
@@ -469,6 +475,8 @@ class Matcher:
                                                       .iter_rows(named=True))
         except LookupInputError as exc:
             raise _query_error(exc, single=one is None and isinstance(records, Mapping)) from None
+        if self._pseudo:
+            recs = [self._pseudo.record(r) for r in recs]
         pairs = []
         for q, rec in enumerate(recs):
             for rid, rule in self.candidates(rec, source=source).items():
@@ -587,7 +595,8 @@ def lookup(project: Project | str | Path | Mapping[str, Any],
     if not path.exists():
         raise StoreError("no store yet: run `idweave link` first", file=str(proj.store))
     key = str(path)
-    stamp = (_stamp(path), proj.config_hash())
+    priv = pseudonymiser(proj)  # the key is part of what a cached index was built with
+    stamp = (_stamp(path), proj.config_hash(), priv.check() if priv else None)
     hit = _CACHE.get(key)
     if hit is None or hit[0] != stamp:
         if hit is not None:

@@ -122,9 +122,9 @@ def test_pseudonymised_attributes_are_hashed_before_they_are_stored(tmp_path: Pa
     store = tmp_path / "tiny" / "out" / "tiny.duckdb"
     with duckdb.connect(str(store), read_only=True) as con:
         recs = query_pl(con, "select ssn, email, phone, first_name from records")
-    for c in ("ssn", "email", "phone"):
-        assert recs[c].drop_nulls().str.contains(r"^[A-Za-z0-9_-]{11}$").all(), c
-    assert not recs["first_name"].drop_nulls().str.contains(r"^[A-Za-z0-9_-]{11}$").any()
+    for c in ("ssn", "email", "phone"):  # the hash, then the hashes of the one-deletion variants
+        assert recs[c].drop_nulls().str.contains(r"^[A-Za-z0-9_-]{12}( [A-Za-z0-9_-]{12})+$").all(), c
+    assert not recs["first_name"].drop_nulls().str.contains(r"^[A-Za-z0-9_-]{12}").any()
     blob = store.read_bytes() + (tmp_path / "tiny" / "out" / "tiny.model.json").read_bytes()
     assert KEY.encode() not in blob and KEY not in res.out + res.err
     for ssn in raw_ssns(tmp_path / "tiny"):
@@ -135,14 +135,21 @@ def test_pseudonymised_attributes_are_hashed_before_they_are_stored(tmp_path: Pa
     # The file's bytes are compressed: look in every column of every table too.
     ssns = sorted(s for s in raw_ssns(tmp_path / "tiny") if len(s) >= 6)
     assert ssns and cells_containing(store, [KEY, *ssns]) == []
+    # Nor any one-deletion variant of a raw SSN (what the near level is built from), in any
+    # text column (a number column may hold an 8-digit run by chance).
+    variants = sorted({v[:i] + v[i + 1:] for v in ssns if v.isdigit() for i in range(len(v))} - set(ssns))
+    assert variants and cells_containing(store, variants, text_only=True) == []
+    assert not any(v in res.out + res.err for v in variants)
 
 
-def cells_containing(store: Path, needles: list[str]) -> list[tuple[str, str, str]]:
+def cells_containing(store: Path, needles: list[str], *, text_only: bool = False) -> list[tuple[str, str, str]]:
     found = []
     with duckdb.connect(str(store), read_only=True) as con:
         for (t,) in con.execute("select table_name from information_schema.tables").fetchall():
-            for (c,) in con.execute("select column_name from information_schema.columns where table_name = ?",
-                                    [t]).fetchall():
+            for (c, typ) in con.execute("select column_name, data_type from information_schema.columns "
+                                        "where table_name = ?", [t]).fetchall():
+                if text_only and typ != "VARCHAR" and not typ.startswith("VARCHAR"):
+                    continue
                 for n in needles:
                     if con.execute(f'select count(*) from "{t}" where contains(cast("{c}" as varchar), ?)',
                                    [n]).fetchone()[0]:
@@ -206,9 +213,98 @@ def test_deletion_neighbourhoods_overlap_within_one_typo() -> None:
         assert base & set(deletion_hashes(p, "ssn", near)), near
     for far in ("219088888", "912099999", "000000000"):
         assert not base & set(deletion_hashes(p, "ssn", far)), far
-    assert all(re.fullmatch(r"[A-Za-z0-9_-]{11}", h) for h in base)
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{12}", h) for h in base)
     assert not any("219099999" in h for h in base)
     with pytest.raises(IdweaveError):
         from idweave.linkage.privacy import _key
 
         _key("IDWEAVE_SURELY_UNSET_VARIABLE")
+
+
+def _one_deletion_each(a: str, b: str) -> bool:
+    """The relation the neighbourhoods test, by its definition: deleting at most one
+    character from each makes the two equal."""
+    da = {a} | {a[:i] + a[i + 1:] for i in range(len(a))}
+    db = {b} | {b[:i] + b[i + 1:] for i in range(len(b))}
+    return bool(da & db)
+
+
+def test_the_stored_form_finds_every_pair_one_typo_apart() -> None:
+    import random
+
+    from rapidfuzz.distance import DamerauLevenshtein
+
+    from idweave.linkage.privacy import Pseudonymiser
+
+    p = Pseudonymiser({"ssn"}, KEY.encode())
+    rng = random.Random(7)
+    values = ["".join(rng.choice("0123") for _ in range(rng.randint(3, 6))) for _ in range(160)]
+    coded = {v: set(p.encode("ssn", v).split(" ")[1:]) for v in values}
+    near = 0
+    for i, a in enumerate(values):
+        for b in values[i + 1:]:
+            share = bool(coded[a] & coded[b])
+            assert share == _one_deletion_each(a, b), (a, b)
+            if DamerauLevenshtein.distance(a, b) <= 1:  # every pair the plain "one typo" level finds
+                assert share, (a, b)
+                near += 1
+    assert near > 50
+    # equal values, equal strings; the padding hides repeated characters (the count is the length + 1)
+    assert p.encode("ssn", "111111111") == p.encode("ssn", "111111111")
+    assert len(p.encode("ssn", "111111111").split(" ")) == len(p.encode("ssn", "123456789").split(" ")) == 11
+
+
+def test_the_near_level_fires_on_a_typo_in_a_hashed_ssn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from idweave.linkage.comparisons import HASHED_NEAR
+    from idweave.linkage.lookup import Matcher, lookup
+
+    monkeypatch.setenv("IDWEAVE_TEST_KEY", KEY)
+    project = private_project(tmp_path / "tiny")
+    link(project)
+    model = json.loads((tmp_path / "tiny" / "out" / "tiny.model.json").read_text())
+    ssn = next(c for c in model["comparisons"] if c["output_column_name"] == "ssn")
+    assert HASHED_NEAR in [lv["label_for_charts"] for lv in ssn["comparison_levels"]]
+    assert not any("damerau" in lv["sql_condition"] for lv in ssn["comparison_levels"])
+    tax = pl.read_parquet(tmp_path / "tiny" / "tax.parquet").filter(pl.col("ssn").is_not_null()).row(0, named=True)
+    raw = re.sub(r"[^0-9]", "", tax["ssn"])
+    query = {"first_name": tax["given"], "last_name": tax["family"], "birth_date": tax["born"]}
+    typo = raw[:4] + str((int(raw[4]) + 1) % 10) + raw[5:]
+    exact = lookup(project, dict(query, ssn=tax["ssn"]))
+    with duckdb.connect(str(tmp_path / "tiny" / "out" / "tiny.duckdb"), read_only=True) as con:
+        entity = con.execute("select entity_id from records where source = 'tax' and record_id = ?",
+                             [tax["tin_row"]]).fetchone()[0]
+    assert exact["entity_id"][0] == entity and exact["level_ssn"][0].startswith("exact")
+    # the tax record itself against the query with its SSN exact, one digit off, and another
+    with Matcher(project) as m:
+        rid = int(m.records.filter((pl.col("source") == "tax") & (pl.col("record_id") == tax["tin_row"]))["rid"][0])
+        labels = m._levels["ssn"]
+        got = []
+        for s in (tax["ssn"], typo, "000111222"):
+            scored = m.score(m.clean(dict(query, ssn=s)), [(0, rid, 0)])
+            got.append((labels[scored["level_ssn"][0]], scored["w_ssn"][0]))
+    assert got[0][0].startswith("exact") and got[1][0].startswith(HASHED_NEAR) and got[2][0].startswith("else")
+    # the evidence in bits (tiny has no pair one edit apart to train that level on: it weighs 0 there)
+    assert got[0][1] > got[1][1] >= got[2][1]
+
+
+def test_lookup_hashes_its_query_with_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IDWEAVE_TEST_KEY", KEY)
+    project = private_project(tmp_path / "tiny")
+    assert run_cli("link", project).code == 0
+    tax = pl.read_parquet(tmp_path / "tiny" / "tax.parquet").filter(pl.col("ssn").is_not_null()).row(1, named=True)
+    # the raw SSN alone (no name, no date): only the hash can find the person
+    query = json.dumps({"ssn": tax["ssn"]})
+    res = run_cli("lookup", project, "--record", query, "--json")
+    assert res.code == 0, res.err
+    assert tax["tin_row"] in res.out and "exact" in res.out
+    assert tax["ssn"] not in res.out + res.err and re.sub(r"[^0-9]", "", tax["ssn"]) not in res.out + res.err
+    acc = run_cli("subject-access", project, "--record", query, "--json")
+    assert acc.code == 0 and tax["tin_row"] in acc.out, acc.err
+    monkeypatch.setenv("IDWEAVE_TEST_KEY", KEY + "x")
+    res = run_cli("lookup", project, "--record", query)
+    assert res.code == 2
+    assert "the key in IDWEAVE_TEST_KEY is not the key this store was built with" in res.error
+    monkeypatch.delenv("IDWEAVE_TEST_KEY")
+    res = run_cli("lookup", project, "--record", query)
+    assert res.code == 2 and "environment variable IDWEAVE_TEST_KEY is not set" in res.error
+    assert KEY not in res.out + res.err

@@ -302,13 +302,9 @@ def open_store(project: ProjectLike, *, read_only: bool) -> tuple[Project, Store
     >>> proj, st = open_store("fixtures/tiny/project.yaml", read_only=True); st.close()
     """
     proj = resolve_project(project)
-    if read_only and not Path(proj.store).exists():
-        raise IdweaveError("no store yet: run `idweave link` first", file=str(proj.store))
-    st = Store.open(proj.store, read_only=read_only)
-    if not st.has_table("records"):
-        st.close()
-        raise IdweaveError("the store holds no records yet: run `idweave link` first", file=str(proj.store))
-    return proj, st
+    if read_only:
+        Store.require_file(proj.store)
+    return proj, Store.open(proj.store, read_only=read_only).require(records=True)
 
 
 def run_info(st: Store, proj: Project) -> tuple[float, str, float]:

@@ -36,7 +36,6 @@ from typing import Any, Mapping
 
 import polars as pl
 
-from idweave.linkage._db import query_pl
 from idweave.linkage.errors import IdweaveError
 from idweave.linkage.project import SURVIVORSHIP_RULES, Project, resolve_project
 
@@ -129,15 +128,8 @@ def golden(project: ProjectLike, out: str | Path | None = None, *,
     with st:
         stored_cols = set(st.columns("records"))
         attrs = [a for a in proj.attributes if a in stored_cols]
-        cols = ", ".join(f'"{a}"' for a in attrs)
-        if entity_id is not None:
-            eid = review.active_entity(st, entity_id)
-            recs = query_pl(st.con, f"select entity_id, source, record_id, last_seen_run, {cols} from records "
-                                    "where entity_id = ?", [eid])
-        else:
-            recs = query_pl(st.con, f"select r.entity_id, r.source, r.record_id, r.last_seen_run, {cols} "
-                                    "from records r join entities e on e.entity_id = r.entity_id "
-                                    "where e.status = 'active'")
+        eid = review.active_entity(st, entity_id) if entity_id is not None else None
+        recs = st.entity_record_columns(attrs, eid)
         pins = pinned(st)
     src_rank = {s: i for i, s in enumerate(sources)}
     keys = {}

@@ -45,10 +45,9 @@ from idweave.blocking.pairs import DEFAULT_MAX_BLOCK
 from idweave.blocking.rules import Rule
 from idweave.linkage import comparisons, scoring
 from idweave.linkage import model as model_mod
-from idweave.linkage._db import fetch_one, query_pl
 from idweave.linkage._levels import compile_comparison, duckdb_fuses, gamma_of
 from idweave.linkage._query_clean import check_attributes, clean_frames, RecordCleaner, SlowPath
-from idweave.linkage.errors import LookupInputError, StoreError
+from idweave.linkage.errors import LookupInputError
 from idweave.linkage.graph import Store
 from idweave.linkage.privacy import check_store, pseudonymiser
 from idweave.linkage.project import Project
@@ -179,16 +178,12 @@ class Matcher:
         proj = self.project
         self.close()
         with Store.open(proj.store, read_only=True) as st:
-            if not st.has_table("records"):
-                raise StoreError("the store holds no records yet: run `idweave link` first", file=str(proj.store))
-            stored = scoring.stored_model(st)
-            if stored is None:
-                raise StoreError("the store has no model yet: run `idweave link` first", file=str(proj.store))
+            stored = scoring.stored_model(st.require(records=True, model=True))
             check_store(proj, st)  # a missing or wrong pseudonymisation key: exit 2, before anything is read
             settings, tf_tables, version = stored
-            row = fetch_one(st.con, "select run_id, threshold from runs order by run_id desc limit 1")
-            records = query_pl(st.con, "select * from records order by source, record_id")
-        self.run_id, self.threshold = (int(row[0]), float(row[1])) if row else (0, None)
+            row = st.last_run_threshold()
+            records = st.records()
+        self.run_id, self.threshold = row if row else (0, None)
         self.model = model_mod.TrainedModel(settings, tf_tables)
         self.model_version = version
         self.kinds = {a.name: a.kind for a in proj.attributes.values()}
@@ -592,8 +587,7 @@ def lookup(project: Project | str | Path | Mapping[str, Any],
     if store is not None:
         proj.store = Path(store)
     path = Path(proj.store).resolve()
-    if not path.exists():
-        raise StoreError("no store yet: run `idweave link` first", file=str(proj.store))
+    Store.require_file(proj.store)
     key = str(path)
     priv = pseudonymiser(proj)  # the key is part of what a cached index was built with
     stamp = (_stamp(path), proj.config_hash(), priv.check() if priv else None)

@@ -6,9 +6,12 @@ here only reads (none decides what a run or decision stores), so callers hold no
 ``graph.py`` keeps the schema, the transactions and the writes. :meth:`StoreReads.require`
 is the one "run ``idweave link`` first" check.
 
+>>> from idweave.linkage import link
 >>> from idweave.linkage.graph import Store
->>> with Store.open("out/doctest.duckdb", read_only=True) as st:
-...     st.require(records=True).entity_of("no-such-source", "1") is None
+>>> from idweave.linkage.project import load_project
+>>> _ = link("fixtures/tiny/project.yaml")
+>>> with Store.open(load_project("fixtures/tiny/project.yaml").store, read_only=True) as st:
+...     st.require(records=True, model=True).entity_of("no-such-source", "1") is None
 True
 """
 
@@ -59,10 +62,14 @@ class StoreReads:
         ``model``: a run that recorded a model); else it is closed and the one "run
         ``idweave link`` first" error names it.
 
+        >>> import tempfile
         >>> from idweave.linkage.graph import Store
-        >>> with Store.open("out/doctest.duckdb", read_only=True) as st:
-        ...     st.require(records=True, model=True) is st
-        True
+        >>> st = Store.open(Path(tempfile.mkdtemp()) / "new.duckdb")
+        >>> try:
+        ...     st.require(records=True)
+        ... except StoreError as exc:
+        ...     print(exc.message)
+        the store holds no records yet: run `idweave link` first
         """
         problem = None
         if records and not self.has_table("records"):

@@ -40,7 +40,6 @@ from idweave.linkage import explain as explain_mod
 from idweave.linkage import history as history_mod
 from idweave.linkage import queue as queue_mod
 from idweave.linkage import review
-from idweave.linkage._db import fetch_one, query_pl
 from idweave.linkage.errors import IdweaveError
 from idweave.linkage.graph import Store
 from idweave.linkage.project import resolve_project
@@ -140,10 +139,11 @@ def _resolve_search(st: Store, text: str) -> list[str]:
         out.append(eid)
     if ":" in text:
         s, r = text.split(":", 1)
-        rows = st.con.execute("select entity_id from records where source = ? and record_id = ?", [s, r]).fetchall()
+        found = st.entity_of(s, r)
+        rows = [] if found is None else [found]
     else:
-        rows = st.con.execute("select entity_id from records where record_id = ? order by source", [text]).fetchall()
-    out += [e for (e,) in rows if e not in out]
+        rows = st.entities_of_record_id(text)
+    out += [e for e in rows if e not in out]
     return out
 
 
@@ -311,11 +311,10 @@ class EntityPage:
 
 
 def _prior_weight_of(st: Store) -> float | None:
-    row = fetch_one(st.con, "select m.settings from runs r join models m on m.version = r.model_version "
-                            "order by r.run_id desc limit 1")
-    if row is None:
+    settings = st.latest_settings()
+    if settings is None:
         return None
-    p = float(json.loads(row[0]).get("probability_two_random_records_match", 0) or 0)
+    p = float(settings.get("probability_two_random_records_match", 0) or 0)
     return math.log2(p / (1 - p)) if 0 < p < 1 else None
 
 
@@ -363,12 +362,7 @@ def entity_page(project: ProjectLike, entity_id: str, *, link: int | None = None
     # One opening of the store for the sizes of the near misses, the version and the prior.
     _, st = _open(proj)
     with st:
-        sizes: dict[str, int] = {}
-        if near_list:
-            df = pl.DataFrame({"entity_id": [n["entity_id"] for n in near_list]})
-            with st.registered("_q_near_ids", df):
-                sizes = dict(st.con.execute("select entity_id, count(*) from records where entity_id in "
-                                            "(select entity_id from _q_near_ids) group by entity_id").fetchall())
+        sizes = st.sizes_of(n["entity_id"] for n in near_list) if near_list else {}
         version = _version(st, eid)
         prior_weight = _prior_weight_of(st)
     for n in near_list:
@@ -416,14 +410,11 @@ def find_entities(project: ProjectLike, text: str, *, limit: int = 10) -> list[d
         ids = _resolve_search(st, text)
         if len(ids) < limit:
             like = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            more = st.con.execute("select entity_id from entities where status = 'active' and entity_id ilike ? "
-                                  "escape '\\' order by entity_id limit ?", [like, int(limit)]).fetchall()
-            ids += [e for (e,) in more if e not in ids]
+            ids += [e for e in st.active_entities_like(like, limit) if e not in ids]
         ids = ids[:limit]
         out = []
         for e in ids:
-            rows = st.con.execute("select source, record_id from records where entity_id = ? order by source, record_id",
-                                  [e]).fetchall()
+            rows = st.members(e)
             if rows:
                 out.append({"entity_id": e, "size": len(rows), "records": [f"{s}:{r}" for s, r in rows[:6]],
                             "sources": sorted({s for s, _ in rows})})
@@ -438,9 +429,9 @@ def _version(st: Store, entity_id: str) -> str:
     h = hashlib.sha256(f"{entity_id}\x1f{eid}".encode())
     if eid is None:
         return h.hexdigest()[:16]
-    status = fetch_one(st.con, "select status from entities where entity_id = ?", [eid])
-    h.update(f"\x1f{status[0] if status else ''}".encode())
-    rows = st.con.execute("select source, record_id, content_hash from records where entity_id = ?", [eid]).fetchall()
+    status = st.entity_status(eid)
+    h.update(f"\x1f{status or ''}".encode())
+    rows = st.record_hashes_of(eid)
     h.update(review.entity_digest(rows).encode())
     mine = {(s, r) for s, r, _ in rows}
     for d in review.decision_rows(st):
@@ -533,11 +524,10 @@ def decision_changes(project: ProjectLike, decision_id: int) -> DecisionChanges:
     """
     proj, st = _open(project)
     with st:
-        d = fetch_one(st.con, "select action, author, reason from decisions where decision_id = ?", [int(decision_id)])
+        d = st.decision_summary(decision_id)
         if d is None:
             raise IdweaveError(f"no decision #{decision_id} in the store")
-        ev = query_pl(st.con, "select type, entity_id, other_entity_id, source, record_id from events "
-                              "where decision_id = ? order by event_id", [int(decision_id)])
+        ev = st.decision_events(decision_id)
     created, merged, restored, moved = [], [], [], []
     for t, e, o, s, r in ev.iter_rows():
         if t == "entity_created":
@@ -582,8 +572,8 @@ def model_view(project: ProjectLike) -> ModelView:
     with st:
         stored = st.latest_model()
         thr, _, _ = review.run_info(st, proj)
-        runs = query_pl(st.con, "select run_id, started_at, mode, model_version, threshold, n_records, n_links, "
-                                "n_entities, summary from runs order by run_id desc limit 10").to_dicts()
+        runs = st.run_rows(["run_id", "started_at", "mode", "model_version", "threshold", "n_records", "n_links",
+                            "n_entities", "summary"], newest=10).to_dicts()
     for r in runs:
         try:
             s = json.loads(r.pop("summary") or "{}")

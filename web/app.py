@@ -440,8 +440,7 @@ def serve(project: Project | str | Path | Mapping[str, Any], *, host: str = "127
         raise IdweaveError(f"--host {host} would let other machines reach the workbench; "
                            "pass --allow-remote as well if that is meant (the token still guards it)")
     proj = resolve_project(project)  # bad project files fail here, before anything listens
-    if not Path(proj.store).exists():
-        raise IdweaveError("no store yet: run `idweave link` first", file=str(proj.store))
+    Store.require_file(proj.store)
     app = make_app(project, token=token, author=author, truth=truth)
     token = app.state.token
 

@@ -31,9 +31,10 @@ import polars as pl
 
 from idweave.linkage import _splink
 from idweave.linkage._db import query_pl
-from idweave.linkage._splink import dist_version, scoring_reading, splink_version
+from idweave.linkage._splink import scoring_reading, splink_version
 from idweave.linkage.comparisons import input_columns, prepare, tf_columns
 from idweave.linkage.engine import Engine, get_engine
+from idweave.linkage.fingerprint import code_fingerprint
 from idweave.linkage.model import TrainedModel
 
 __all__ = [
@@ -299,40 +300,31 @@ def _compile(settings: dict[str, Any]) -> _Compiled:
 
 
 # The stored form of a compiled model (``model_sql``): bump it when what the stored JSON means
-# changes in a way the code hash of :func:`compile_key` would not catch.
-_COMPILE_FORMAT = 1
-# The functions whose output the stored form is: changing any of them changes compile_key, so
-# a store's compiled models from before the change are not reused (they are made again).
-_COMPILE_CODE = ("_compile", "scoring_reading", "_compiled_to_json", "_compiled_from_json", "input_columns",
-                 "tf_columns")
+# changes in a way the code fingerprint of :func:`compile_key` would not catch.
+_COMPILE_FORMAT = 2
 
 
 @lru_cache(maxsize=1)
 def compile_key() -> str | None:
     """What a compiled model depends on besides the model itself and Splink's version: the
-    format of its stored form, the source of the code that makes and reads it, and the
-    version of sqlglot (through which Splink writes its SQL). A store keeps compiled models
-    under (model version, Splink version, this key), so a change to any of them compiles
-    again instead of reusing stale SQL. None when the code's source cannot be read: then
-    nothing is stored or reused.
+    format of its stored form and the one code fingerprint
+    (:func:`~idweave.linkage.fingerprint.code_fingerprint`: the source of every module that
+    decides stored state, this one, comparisons and _splink among them, and the versions of
+    the libraries that compute it, sqlglot, through which Splink writes its SQL, too). A store
+    keeps compiled models under (model version, Splink version, this key), so a change to any
+    of them compiles again instead of reusing stale SQL. None when this code's source cannot
+    be read (a frozen or byte-code-only install): then nothing is stored or reused.
 
     >>> len(compile_key()), compile_key() == compile_key()
     (16, True)
     """
     import inspect
-    from importlib.metadata import PackageNotFoundError
 
-    h = hashlib.sha256(f"format {_COMPILE_FORMAT}\n".encode())
     try:
-        h.update(f"sqlglot {dist_version('sqlglot')}\n".encode())
-    except PackageNotFoundError:
-        h.update(b"sqlglot ?\n")
-    try:
-        for name in _COMPILE_CODE:
-            h.update(inspect.getsource(globals()[name]).encode())
+        inspect.getsource(_compile)
     except (OSError, TypeError):  # no source (a frozen or byte-code-only install)
         return None
-    return h.hexdigest()[:16]
+    return hashlib.sha256(f"format {_COMPILE_FORMAT}\n{code_fingerprint()}\n".encode()).hexdigest()[:16]
 
 
 def _compiled_to_json(c: _Compiled) -> str:

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import Linked
 from idweave.linkage import model as model_mod
-from idweave.linkage import scoring
+from idweave.linkage import fingerprint, scoring
 from idweave.linkage.graph import Store
 from idweave.linkage.project import with_rids
 from idweave.linkage.project import load_project
@@ -192,11 +192,10 @@ def test_compile_key_follows_the_compile_code(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(scoring, "_COMPILE_FORMAT", scoring._COMPILE_FORMAT + 1)
     assert scoring.compile_key.__wrapped__() != key
     monkeypatch.undo()
-
-    def tf_columns(settings):  # the same name, other code
-        return []
-
-    monkeypatch.setattr(scoring, "tf_columns", tf_columns)
+    # The code it follows is the one fingerprint's (scoring, comparisons and _splink are
+    # state modules): other code there, another fingerprint, another key.
+    assert {"linkage/scoring.py", "linkage/comparisons.py", "linkage/_splink.py"} <= set(fingerprint.STATE_MODULES)
+    monkeypatch.setattr(scoring, "code_fingerprint", lambda: "0" * 16)
     assert scoring.compile_key.__wrapped__() not in (key, None)
 
 

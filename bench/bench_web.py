@@ -12,7 +12,9 @@ Without it the demo is linked into a temporary folder. The workbench runs in thi
 (uvicorn in a thread, as ``idweave serve`` runs it) and an HTTP client on loopback times
 each request from sending to the last byte: server time plus a loopback round trip.
 
-Prints a table (p50, p99, spread) and one JSON line.
+A decision's POST includes what the server does before it answers: the version check, the
+decision, finding again the queue entries it changed (the stored queue), and the result
+page's reads. Prints a table (p50, p99, spread) and one JSON line.
 """
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import polars as pl
 
@@ -58,6 +58,8 @@ __all__ = [
 
 Rec = tuple[str, str]
 ProjectLike = Project | str | Path | Mapping[str, Any]
+#: What a verb's ``after=`` gets: the store (open for writing, the decision committed) and the project.
+AfterWrite = Callable[[Store, Project], None]
 
 #: A kept-apart pair scoring at least this (or a merged pair at most 1 - this) is a conflict.
 CONFLICT_PROBABILITY = 0.999
@@ -538,19 +540,25 @@ def _author(author: str | None) -> str:
     return author if author else default_author()
 
 
-def _decide(project: ProjectLike, action: str, plan, *, author: str | None, reason: str) -> DecisionResult:
+def _decide(project: ProjectLike, action: str, plan, *, author: str | None, reason: str,
+            after: AfterWrite | None = None) -> DecisionResult:
     """Check the decision on a read-only store first, so bad input never touches the store
-    (opening it for writing alone changes the file); then plan and apply it for real."""
+    (opening it for writing alone changes the file); then plan and apply it for real.
+    ``after`` (every verb takes it) is called with the store still open for writing once the
+    decision is committed: the workbench keeps its stored queue current in the same opening."""
     proj, st = open_store(project, read_only=True)
     with st:
         plan(st)
     proj, st = open_store(proj, read_only=False)
     with st:
         kw = plan(st)
-        return _apply(st, proj, action, author=_author(author), reason=reason or "", **kw)
+        res = _apply(st, proj, action, author=_author(author), reason=reason or "", **kw)
+        if after is not None:
+            after(st, proj)
+        return res
 
 
-def merge(project: ProjectLike, a: str, b: str, *, author: str | None = None, reason: str = "") -> DecisionResult:
+def merge(project: ProjectLike, a: str, b: str, *, author: str | None = None, reason: str = "", after: AfterWrite | None = None) -> DecisionResult:
     """Two entities are one: the older id survives and the other becomes ``merged`` into it.
 
     >>> from idweave.linkage import link, load_project
@@ -570,11 +578,11 @@ def merge(project: ProjectLike, a: str, b: str, *, author: str | None = None, re
         payload = {"a": ea, "b": eb, "records_a": _recs_json(ra), "records_b": _recs_json(rb)}
         return {"payload": payload, "seeds": set(ra) | set(rb), "main": (ea, eb)}
 
-    return _decide(project, "merge", plan, author=author, reason=reason)
+    return _decide(project, "merge", plan, author=author, reason=reason, after=after)
 
 
 def split(project: ProjectLike, entity_id: str, records: Sequence[Rec | str], *, author: str | None = None,
-          reason: str = "") -> DecisionResult:
+          reason: str = "", after: AfterWrite | None = None) -> DecisionResult:
     """The named records leave the entity and are pinned together, never again joined with
     the records that stay. They become a new entity (``split_from`` the entity), unless links
     above the threshold join them to another entity: then they are part of that one, as the
@@ -606,7 +614,7 @@ def split(project: ProjectLike, entity_id: str, records: Sequence[Rec | str], *,
         payload = {"entity": eid, "records": _recs_json(set(part)), "rest": _recs_json(rest)}
         return {"payload": payload, "seeds": set(mem), "fresh": set(part), "main": (eid, None)}
 
-    return _decide(project, "split", plan, author=author, reason=reason)
+    return _decide(project, "split", plan, author=author, reason=reason, after=after)
 
 
 def _side(st: Store, x: str | Rec) -> tuple[list[Rec], str]:
@@ -622,7 +630,7 @@ def _side(st: Store, x: str | Rec) -> tuple[list[Rec], str]:
 
 
 def keep_apart(project: ProjectLike, a: str | Rec, b: str | Rec, *, author: str | None = None,
-               reason: str = "") -> DecisionResult:
+               reason: str = "", after: AfterWrite | None = None) -> DecisionResult:
     """Two records or entities (ids, or ``"source:id"`` records) must never be joined.
 
     They must be apart now: to separate records of one entity, use :func:`split`.
@@ -647,7 +655,7 @@ def keep_apart(project: ProjectLike, a: str | Rec, b: str | Rec, *, author: str 
         payload = {"left": _recs_json(left), "right": _recs_json(right), "entities": [ea, eb]}
         return {"payload": payload, "seeds": set(left) | set(right), "main": (ea, eb)}
 
-    return _decide(project, "keep_apart", plan, author=author, reason=reason)
+    return _decide(project, "keep_apart", plan, author=author, reason=reason, after=after)
 
 
 def _repeats(st: Store, action: str, seeds: set[Rec], same_subject) -> int | None:
@@ -679,7 +687,7 @@ def _name(x: str | Rec) -> str:
     return fmt_record(x) if isinstance(x, tuple) else str(x)
 
 
-def confirm(project: ProjectLike, entity_id: str, *, author: str | None = None, reason: str = "") -> DecisionResult:
+def confirm(project: ProjectLike, entity_id: str, *, author: str | None = None, reason: str = "", after: AfterWrite | None = None) -> DecisionResult:
     """The entity is right as it is: it leaves the queue until its records change.
 
     >>> from idweave.linkage import link, load_project
@@ -699,11 +707,11 @@ def confirm(project: ProjectLike, entity_id: str, *, author: str | None = None, 
                                "records and values; nothing recorded")
         return {"payload": {"entity": eid, "records": _recs_json(mem)}, "seeds": set(mem), "main": (eid, None)}
 
-    return _decide(project, "confirm", plan, author=author, reason=reason)
+    return _decide(project, "confirm", plan, author=author, reason=reason, after=after)
 
 
 def pin(project: ProjectLike, entity_id: str, attribute: str, value: str, *, author: str | None = None,
-        reason: str = "") -> DecisionResult:
+        reason: str = "", after: AfterWrite | None = None) -> DecisionResult:
     """Pin the golden value of ``attribute`` for an entity (see :mod:`idweave.linkage.golden`):
     recorded as a decision with its author and reason, shown in the entity's history,
     undone with :func:`undo`; it follows the entity through merges and later runs, and wins
@@ -738,10 +746,10 @@ def pin(project: ProjectLike, entity_id: str, attribute: str, value: str, *, aut
         payload = {"entity": eid, "attribute": attribute, "value": text, "records": _recs_json(mem)}
         return {"payload": payload, "seeds": set(mem), "main": (eid, None)}
 
-    return _decide(project, "pin", plan, author=author, reason=reason)
+    return _decide(project, "pin", plan, author=author, reason=reason, after=after)
 
 
-def undo(project: ProjectLike, decision_id: int, *, author: str | None = None, reason: str = "") -> DecisionResult:
+def undo(project: ProjectLike, decision_id: int, *, author: str | None = None, reason: str = "", after: AfterWrite | None = None) -> DecisionResult:
     """Withdraw a decision: its constraints go, and the records it moved go back where they
     were (to their old entity ids, reviving an entity it merged away) unless they have moved
     again since. See :func:`merge` for an example."""
@@ -768,7 +776,7 @@ def undo(project: ProjectLike, decision_id: int, *, author: str | None = None, r
         return {"payload": {"undoes": int(decision_id), "action": d["action"]}, "seeds": set(current),
                 "undoes": int(decision_id), "basis_override": basis, "main": main}
 
-    return _decide(project, "undo", plan, author=author, reason=reason)
+    return _decide(project, "undo", plan, author=author, reason=reason, after=after)
 
 
 def decisions(project: ProjectLike, *, include_undone: bool = True) -> pl.DataFrame:

@@ -31,7 +31,7 @@ from idweave.linkage.project import Project
 
 __all__ = ["queue", "build_queue", "QueueItem", "QueueEvidence", "REASONS", "DETECTORS", "weight", "probability",
            "worst_split", "default_large_size", "StoredQueue", "stored_queue", "store_queue", "full_queue_frame",
-           "current_queue", "as_item",
+           "current_queue", "as_item", "refresh_stored_queue",
            "QUEUE_FORMAT"]
 
 #: Queue reasons, most serious first, with the sentence the CLI shows for each.
@@ -1058,6 +1058,36 @@ def current_queue(st: Store, proj: Project) -> StoredQueue:
     frame, basis = full_queue_frame(st, proj)
     thr, _method, _ = run_info(st, proj)
     return _finished(frame, frame.clear(), set(), basis, thr, st.decision_rows())
+
+
+def refresh_stored_queue(st: Store, proj: Project) -> bool:
+    """In a store open for writing (outside a transaction): write back what decisions changed
+    in its stored queue (:func:`stored_queue`), if it holds one of its last run; the
+    ``after=`` of a decision verb. Returns whether it wrote.
+
+    >>> from idweave.linkage import link, load_project
+    >>> from idweave.linkage.decisions import confirm
+    >>> from pathlib import Path
+    >>> p = load_project("fixtures/tiny/project.yaml"); p.store = Path("out/doctest-refresh.duckdb")
+    >>> e = link(p).entities["entity_id"][0]
+    >>> _ = store_queue(p)
+    >>> _ = confirm(p, e, author="ada", after=refresh_stored_queue)
+    >>> proj, st = open_store(p, read_only=True)
+    >>> with st:
+    ...     st.queue_dirty()
+    set()
+    """
+    sq = stored_queue(st, proj)
+    if sq is None or (not sq.dirty and sq.basis == st.queue_basis()):
+        return False
+    st.begin()
+    try:
+        st.write_queue(sq.found, sq.basis, entities=sq.dirty)
+        st.commit()
+    except BaseException:
+        st.rollback()
+        raise
+    return True
 
 
 def store_queue(project: ProjectLike, *, wait: float = 0.0) -> bool:

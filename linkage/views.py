@@ -493,7 +493,8 @@ def decide(project: ProjectLike, action: str, *, expected: Mapping[str, str] | N
             raise ConflictError(f"entity {', '.join(changed)} changed since the page was loaded{by}: "
                                 "nothing was recorded; reload it and decide again")
     fn = getattr(review, action)
-    return fn(proj, **args, author=author, reason=reason)
+    # The stored review queue is brought up to date in the decision's own opening of the store.
+    return fn(proj, **args, author=author, reason=reason, after=queue_mod.refresh_stored_queue)
 
 
 @dataclass

@@ -11,10 +11,12 @@ Security, in order of the request:
 * Jinja2 autoescapes every value; the charts escape their labels; the pages are sent with
   a Content-Security-Policy that allows only this server's own scripts and styles.
 
-Store access: the library opens and closes the store per call; one lock serialises the
-calls of this process (DuckDB refuses a read-only and a read-write connection to one file
-in one process), which also makes :func:`idweave.linkage.views.decide`'s version check and
-decision atomic among stewards. A store held by a running ``idweave link`` gives a "a run
+Store access: a page's library calls share one read-only opening of the store
+(:meth:`Store.reading`), and the review queue is kept in the store
+(:func:`idweave.linkage.queue.store_queue`, made current whenever the store file changed);
+one lock serialises the calls of this process (DuckDB refuses a read-only and a read-write
+connection to one file in one process), which also makes
+:func:`idweave.linkage.views.decide`'s version check and decision atomic among stewards. A store held by a running ``idweave link`` gives a "a run
 is writing" page (503) that retries by itself.
 
 >>> app = make_app("fixtures/tiny/project.yaml", token="t0k")

@@ -19,17 +19,18 @@ of pseudonymised attributes: every run compares it with the key it was given
 different linkage.
 
 Near matches. A keyed hash hides how close two values are, so "one typo" needs a
-representation that survives hashing. :func:`deletion_hashes` gives the keyed hashes of a
-value's *one-deletion neighbourhood* (the value and every string with one character
-deleted), the idea of SymSpell's symmetric delete (Wolf Garbe, 2012) and of the
-deletion-neighbourhood filters of approximate string join (Karapiperis et al. survey
-privacy-preserving variants of such encodings, with the Bloom-filter encodings of
-Schnell, Bachteler and Reiher, 2009). Two values share a hash in their neighbourhoods
-exactly when one deletion from each makes them equal: one substitution, one insertion or
-deletion, or one swap of adjacent characters. Unlike Bloom filters of n-grams, which leak
-frequencies of n-grams and can be attacked by pattern mining, each member is a full HMAC,
-and the overlap test is exact. Using it in the comparison ladder needs a level in
-``linkage/comparisons.py`` (see the README's section on data protection).
+representation that survives hashing. What is stored for a pseudonymised attribute
+(:meth:`Pseudonymiser.encode`) is the value's hash followed by the keyed hashes of its
+*one-deletion neighbourhood* (:func:`deletion_hashes`: the value and every string with one
+character deleted), sorted and padded to ``len(value) + 1`` members: the symmetric-delete
+idea of SymSpell (Wolf Garbe, 2012) and FastSS (Bocek, Hunt and Stiller, 2007), keyed. Two
+values share a member exactly when deleting at most one character from each makes them
+equal: every pair one substitution, insertion, deletion or swap of neighbours apart, and a
+character deleted in one place with another inserted elsewhere. ``comparisons._hashed_ladder``
+makes that the level "one edit apart (hashed variants in common)". Keyed Bloom-filter
+encodings of bigrams (Schnell, Bachteler and Reiher, 2009) were not used: their bit patterns
+carry bigram frequencies, which the attacks of Kuzu et al. (2011) and Christen et al. (2017)
+exploit; here each member is a full HMAC and the overlap test is exact.
 
 >>> p = Pseudonymiser({"ssn"}, b"k")
 >>> p.hash("ssn", "123456780") == p.hash("ssn", "123456780"), p.hash("ssn", "123456780") == p.hash("ssn", "123456781")

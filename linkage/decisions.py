@@ -404,6 +404,10 @@ def _region(st: Store, cons: Constraints, rid_of: Mapping[Rec, int], entity_rids
     return [rec_of[i] for i in reached.to_list()]
 
 
+#: Decisions that put no constraint on clustering (they move no record unless the constraints moved).
+_NO_CONSTRAINT = ("confirm", "pin")
+
+
 def _region_by_rk(st: Store, cons: Constraints, rk_of: Mapping[Rec, int], entity_rks: pl.DataFrame,
                   seeds: Iterable[Rec], thr: float) -> list[Rec]:
     """:func:`_region` on the records' keys (``rk``): the strong links as the store keys them,
@@ -449,28 +453,36 @@ def _apply(st: Store, proj: Project, action: str, *, payload: dict[str, Any], au
     rid_of = {k: i for i, k in enumerate(current)}
 
     seeds = {s for s in seeds if s in current}
-    if recs["rk"].null_count() == 0 and {"rk_l", "rk_r"} <= set(st.columns("links")):
-        region = sorted(_region_by_rk(st, cons, rk_of, recs.select("rk", "entity_id"), seeds, thr), key=rid_of.get)
-    else:  # a store from before record keys
-        region = _region(st, cons, rid_of, recs.select("rid", "entity_id"), seeds, thr)
-    region_links = st.links_among(region)
-    if region_links.height:
-        lk = pl.DataFrame({
-            "rid_l": [rid_of[(s, r)] for s, r in region_links.select("source_l", "record_id_l").iter_rows()],
-            "rid_r": [rid_of[(s, r)] for s, r in region_links.select("source_r", "record_id_r").iter_rows()],
-            "match_probability": region_links["match_probability"]},
-            schema={"rid_l": pl.Int64, "rid_r": pl.Int64, "match_probability": pl.Float64})
-    else:
-        lk = pl.DataFrame(schema={"rid_l": pl.Int64, "rid_r": pl.Int64, "match_probability": pl.Float64})
     exclusive = {s.name for s in proj.sources.values() if s.exclusive}
-    inside = set(region)
-    excl = {rid_of[k]: k[0] for k in region if k[0] in exclusive}
-    must = [(rid_of[a], rid_of[b]) for a, b in cons.must_pairs(inside)]
-    cannot = [(rid_of[a], rid_of[b]) for a, b, _ in cons.cannot_pairs(inside, by_group=True)]
-    cl = cluster(lk, [rid_of[k] for k in region], threshold=thr, exclusive=excl, must_link=must,
-                 cannot_link=cannot, method=method, min_average=min_average)
-    label = dict(zip(cl["rid"].to_list(), cl["cluster"].to_list()))
-    clusters = {k: label[rid_of[k]] for k in region}
+    if action in _NO_CONSTRAINT and not fresh and not basis_override \
+            and not _constrained_differently(cons_before, cons):
+        # The links and the constraints are those the store's entities were clustered from:
+        # clustering would give them back as they are, so the region is the seeds' entities.
+        region = sorted({k for k in current if current[k] in {current[x] for x in seeds}}, key=rid_of.get)
+        ids_of = {e: i for i, e in enumerate(sorted({current[k] for k in region}))}
+        clusters = {k: ids_of[current[k]] for k in region}
+    else:
+        if recs["rk"].null_count() == 0 and {"rk_l", "rk_r"} <= set(st.columns("links")):
+            region = sorted(_region_by_rk(st, cons, rk_of, recs.select("rk", "entity_id"), seeds, thr), key=rid_of.get)
+        else:  # a store from before record keys
+            region = _region(st, cons, rid_of, recs.select("rid", "entity_id"), seeds, thr)
+        region_links = st.links_among(region)
+        if region_links.height:
+            lk = pl.DataFrame({
+                "rid_l": [rid_of[(s, r)] for s, r in region_links.select("source_l", "record_id_l").iter_rows()],
+                "rid_r": [rid_of[(s, r)] for s, r in region_links.select("source_r", "record_id_r").iter_rows()],
+                "match_probability": region_links["match_probability"]},
+                schema={"rid_l": pl.Int64, "rid_r": pl.Int64, "match_probability": pl.Float64})
+        else:
+            lk = pl.DataFrame(schema={"rid_l": pl.Int64, "rid_r": pl.Int64, "match_probability": pl.Float64})
+        inside = set(region)
+        excl = {rid_of[k]: k[0] for k in region if k[0] in exclusive}
+        must = [(rid_of[a], rid_of[b]) for a, b in cons.must_pairs(inside)]
+        cannot = [(rid_of[a], rid_of[b]) for a, b, _ in cons.cannot_pairs(inside, by_group=True)]
+        cl = cluster(lk, [rid_of[k] for k in region], threshold=thr, exclusive=excl, must_link=must,
+                     cannot_link=cannot, method=method, min_average=min_average)
+        label = dict(zip(cl["rid"].to_list(), cl["cluster"].to_list()))
+        clusters = {k: label[rid_of[k]] for k in region}
 
     # Persistent ids: the records' entities now, and whose id each record's passes to.
     ent_rows = st.entity_rows()

@@ -75,8 +75,8 @@ class Engine(Protocol):
     def register(self, db: Any, frame: pl.DataFrame, name: str) -> Any:
         """``frame`` as a table Splink can read (a Splink dataframe)."""
 
-    def read(self, table: Any) -> pl.DataFrame:
-        """A Splink dataframe of this engine, read back as a polars frame."""
+    def read(self, table: Any, columns: list[str] | None = None) -> pl.DataFrame:
+        """A Splink dataframe of this engine (only ``columns``, if given) as a polars frame."""
 
     def canonical(self, trained: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
         """What Splink trained on this engine, in the stored (DuckDB-dialect) form of ``reference``."""
@@ -118,8 +118,9 @@ class DuckDBEngine:
     def register(self, db, frame: pl.DataFrame, name: str):
         return db.register(frame.to_arrow(), table_name=name)
 
-    def read(self, table) -> pl.DataFrame:
-        return table.as_duckdbpyrelation().pl()
+    def read(self, table, columns: list[str] | None = None) -> pl.DataFrame:
+        out = table.as_duckdbpyrelation().pl()
+        return out.select(columns) if columns is not None else out
 
     def canonical(self, trained: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
         return trained
@@ -169,8 +170,10 @@ class SparkEngine:
     def register(self, db, frame: pl.DataFrame, name: str):
         return db.register(frame.to_arrow(), table_name=name)
 
-    def read(self, table) -> pl.DataFrame:
-        return pl.from_arrow(table.as_spark_dataframe().toArrow())
+    def read(self, table, columns: list[str] | None = None) -> pl.DataFrame:
+        """Only ``columns`` leave Spark (the driver holds what it reads)."""
+        df = table.as_spark_dataframe()
+        return pl.from_arrow((df.select(*columns) if columns is not None else df).toArrow())
 
     def canonical(self, trained: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
         """``trained`` with the SQL, dialect and prediction rules of ``reference`` (the
@@ -350,7 +353,7 @@ def spark_session(master: str | None = None, conf: dict[str, str] | None = None)
             "spark.sql.shuffle.partitions": "4",
             "spark.default.parallelism": "4",
             "spark.sql.session.timeZone": "UTC",
-            "spark.driver.memory": "2g",
+            "spark.driver.memory": "3g",
             "spark.sql.execution.arrow.pyspark.enabled": "true",
             "spark.python.worker.reuse": "true",
             **(conf or {}),

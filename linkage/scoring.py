@@ -121,7 +121,10 @@ def _score_pairs_splink(records: pl.DataFrame, pairs: pl.DataFrame, model: Train
             pl.col("rid_l").alias("join_key_l"), pl.col("rid_r").alias("join_key_r"),
             pl.col("rule").cast(pl.Utf8).alias("match_key"))
         linker.table_management.register_blocked_pairs_for_predict(eng.register(db, blocked, "idweave_blocked"))
-        pred = eng.read(linker.inference.predict(warning_mode="never"))
+        wanted = ["rid_l", "rid_r", "match_key", "match_weight", "match_probability"]
+        for c in comps:
+            wanted += [f"gamma_{c}", f"mw_{c}"] + ([f"mw_tf_adj_{c}"] if c in model.tf_tables else [])
+        pred = eng.read(linker.inference.predict(warning_mode="never"), wanted)
     sel = [pl.col("rid_l").cast(pl.Int64), pl.col("rid_r").cast(pl.Int64),
            pl.col("match_key").cast(pl.Int32).alias("rule"), "match_weight", "match_probability"]
     for c in comps:

@@ -8,7 +8,8 @@ trains its own model), ``--repeat`` times each, the two forms alternated: once a
 four pseudopeople registers of ``registries.py`` at seed N, default noise) and a key in
 ``IDWEAVE_BENCH_KEY``. It prints the cluster pairwise precision / recall / F1 and B-cubed F1
 of both (scored with /work/shared/checks/metrics.py, FEBRL4 link-only), the F1 change, and
-the median and spread (max - min) of the link wall time, then one JSON line with
+the median and spread (max - min) of the link wall time (and the ratio of median CPU
+seconds of the process, less noisy on a shared machine), then one JSON line with
 everything.
 
 The hashed form keeps exact comparison (equal cleaned values give equal hashes) and replaces
@@ -84,16 +85,18 @@ def _dataset(name: str, folder: Path) -> tuple[dict, pd.DataFrame, bool]:
     return dict(ds.project), ds.truth, ds.link_only
 
 
-def _run(project: dict, folder: Path, store: str) -> tuple[float, pd.DataFrame, dict]:
+def _run(project: dict, folder: Path, store: str) -> tuple[float, float, pd.DataFrame, dict]:
     from idweave.linkage import link, project_from_dict
 
     p = dict(project, store=store)
     proj = project_from_dict(p, base_dir=folder)
     for f in (proj.store, proj.store.with_name(proj.store.name + ".wal"), proj.model_file):
         f.unlink(missing_ok=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     r = link(proj)
-    return time.perf_counter() - t0, r.entities.to_pandas(), {k: round(float(v), 2) for k, v in r.timings.items()}
+    # CPU seconds of the process (every thread): on a shared machine, less noisy than wall time
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return wall, cpu, r.entities.to_pandas(), {k: round(float(v), 2) for k, v in r.timings.items()}
 
 
 def _score(metrics, entities: pd.DataFrame, truth: pd.DataFrame, link_only: bool) -> dict:
@@ -120,28 +123,32 @@ def main() -> None:
             private = dict(project, privacy={"pseudonymise": PSEUDO.get(name) or PSEUDO["town"], "key_env": KEY_ENV})
             row = {"dataset": name, "records": int(len(truth)), "pseudonymised": private["privacy"]["pseudonymise"]}
             times: dict[str, list[float]] = {"plain": [], "hashed": []}
+            cpus: dict[str, list[float]] = {"plain": [], "hashed": []}
             stages: dict[str, list[dict]] = {"plain": [], "hashed": []}
             ents: dict[str, pd.DataFrame] = {}
             for _ in range(args.repeat):  # alternated, so that the machine's drift hits both alike
                 for label, proj in (("plain", project), ("hashed", private)):
-                    t, ents[label], timing = _run(proj, folder, f"out/{label}.duckdb")
+                    t, cpu, ents[label], timing = _run(proj, folder, f"out/{label}.duckdb")
                     times[label].append(t)
+                    cpus[label].append(cpu)
                     stages[label].append(timing)
             for label in ("plain", "hashed"):
                 ts = times[label]
                 row[label] = {**_score(metrics, ents[label], truth, link_only), "seconds": ts, "timings": stages[label],
+                              "cpu_s": cpus[label], "median_cpu_s": statistics.median(cpus[label]),
                               "median_s": statistics.median(ts), "spread_s": max(ts) - min(ts)}
             row["f1_change"] = row["hashed"]["pairwise_f1"] - row["plain"]["pairwise_f1"]
             row["time_ratio"] = row["hashed"]["median_s"] / row["plain"]["median_s"]
+            row["cpu_ratio"] = row["hashed"]["median_cpu_s"] / row["plain"]["median_cpu_s"]
             results.append(row)
             print(json.dumps(row), flush=True)
     print()
     print(f"{'dataset':<8} {'records':>7} {'F1 plain':>9} {'F1 hashed':>9} {'change':>8} "
-          f"{'t plain (s)':>12} {'t hashed (s)':>13} {'ratio':>6}")
+          f"{'t plain (s)':>12} {'t hashed (s)':>13} {'ratio':>6} {'cpu ratio':>9}")
     for r in results:
         print(f"{r['dataset']:<8} {r['records']:>7} {r['plain']['pairwise_f1']:>9.4f} {r['hashed']['pairwise_f1']:>9.4f} "
               f"{r['f1_change']:>+8.4f} {r['plain']['median_s']:>6.2f} ±{r['plain']['spread_s']:<4.2f} "
-              f"{r['hashed']['median_s']:>7.2f} ±{r['hashed']['spread_s']:<4.2f} {r['time_ratio']:>6.2f}")
+              f"{r['hashed']['median_s']:>7.2f} ±{r['hashed']['spread_s']:<4.2f} {r['time_ratio']:>6.2f} {r['cpu_ratio']:>9.2f}")
     import platform
 
     out = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -44,15 +44,22 @@ Progress = Callable[[str, str], None]  # (stage, "start" | "end")
 @dataclass
 class LinkResult:
     """What :func:`link` returns: the ``entities`` (``source``, ``record_id``,
-    ``entity_id``), every scored pair (``pairs``, built on first use: ``source_l``,
-    ``record_id_l``, ``source_r``, ``record_id_r``, ``match_probability``), the ``summary``,
-    the time per stage and the run id."""
+    ``entity_id``), every scored pair (``pairs``: ``source_l``, ``record_id_l``,
+    ``source_r``, ``record_id_r``, ``match_probability``), the ``summary``, the time per stage
+    and the run id. ``entities`` and ``pairs`` are built on first use (a run that found
+    nothing changed reads them from the store only if asked)."""
 
-    entities: pl.DataFrame
+    _entities: pl.DataFrame | Callable[[], pl.DataFrame]
     summary: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
     run_id: int | None = None
     _pairs: pl.DataFrame | Callable[[], pl.DataFrame] | None = field(default=None, repr=False)
+
+    @property
+    def entities(self) -> pl.DataFrame:
+        if callable(self._entities):
+            self._entities = self._entities()
+        return self._entities
 
     @property
     def pairs(self) -> pl.DataFrame:
@@ -109,7 +116,10 @@ def link(
     drops records a ``snapshot`` source no longer holds (``mode: append`` sources keep them),
     reuses every other stored link and re-clusters only the components that changed; the
     entities equal those of a full run on the same data (see ``linkage/_incremental.py``).
-    ``full=True`` recomputes every pair and cluster (ids are still inherited). A store held by
+    ``full=True`` recomputes every pair and cluster (ids are still inherited). When the
+    sources are files that did not change since the last run (size and time, or bytes), and
+    neither the project, the code nor the store did, nothing runs: the result is the last
+    run's (``summary["mode"]`` is ``"unchanged"``) and the store is not written. A store held by
     another run raises :class:`~idweave.linkage.errors.StoreBusyError` after ``wait`` seconds.
 
     >>> r = link("fixtures/tiny/project.yaml")
@@ -128,6 +138,10 @@ def link(
     if store is not None:
         proj.store = Path(store)
     fresh = not proj.store.exists()
+    if not fresh and not full and not retrain:
+        done = _unchanged(proj, threshold)
+        if done is not None:
+            return done
     try:
         return _link(proj, threshold=threshold, retrain=retrain, full=full, progress=progress, wait=wait)
     except StoreBusyError:
@@ -157,6 +171,7 @@ class _Run:
     min_average: float = 0.5
     st: Any = None                      # the open Store (compare .. write)
     # load
+    source_files: Any = None
     index: Any = None
     loaded: Any = None
     n_erased: int | None = None
@@ -247,14 +262,17 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
 def _load(run: _Run) -> None:
     """Read, map and clean the sources (skipping unchanged rows of the stored index), and
     screen erased records, before the store is taken."""
+    from idweave.linkage import _incremental as inc
     from idweave.linkage.forget import screen_erased
     from idweave.linkage.privacy import check_project_store
 
     proj = run.proj
     with run.timer.stage("load"):
         check_project_store(proj)  # a missing or wrong pseudonymisation key stops the run here
+        run.source_files = inc.source_files(proj)  # size, time and sha256 of each file, before reading
         run.index = _stored_index(proj.store if not run.full else None)
         loaded = load_records(proj, report=run.report, stored=run.index.by_source)
+        run.source_files = inc.still_as_found(run.source_files)
         run.loaded, run.n_erased = screen_erased(proj, loaded, run.report)  # erased records refused or skipped
 
 
@@ -278,6 +296,7 @@ def _compare(run: _Run) -> None:
             delta = inc.compare(st, proj, screen_erased(proj, load_records(proj, report=run.report,
                                                                            stored=run.index.by_source),
                                                         run.report, st=st)[0], run.index)
+            run.source_files = inc.still_as_found(run.source_files)
     run.delta = delta
     # In an incremental run the records carry no attributes: those of the records cleaned
     # now are in delta.fresh, the others stay in the store until a pair needs them.
@@ -477,6 +496,9 @@ def _write(run: _Run) -> None:
             drop_pairs=pl.concat([run.flip_pairs, run.derived_drop]), affected=run.affected, clusters=run.clusters,
             new_keys=run.new_keys, joined=run.joined, reclustered_all=run.reclustered_all,
             n_links_total=run.links.height, n_strong_total=run.n_strong, started=run.started,
+            source_state=None if run.source_files is None else {
+                "key": inc.unchanged_key(proj, run.threshold), "files": run.source_files.files,
+                "checked_ns": run.source_files.checked_ns, "result": _standing(run)},
             row={"project_hash": proj.config_hash(), "model_version": run.version, "threshold": run.thr,
                  "clustering": run.method, "signature": run.sig,
                  "summary": json.dumps({"timings": run.timer.timings, "report": run.report.__dict__,
@@ -491,7 +513,7 @@ def _result(run: _Run) -> LinkResult:
     """What :func:`link` returns: the entities, the pairs (built on first use) and the summary."""
     from idweave.linkage import _incremental as inc
 
-    records, links, blocking, timings = run.records, run.links, run.blocking, run.timer.timings
+    records, links, timings = run.records, run.links, run.timer.timings
     key = records.select("rid", "source", "record_id")
 
     def pair_view() -> pl.DataFrame:
@@ -499,14 +521,37 @@ def _result(run: _Run) -> LinkResult:
                 .join(key.rename({"rid": "rid_l", "source": "source_l", "record_id": "record_id_l"}), on="rid_l")
                 .join(key.rename({"rid": "rid_r", "source": "source_r", "record_id": "record_id_r"}), on="rid_r")
                 .select("source_l", "record_id_l", "source_r", "record_id_r", "match_probability"))
-    per_rule = dict(blocking.group_by("rule").len().iter_rows())
+    standing = _standing(run)
     summary = {
         "run_id": run.run_id,
         "mode": run.mode,
         "mode_reason": run.why,
+        "records": standing.pop("records"),
+        "records_per_source": standing.pop("records_per_source"),
+        **inc.summary_counts(run.delta),
+        **standing,
+        "scored_pairs": run.scored.height + run.derived.height,
+        "rescored_records": int(run.dirty.len()),
+        "flipped_block_records": int(run.flipped),
+        "reclustered_records": int(run.affected.len()),
+        "entities": sum(run.sizes.values()),
+        "entity_sizes": {str(k): v for k, v in run.sizes.items()},
+        "retrained": run.retrained,
+        "training_log": run.trained.training_log,
+        "events": run.n_events,
+        "timings": timings,
+    }
+    return LinkResult(run.entities, summary=summary, timings=timings, run_id=run.run_id, _pairs=pair_view)
+
+
+def _standing(run: _Run) -> dict[str, Any]:
+    """The figures of the summary that describe the graph the run leaves (not what the run
+    did): a later run that finds nothing changed reports them again (see :func:`_unchanged`)."""
+    records, blocking = run.records, run.blocking
+    per_rule = dict(blocking.group_by("rule").len().iter_rows())
+    return {
         "records": records.height,
         "records_per_source": run.report.rows,
-        **inc.summary_counts(run.delta),
         "erased_skipped": run.n_erased,
         "unparsed_dates": run.report.unparsed_dates,
         "date_formats": run.report.date_formats,
@@ -514,23 +559,54 @@ def _result(run: _Run) -> LinkResult:
         "pairs_per_rule": [int(per_rule.get(i, 0)) for i in range(len(run.rules))],
         "candidate_pairs": blocking.height,
         "pairs_per_record": round(blocking.height / max(records.height, 1), 2),
-        "scored_pairs": run.scored.height + run.derived.height,
-        "rescored_records": int(run.dirty.len()),
-        "flipped_block_records": int(run.flipped),
-        "reclustered_records": int(run.affected.len()),
         "threshold": run.thr,
         "threshold_chosen": run.chosen,
         "clustering": run.method,
         "links": run.n_strong,
-        "entities": sum(run.sizes.values()),
-        "entity_sizes": {str(k): v for k, v in run.sizes.items()},
         "model_version": run.version,
-        "retrained": run.retrained,
-        "training_log": run.trained.training_log,
-        "events": run.n_events,
-        "timings": timings,
     }
-    return LinkResult(entities=run.entities, summary=summary, timings=timings, run_id=run.run_id, _pairs=pair_view)
+
+
+def _unchanged(proj: Project, threshold: float | None) -> LinkResult | None:
+    """The last run's result, if running now would change nothing (see
+    ``_incremental.unchanged_run``: the sources' files, the project, the code and the store
+    are as that run left them), without reading a row; else None (the run goes ahead). The
+    store is opened read-only and not written."""
+    from idweave.linkage import _incremental as inc
+    from idweave.linkage.privacy import check_store, pseudonymiser
+
+    t0 = time.perf_counter()
+    if not proj.model_file.exists():
+        return None  # the run writes it
+    pseudonymiser(proj)  # a missing key stops the run, as below
+    try:
+        st = Store.open(proj.store, read_only=True)
+    except IdweaveError:
+        return None  # busy or not a store: the run itself says so
+    with st:
+        check_store(proj, st)  # a wrong key stops the run, as below
+        state = inc.unchanged_run(st, proj, threshold)
+    if state is None:
+        return None
+    run_id = int(state["version"][0])
+    store = proj.store
+
+    def read(fn: Callable[[Store], pl.DataFrame]) -> Callable[[], pl.DataFrame]:
+        def go() -> pl.DataFrame:
+            with Store.open(store, read_only=True) as s:
+                return fn(s)
+        return go
+
+    timings = {"check": round(time.perf_counter() - t0, 3)}
+    summary = {"run_id": run_id, "mode": "unchanged",
+               "mode_reason": f"the sources' files, the project, the code and the store are as run {run_id} "
+                              "left them: nothing to do",
+               **{k: v for k, v in state["result"].items()},
+               "new_records": 0, "changed_records": 0, "removed_records": 0, "scored_pairs": 0,
+               "rescored_records": 0, "flipped_block_records": 0, "reclustered_records": 0, "retrained": False,
+               "training_log": ["reused the stored model"], "events": 0, "timings": timings}
+    entities = read(lambda s: s.record_entities().select("source", "record_id", "entity_id"))
+    return LinkResult(entities, summary=summary, timings=timings, run_id=run_id, _pairs=read(lambda s: s.link_pairs()))
 
 
 def _stored_index(store: Path | None) -> "inc.StoredIndex":

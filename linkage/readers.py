@@ -22,7 +22,8 @@ from idweave.linkage.errors import SourceError
 if TYPE_CHECKING:
     from idweave.linkage.project import Source
 
-__all__ = ["source_columns", "source_schema", "nested_columns", "read_source", "to_polars", "utf8_copy"]
+__all__ = ["source_columns", "source_schema", "nested_columns", "read_source", "to_polars", "utf8_copy",
+           "file_stat", "file_digest"]
 
 
 def source_columns(src: Source) -> list[str]:
@@ -63,6 +64,31 @@ def source_schema(src: Source) -> dict[str, pl.DataType]:
                                       "unique", file=f.name, column=_printable(base))
         out = schema if out is None else {c: t for c, t in out.items() if c in schema}
     return out or {}
+
+
+def file_stat(f: str | Path) -> tuple[int, int]:
+    """A file's size and modification time in nanoseconds: the cheap check of whether it may
+    have changed since a run read it (``_incremental.source_files``).
+
+    >>> size, mtime_ns = file_stat("fixtures/tiny/census.csv")
+    >>> size > 0 and mtime_ns > 0
+    True
+    """
+    st = os.stat(f)
+    return st.st_size, st.st_mtime_ns
+
+
+def file_digest(f: str | Path) -> str:
+    """The sha256 of a file's bytes (read in chunks): whether a file whose size or time
+    changed holds other bytes.
+
+    >>> len(file_digest("fixtures/tiny/census.csv"))
+    64
+    """
+    import hashlib
+
+    with open(f, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _printable(text: Any, limit: int = 60) -> str:

@@ -123,10 +123,11 @@ def diff(project: ProjectLike, run: int, *, store: str | Path | None = None) -> 
     """What run ``run`` changed, one row per event, in order: ``change`` (the event type),
     ``entity_id``, ``other_entity_id``, ``source``, ``record_id``, ``detail``.
 
-    A run that changed nothing has no rows.
+    A run that changed nothing has no rows. (A ``link`` that found nothing to do, mode
+    ``unchanged``, made no run: its ``run_id`` is the last run's, and its ``events`` are 0.)
 
     >>> from idweave.linkage import link
-    >>> r = link("fixtures/tiny/project.yaml")
+    >>> r = link("fixtures/tiny/project.yaml", full=True)
     >>> diff("fixtures/tiny/project.yaml", r.run_id).height == r.summary["events"]
     True
     """

@@ -200,6 +200,7 @@ def graph(name: str, data: Path, model_store: Path, rules: list | None, code: st
                      "entities": rs[-1]["entities"], "timings": rs[-1]["timings"]}
     if "full" in out:
         out["ratio"] = round(out["incremental"]["s"]["median"] / out["full"]["s"]["median"], 4)
+    out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return out
 
 
@@ -221,7 +222,8 @@ def main() -> None:
                               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                               "machine": {"nproc": os.cpu_count(),
                                           "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-                                                          / 1e9, 1)}}
+                                                          / 1e9, 1)},
+                              "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
     codes = ([] if a.no_after else [("after", None)]) + ([("before", a.before)] if a.before else [])
     for tag, code in codes:
         if a.only in (None, "50k"):

@@ -27,7 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, int(round(q * (len(xs) - 1)))))]
+    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--project", help="a linked project file (copied first); default: the demo")
     ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--decisions", type=int, default=30)
+    ap.add_argument("--decisions", type=int, default=60)
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="idweave-bench-web-"))
     try:
@@ -81,31 +81,53 @@ def main() -> None:
                     r = h.get(srv.base + hrefs[i % len(hrefs)])
                     entity_t.append(time.perf_counter() - t)
                     assert r.status_code == 200, r.status_code
-                decide_t, round_t = [], []
+                # Decisions cycle through confirm, split (the suggested records, else the last
+                # one) and undo of that split, each on the next queue item's entity.
+                kinds = ["confirm", "split", "undo"]
+                decide_t: dict[str, list[float]] = {k: [] for k in kinds}
+                round_t: dict[str, list[float]] = {k: [] for k in kinds}
                 done = 0
                 seen = set()
+                last_split = None
                 for href in hrefs:
-                    href = href.split("?")[0]  # a pair item: confirm its first entity
+                    href = href.split("?")[0]  # a pair item: its first entity
                     if href in seen:
                         continue
                     seen.add(href)
+                    kind = kinds[done % 3]
+                    if kind == "undo" and last_split is None:
+                        kind = "confirm"
                     page = h.get(srv.base + href)
                     if page.status_code != 200:
                         continue
                     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
-                    part = page.text[page.text.index('id="confirm"'):]
-                    version = re.search(r'name="version" value="([^"]+)"', part).group(1)
-                    eid = re.search(r'name="entity" value="([^"]+)"', part).group(1)
+                    if kind == "undo":
+                        data = {"csrf": csrf, "decision_id": last_split, "reason": "bench", "back": href}
+                    else:
+                        part = page.text[page.text.index('id="confirm"'):]
+                        version = re.search(r'name="version" value="([^"]+)"', part).group(1)
+                        eid = re.search(r'name="entity" value="([^"]+)"', part).group(1)
+                        data = {"csrf": csrf, "entity": eid, "version": version, "reason": "bench"}
+                        if kind == "split":
+                            boxes = re.findall(r'name="records" value="([^"]+)"', page.text)
+                            sugg = re.search(r'class="sugg">Suggestion: ([^<]+)<', page.text)
+                            if len(boxes) < 2:
+                                kind, data["reason"] = "confirm", "bench"
+                            else:
+                                data["records"] = (sugg.group(1).split(", ") if sugg else boxes[-1:])
                     t = time.perf_counter()
-                    r = h.post(srv.base + "/decide/confirm", data={"csrf": csrf, "entity": eid, "version": version,
-                                                                   "reason": "bench"})
+                    r = h.post(srv.base + f"/decide/{kind}", data=data)
                     t_post = time.perf_counter() - t
-                    assert r.status_code == 200, r.status_code
+                    assert r.status_code == 200, (kind, r.status_code)
                     nxt = re.search(r'id="next" autofocus href="([^"]+)"', r.text)
                     if nxt:
                         assert h.get(srv.base + nxt.group(1)).status_code == 200
-                    decide_t.append(t_post)
-                    round_t.append(time.perf_counter() - t)
+                    decide_t[kind].append(t_post)
+                    round_t[kind].append(time.perf_counter() - t)
+                    if kind == "split":
+                        last_split = re.search(r"Decision #(\d+)", r.text).group(1)
+                    elif kind == "undo":
+                        last_split = None
                     done += 1
                     if done == a.decisions:
                         break
@@ -113,9 +135,12 @@ def main() -> None:
             srv.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    rows = [("queue page", queue_t), ("entity page", entity_t), ("decision POST -> result page", decide_t),
-            ("decision round trip (POST, then the next item's page)", round_t)]
-    print(f"workbench on {name} ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+    every = [x for k in decide_t for x in round_t[k]]
+    rows = [("queue page", queue_t), ("entity page", entity_t),
+            ("decision POST -> result page", [x for k in decide_t for x in decide_t[k]]),
+            ("decision round trip (POST, then the next item's page)", every),
+            *((f"  {k} round trip", round_t[k]) for k in round_t)]
+    print(f"workbench on {name} ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
           f"{platform.processor() or platform.machine()}, python {platform.python_version()})")
     print(f"  first queue page (builds the queue): {t_first * 1000:.0f} ms")
     w = max(len(r[0]) for r in rows)
@@ -125,7 +150,7 @@ def main() -> None:
         ms = [x * 1000 for x in xs] or [float("nan")]
         print(f"  {label:<{w}}  {len(ms):>4}  {statistics.median(ms):>8.1f}  {pct(ms, 0.99):>8.1f}  "
               f"{min(ms):>7.1f}  {max(ms):>7.1f}")
-        out[label.split(" (")[0].replace(" ", "_").replace("->", "to")] = {
+        out[label.strip().split(" (")[0].replace(" ", "_").replace("->", "to")] = {
             "n": len(ms), "p50_ms": round(statistics.median(ms), 1), "p99_ms": round(pct(ms, 0.99), 1)}
     print(json.dumps(out))
 

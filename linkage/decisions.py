@@ -47,6 +47,7 @@ import polars as pl
 from idweave.linkage.cluster import closure, cluster
 from idweave.linkage.errors import IdweaveError
 from idweave.linkage.graph import Store, assign_ids
+from idweave.linkage.model import stored_single_listing
 from idweave.linkage.project import Project, resolve_project
 
 __all__ = [
@@ -454,6 +455,8 @@ def _apply(st: Store, proj: Project, action: str, *, payload: dict[str, Any], au
 
     seeds = {s for s in seeds if s in current}
     exclusive = {s.name for s in proj.sources.values() if s.exclusive}
+    # and those the runs found to list a person once (a census), as the run clustered with them
+    exclusive |= set(stored_single_listing(st) or [])
     if action in _NO_CONSTRAINT and not fresh and not basis_override \
             and not _constrained_differently(cons_before, cons):
         # The links and the constraints are those the store's entities were clustered from:
@@ -464,17 +467,22 @@ def _apply(st: Store, proj: Project, action: str, *, payload: dict[str, Any], au
     else:
         if recs["rk"].null_count() == 0 and {"rk_l", "rk_r"} <= set(st.columns("links")):
             region = sorted(_region_by_rk(st, cons, rk_of, recs.select("rk", "entity_id"), seeds, thr), key=rid_of.get)
+            # The region's links by record key, mapped to rids by a join: a component of the
+            # strong links can hold a third of the store, so nothing here is per link in Python.
+            by_rk = recs.select(pl.col("rk").cast(pl.Int64), "rid")
+            lk = (st.rk_links_among(pl.Series([rk_of[k] for k in region], dtype=pl.Int64))
+                  .with_columns(pl.col("rk_l").cast(pl.Int64), pl.col("rk_r").cast(pl.Int64))
+                  .join(by_rk.rename({"rk": "rk_l", "rid": "rid_l"}), on="rk_l")
+                  .join(by_rk.rename({"rk": "rk_r", "rid": "rid_r"}), on="rk_r")
+                  .select("rid_l", "rid_r", pl.col("match_probability").cast(pl.Float64)))
         else:  # a store from before record keys
             region = _region(st, cons, rid_of, recs.select("rid", "entity_id"), seeds, thr)
-        region_links = st.links_among(region)
-        if region_links.height:
+            region_links = st.links_among(region)
             lk = pl.DataFrame({
                 "rid_l": [rid_of[(s, r)] for s, r in region_links.select("source_l", "record_id_l").iter_rows()],
                 "rid_r": [rid_of[(s, r)] for s, r in region_links.select("source_r", "record_id_r").iter_rows()],
                 "match_probability": region_links["match_probability"]},
                 schema={"rid_l": pl.Int64, "rid_r": pl.Int64, "match_probability": pl.Float64})
-        else:
-            lk = pl.DataFrame(schema={"rid_l": pl.Int64, "rid_r": pl.Int64, "match_probability": pl.Float64})
         inside = set(region)
         excl = {rid_of[k]: k[0] for k in region if k[0] in exclusive}
         must = [(rid_of[a], rid_of[b]) for a, b in cons.must_pairs(inside)]

@@ -908,6 +908,13 @@ class Store(StoreReads):
                                       "semi join _q_among b on l.source_r = b.source and l.record_id_r = b.record_id"
                                       + cond)
 
+    def rk_links_among(self, rks: pl.Series) -> pl.DataFrame:
+        """``rk_l``, ``rk_r``, ``match_probability`` of the stored links both of whose records'
+        keys are among ``rks`` (a decision's region: integer keys only, no record ids read)."""
+        with self.registered("_q_rk_among", pl.DataFrame({"rk": rks.cast(pl.Int64)})):
+            return query_pl(self.con, "select l.rk_l, l.rk_r, l.match_probability from links l "
+                                      "semi join _q_rk_among a on l.rk_l = a.rk semi join _q_rk_among b on l.rk_r = b.rk")
+
     def _rks_of(self, recs: Iterable[tuple[str, str]]) -> str | None:
         """The ``rk`` of those of ``recs`` the store holds, as a literal SQL list ('null'
         for none), or None when the store predates ``rk`` (then look up by source and id)."""

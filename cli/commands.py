@@ -6,11 +6,15 @@ Each opens nothing itself: it calls the library function of the same name and pr
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from idweave.cli._common import cell, console, err_console, fail, safe, shown_path, stage_progress
@@ -30,15 +34,20 @@ def link_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Run the linkage job: load, block, train (or reuse) the model, score, cluster, store."""
-    from idweave.linkage import link
-
-    from idweave.linkage.project import threshold_problem
+    from idweave.linkage._incremental import unchanged_summary
+    from idweave.linkage.project import load_project, threshold_problem
 
     if threshold is not None and threshold_problem(threshold):
         fail(f"--threshold: {threshold_problem(threshold)}")
-    with stage_progress(not as_json) as progress:
-        result = link(project, threshold=threshold, retrain=retrain, full=full, progress=progress, wait=wait)
-    s = result.summary
+    proj = load_project(project)
+    # A rerun with nothing to do is told before the pipeline (scoring, Splink, clustering) is
+    # even imported: link() asks the same, but importing it is most of such a run's time.
+    s = None if full or retrain else unchanged_summary(proj, threshold)
+    if s is None:
+        from idweave.linkage import link
+
+        with _link_progress(not as_json) as progress:
+            s = link(proj, threshold=threshold, retrain=retrain, full=full, progress=progress, wait=wait).summary
     if as_json:
         console.print_json(json.dumps(s, default=str))
         return
@@ -76,6 +85,38 @@ def link_cmd(
         console.print("training notes:")
         for line in s["training_log"]:
             console.print(f"  - {line}", highlight=False)
+
+
+# What the long stages of a run count, for the progress display.
+_COUNTED = {"score": "pairs scored", "complete": "completion pairs scored"}
+
+
+@contextmanager
+def _link_progress(enabled: bool) -> Iterator[Callable[..., None]]:
+    """The progress display of ``idweave link`` on a terminal: one line per stage, and for
+    the stages that count (pairs scored) a bar with the counts, the time taken and an ETA.
+    Elsewhere (a pipe, a log) one line per finished stage, as every long command does."""
+    if not enabled or not console.is_terminal and os.environ.get("IDWEAVE_PROGRESS") != "1":
+        with stage_progress(enabled) as plain:
+            yield plain
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=30),
+                  TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("eta"),
+                  TimeRemainingColumn(), console=err_console, transient=False) as prog:
+        tasks: dict[str, Any] = {}
+
+        def cb(stage: str, state: str, done: int | None = None, total: int | None = None) -> None:
+            if state == "start":
+                tasks[stage] = prog.add_task(stage, total=None, counts="")
+            elif state == "advance" and stage in tasks:
+                what = _COUNTED.get(stage, "done")
+                prog.update(tasks[stage], completed=done, total=total, counts=f"{done:,} / {total:,} {what}")
+            elif stage in tasks:
+                task = prog.tasks[tasks[stage]]
+                end = task.total if task.total is not None else 1
+                prog.update(tasks[stage], completed=end, total=end)
+
+        yield cb
 
 
 def _run_kind(s: dict) -> str:

@@ -51,12 +51,14 @@ import polars as pl
 from idweave.blocking.rules import Rule
 from idweave.linkage.fingerprint import code_fingerprint
 from idweave.linkage.graph import Store
-from idweave.linkage.scoring import save_compiled
 from idweave.linkage.project import Project
 from idweave.linkage.readers import file_digest, file_stat
 
 if TYPE_CHECKING:
     from idweave.linkage.sources import Reused
+
+# This module is imported by a rerun that finds nothing to do (:func:`unchanged_summary`):
+# what only a real run needs (scoring, Splink, clustering) is imported where it is used.
 
 __all__: list[str] = []
 
@@ -410,6 +412,7 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
     """
     from idweave.linkage import _blockkeys as bk
     from idweave.linkage.graph import assign_ids, utc_now
+    from idweave.linkage.scoring import save_compiled
 
     records, delta = w.records, w.delta
     full = w.mode == "full"
@@ -629,6 +632,68 @@ def canonical_scores(scored: pl.DataFrame, prior: float) -> pl.DataFrame:
     return scored.with_columns(mw.alias("match_weight")).with_columns(prob.alias("match_probability"))
 
 
+# Scoring in pieces (see score_chunks): at least this many pairs a piece, and about this many
+# pieces, so that a progress display moves and a piece's DuckDB query stays small.
+CHUNK_PAIRS = 500_000
+CHUNKS = 20
+
+
+def score_chunks(records: pl.DataFrame, pairs: pl.DataFrame, trained: Any, *, engine: Any = "duckdb",
+                 count: Any = None, chunk: int | None = None) -> pl.DataFrame:
+    """:func:`~idweave.linkage.scoring.score_pairs` of ``pairs`` (``rid_l``, ``rid_r``,
+    ``rule``) against ``records`` (with ``rid`` and the attributes), in pieces of about
+    ``chunk`` pairs: each piece is a range of ``rid_l`` scored with only its own records, the
+    pieces in ``rid_l`` order, so the result is the one query's, rows and order (a pair's
+    score depends on the pair and the model only; :func:`canonical_scores` makes it bit for
+    bit). ``count(done, total)`` is called after each piece. Engines other than DuckDB score
+    in one piece (a Splink linker per piece would cost more than it shows).
+
+    >>> from idweave.linkage.project import load_project
+    >>> from idweave.linkage.sources import load_records
+    >>> from idweave.linkage.training import train
+    >>> p = load_project("fixtures/tiny/project.yaml")
+    >>> recs = load_records(p).sort("source", "record_id").with_row_index("rid").with_columns(pl.col("rid").cast(pl.Int64))
+    >>> m = train(recs, p)
+    >>> pairs = pl.DataFrame({"rid_l": [0, 0, 1, 5], "rid_r": [2, 1, 3, 9], "rule": [3, 3, 3, 3]})
+    >>> seen = []
+    >>> pieces = score_chunks(recs, pairs, m, chunk=2, count=lambda done, total: seen.append((done, total)))
+    >>> whole = score_chunks(recs, pairs, m)
+    >>> canonical_scores(pieces, m.prior).equals(canonical_scores(whole, m.prior)), seen
+    (True, [(2, 4), (4, 4)])
+    """
+    import numpy as np
+    from idweave.linkage.scoring import score_pairs
+
+    total = pairs.height
+    size = chunk or max(CHUNK_PAIRS, -(-total // CHUNKS))
+    name = getattr(engine, "name", engine)
+    if total <= size or name != "duckdb":
+        out = score_pairs(records, pairs, trained, engine=engine)
+        if count is not None:
+            count(total, total)
+        return out
+    rid_l = pairs["rid_l"].to_numpy()
+    cum = np.cumsum(np.bincount(rid_l))  # pairs with rid_l <= r
+    # Piece i holds the pairs with bounds[i] <= rid_l < bounds[i + 1] (a rid_l is never split).
+    bounds = np.unique(np.searchsorted(cum, np.arange(size, total, size), side="left") + 1)
+    piece = pl.Series(np.searchsorted(bounds, rid_l, side="right"))
+    rec_rid = records["rid"].to_numpy()
+    wanted = np.zeros(int(max(rec_rid.max(), pairs["rid_r"].max(), rid_l.max())) + 1, dtype=bool)
+    parts, done = [], 0
+    for i in range(len(bounds) + 1):
+        part = pairs.filter(piece == i)
+        if part.height == 0:
+            continue
+        wanted[:] = False
+        wanted[part["rid_l"].to_numpy()] = True
+        wanted[part["rid_r"].to_numpy()] = True
+        parts.append(score_pairs(records.filter(pl.Series(wanted[rec_rid])), part, trained, engine=engine))
+        done += part.height
+        if count is not None:
+            count(done, total)
+    return pl.concat(parts)
+
+
 def records_of(records: pl.DataFrame, pairs: pl.DataFrame, st: Store | None = None,
                delta: Delta | None = None) -> pl.DataFrame:
     """The records a set of pairs names, with their attributes (all of them when the pairs
@@ -758,3 +823,43 @@ def unchanged_run(st: Store, project: Project, threshold: float | None) -> dict[
             except OSError:
                 return None
     return state
+
+
+def unchanged_summary(project: Project, threshold: float | None) -> dict[str, Any] | None:
+    """The summary of the store's last run, if running ``project`` now would change nothing
+    (:func:`unchanged_run`), else None. Reads no row of the sources or the store, writes
+    nothing, and imports none of scoring, Splink or clustering: ``idweave link`` asks this
+    before it imports the pipeline, so a rerun that has nothing to do starts and ends quickly.
+    A missing or wrong pseudonymisation key raises as the run would.
+
+    >>> from idweave.linkage import link
+    >>> from idweave.linkage.project import load_project
+    >>> p = load_project("fixtures/tiny/project.yaml")
+    >>> link(p).run_id == unchanged_summary(p, None)["run_id"]  # the files did not change since
+    True
+    """
+    from idweave.linkage.errors import IdweaveError
+    from idweave.linkage.privacy import check_store, pseudonymiser
+
+    t0 = time.perf_counter()
+    if not project.store.exists() or not project.model_file.exists():
+        return None  # the run makes them
+    pseudonymiser(project)  # a missing key stops the run, as the run itself would
+    try:
+        st = Store.open(project.store, read_only=True)
+    except IdweaveError:
+        return None  # busy or not a store: the run itself says so
+    with st:
+        check_store(project, st)  # a wrong key stops the run, as the run itself would
+        state = unchanged_run(st, project, threshold)
+    if state is None:
+        return None
+    run_id = int(state["version"][0])
+    return {"run_id": run_id, "mode": "unchanged",
+            "mode_reason": f"the sources' files, the project, the code and the store are as run {run_id} "
+                           "left them: nothing to do",
+            **state["result"],
+            "new_records": 0, "changed_records": 0, "removed_records": 0, "scored_pairs": 0,
+            "rescored_records": 0, "flipped_block_records": 0, "reclustered_records": 0, "retrained": False,
+            "training_log": ["reused the stored model"], "events": 0,
+            "timings": {"check": round(time.perf_counter() - t0, 3)}}

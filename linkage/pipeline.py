@@ -70,9 +70,25 @@ class LinkResult:
 
 
 class _Timer:
+    """The time of each stage, and the ``progress`` callback told of them: ``progress(stage,
+    "start")`` and ``progress(stage, "end")``; and, when the callback takes two more
+    arguments, ``progress(stage, "advance", done, total)`` as a long stage goes (pairs
+    scored of pairs to score, ...), from which a display shows counts and an ETA."""
+
     def __init__(self, progress: Progress | None):
         self.timings: dict[str, float] = {}
         self.progress = progress
+        self.counts = progress is not None and self._takes_counts(progress)
+
+    @staticmethod
+    def _takes_counts(progress: Callable[..., Any]) -> bool:
+        import inspect
+
+        try:
+            inspect.signature(progress).bind("stage", "advance", 0, 0)
+        except (TypeError, ValueError):  # takes (stage, state) only, or cannot be inspected
+            return False
+        return True
 
     @contextmanager
     def stage(self, name: str):
@@ -85,6 +101,14 @@ class _Timer:
             self.timings[name] = round(time.perf_counter() - t0, 3)
             if self.progress:
                 self.progress(name, "end")
+
+    def counter(self, name: str) -> Callable[[int, int], None] | None:
+        """``count(done, total)`` telling the callback how far the stage ``name`` is, or None
+        when it takes no counts."""
+        if not self.counts:
+            return None
+        progress: Callable[..., Any] = self.progress  # type: ignore[assignment]
+        return lambda done, total: progress(name, "advance", done, total)
 
 
 def _comparisons_signature(settings: dict[str, Any]) -> list[Any]:
@@ -361,8 +385,8 @@ def _score(run: _Run) -> None:
 
     st, records, dirty = run.st, run.records, run.dirty
     with run.timer.stage("score"):
-        scored = scoring.score_pairs(inc.records_of(records, run.pairs, st, run.delta), run.pairs, run.trained,
-                                       engine=run.proj.engine)
+        scored = inc.score_chunks(inc.records_of(records, run.pairs, st, run.delta), run.pairs, run.trained,
+                                  engine=run.proj.engine, count=run.timer.counter("score"))
         if run.retrained:
             # A new model's prior comes from its own candidate pairs (a retrain is always
             # a full run, so every pair was scored).
@@ -440,10 +464,11 @@ def _complete(run: _Run) -> None:
             derived_drop = old.filter(~wanted).select("rid_l", "rid_r")
             extra = extra.filter(~extra_key.is_in(old_key.implode()))
             if extra.height:
-                derived = inc.canonical_scores(scoring.score_pairs(
+                derived = inc.canonical_scores(inc.score_chunks(
                     inc.records_of(records, extra, run.st, run.delta),
                     extra.with_columns(pl.lit(COMPLETION_RULE, pl.Int32).alias("rule")), run.trained,
-                    engine=run.proj.engine), run.trained.prior).select(run.scored.columns)
+                    engine=run.proj.engine, count=run.timer.counter("complete")),
+                    run.trained.prior).select(run.scored.columns)
     elif derived_stored.height:
         derived_drop = derived_stored.select("rid_l", "rid_r")
     run.derived, run.derived_drop = derived, derived_drop
@@ -569,26 +594,15 @@ def _standing(run: _Run) -> dict[str, Any]:
 
 def _unchanged(proj: Project, threshold: float | None) -> LinkResult | None:
     """The last run's result, if running now would change nothing (see
-    ``_incremental.unchanged_run``: the sources' files, the project, the code and the store
-    are as that run left them), without reading a row; else None (the run goes ahead). The
-    store is opened read-only and not written."""
+    ``_incremental.unchanged_summary``: the sources' files, the project, the code and the
+    store are as that run left them), without reading a row; else None (the run goes ahead).
+    The store is opened read-only and not written; the entities and pairs are read from it
+    only if asked for."""
     from idweave.linkage import _incremental as inc
-    from idweave.linkage.privacy import check_store, pseudonymiser
 
-    t0 = time.perf_counter()
-    if not proj.model_file.exists():
-        return None  # the run writes it
-    pseudonymiser(proj)  # a missing key stops the run, as below
-    try:
-        st = Store.open(proj.store, read_only=True)
-    except IdweaveError:
-        return None  # busy or not a store: the run itself says so
-    with st:
-        check_store(proj, st)  # a wrong key stops the run, as below
-        state = inc.unchanged_run(st, proj, threshold)
-    if state is None:
+    summary = inc.unchanged_summary(proj, threshold)
+    if summary is None:
         return None
-    run_id = int(state["version"][0])
     store = proj.store
 
     def read(fn: Callable[[Store], pl.DataFrame]) -> Callable[[], pl.DataFrame]:
@@ -597,16 +611,9 @@ def _unchanged(proj: Project, threshold: float | None) -> LinkResult | None:
                 return fn(s)
         return go
 
-    timings = {"check": round(time.perf_counter() - t0, 3)}
-    summary = {"run_id": run_id, "mode": "unchanged",
-               "mode_reason": f"the sources' files, the project, the code and the store are as run {run_id} "
-                              "left them: nothing to do",
-               **{k: v for k, v in state["result"].items()},
-               "new_records": 0, "changed_records": 0, "removed_records": 0, "scored_pairs": 0,
-               "rescored_records": 0, "flipped_block_records": 0, "reclustered_records": 0, "retrained": False,
-               "training_log": ["reused the stored model"], "events": 0, "timings": timings}
     entities = read(lambda s: s.record_entities().select("source", "record_id", "entity_id"))
-    return LinkResult(entities, summary=summary, timings=timings, run_id=run_id, _pairs=read(lambda s: s.link_pairs()))
+    return LinkResult(entities, summary=summary, timings=summary["timings"], run_id=summary["run_id"],
+                      _pairs=read(lambda s: s.link_pairs()))
 
 
 def _stored_index(store: Path | None) -> "inc.StoredIndex":

@@ -443,6 +443,31 @@ class Store(StoreReads):
         finally:
             self.con.unregister("_want")
 
+    def write_state(self) -> tuple[Any, ...]:
+        """What every writer of the store changes: the latest run, event, decision and model,
+        the erasures and the meta values. A run that read the store read-only compares it
+        with the state it finds when it opens the store to write (see ``pipeline._link``).
+
+        >>> with Store.open("out/doctest.duckdb", read_only=True) as st:
+        ...     st.write_state() == st.write_state()
+        True
+        """
+        parts = ["(select coalesce(max(run_id), 0) from runs)", "(select coalesce(max(event_id), 0) from events)",
+                 "(select coalesce(max(decision_id), 0) from decisions)", "(select count(*) from models)",
+                 "(select hash(string_agg(key || '=' || coalesce(value, ''), ';' order by key)) from meta)"]
+        if self.has_table("erasures"):
+            parts += ["(select count(*) from erasures)", "(select count(*) from erasure_pending)"]
+        return tuple(fetch_one(self.con, "select " + ", ".join(parts)))
+
+    def ready_for_runs(self) -> bool:
+        """True when the store has every table and column a run reads (a store made by this
+        build, or upgraded by a run opened for writing: see ``_MIGRATIONS``)."""
+        return {"runs", "events", "decisions", "models", "meta"} <= set(self._table_names()) \
+            and "signature" in self.columns("runs")
+
+    def _table_names(self) -> list[str]:
+        return [t for (t,) in self.con.execute("select table_name from information_schema.tables").fetchall()]
+
     def last_run_info(self) -> dict[str, Any] | None:
         """The latest run's threshold, clustering, model version and signature (None before
         the first run)."""

@@ -167,7 +167,17 @@ def link(
         if done is not None:
             return done
     try:
-        return _link(proj, threshold=threshold, retrain=retrain, full=full, progress=progress, wait=wait)
+        for _ in range(_ATTEMPTS - 1):
+            try:
+                return _link(proj, threshold=threshold, retrain=retrain, full=full, progress=progress, wait=wait)
+            except _StoreMoved:
+                continue  # another writer came between this run's reading and its write
+        try:
+            return _link(proj, threshold=threshold, retrain=retrain, full=full, progress=progress, wait=wait)
+        except _StoreMoved:
+            raise StoreBusyError(f"the store changed while this run read it ({_ATTEMPTS} times: other runs, "
+                                 "decisions or erasures kept writing it); run again when they are done",
+                                 file=str(proj.store)) from None
     except StoreBusyError:
         raise
     except BaseException:
@@ -176,6 +186,10 @@ def link(
             for f in (proj.store, proj.store.with_name(proj.store.name + ".wal")):
                 f.unlink(missing_ok=True)
         raise
+
+
+#: How many times a run starts again when the store changed under its reading.
+_ATTEMPTS = 3
 
 
 @dataclass
@@ -270,17 +284,48 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
     run.method = str(proj.clustering.get("method", DEFAULT_CLUSTERING))
     run.min_average = float(proj.clustering.get("min_average", 0.5))
     _load(run)
-    with Store.open(proj.store, wait=wait) as st:
+    state = None
+    if proj.store.exists() and proj.store.stat().st_size > 0:
+        # Every stage up to the clustering reads the store read-only: other readers (the
+        # workbench, export, lookup) go on meanwhile. The write lock is taken for the write
+        # alone, after checking that no run, decision or erasure changed the store since.
+        with Store.open(proj.store, read_only=True, wait=wait) as st:
+            if st.ready_for_runs():
+                run.st, state = st, st.write_state()
+                _stages(run)
+    if state is None:  # a new store, or one this build upgrades: written from the start
+        with Store.open(proj.store, wait=wait) as st:
+            run.st = st
+            _stages(run)
+            _write(run)
+        return _result(run)
+    with run.timer.stage("lock"):  # the readers let go of the store (a display may say so)
+        st = Store.open(proj.store, wait=max(wait, WRITE_WAIT))
+    with st:
+        if st.write_state() != state:
+            raise _StoreMoved
         run.st = st
-        _compare(run)
-        _train(run)
-        _block(run)
-        _score(run)
-        _affected(run)
-        _complete(run)
-        _cluster(run)
         _write(run)
     return _result(run)
+
+
+#: Seconds a run that has done its reading waits for the readers of the store to let it write.
+WRITE_WAIT = 60.0
+
+
+class _StoreMoved(Exception):
+    """The store changed between a run's reading and its write: the run starts again."""
+
+
+def _stages(run: _Run) -> None:
+    """The stages that read the store and compute the run (everything but the write)."""
+    _compare(run)
+    _train(run)
+    _block(run)
+    _score(run)
+    _affected(run)
+    _complete(run)
+    _cluster(run)
 
 
 def _load(run: _Run) -> None:

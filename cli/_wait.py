@@ -1,5 +1,7 @@
-"""``--wait SECONDS`` for the commands that read the store: while another run holds it, wait
-(saying so once on stderr) and try again, up to that many seconds."""
+"""``--wait SECONDS`` for the commands that use the store (reading it, or deciding): while
+another run holds it, wait (saying so once on stderr) and try again, up to that many seconds.
+A busy store is found when it is opened, before anything is written, so trying a decision
+again cannot apply it twice."""
 
 from __future__ import annotations
 

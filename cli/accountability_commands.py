@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from idweave.cli._common import console
+from idweave.cli._wait import reads_store
 from idweave.cli.root import app
 
 PROJECT = typer.Argument(..., help="The project file (YAML).", exists=False)
@@ -40,6 +41,7 @@ def _write_page(path: Path, page: str) -> None:
 
 
 @app.command("subject-access")
+@reads_store
 def subject_access_cmd(
     project: Path = PROJECT,
     record_ref: Optional[str] = typer.Argument(None, metavar="[SOURCE:ID]", help="A record of the person."),
@@ -120,6 +122,7 @@ def subject_access_cmd(
 
 
 @app.command("forget")
+@reads_store
 def forget_cmd(
     project: Path = PROJECT,
     record_ref: str = typer.Argument(..., metavar="SOURCE:ID", help="The record to erase."),
@@ -141,6 +144,7 @@ def forget_cmd(
 
 
 @app.command("model")
+@reads_store
 def model_cmd(
     project: Path = PROJECT,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),

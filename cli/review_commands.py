@@ -252,6 +252,7 @@ def show_cmd(
 
 
 @app.command("merge")
+@reads_store
 def merge_cmd(
     project: Path = PROJECT,
     first: str = typer.Argument(..., help="An entity id."),
@@ -266,6 +267,7 @@ def merge_cmd(
 
 
 @app.command("split")
+@reads_store
 def split_cmd(
     project: Path = PROJECT,
     entity_id: str = typer.Argument(..., help="The entity to split."),
@@ -281,6 +283,7 @@ def split_cmd(
 
 
 @app.command("keep-apart")
+@reads_store
 def keep_apart_cmd(
     project: Path = PROJECT,
     first: str = typer.Argument(..., help="An entity id or SOURCE:ID of a record."),
@@ -295,6 +298,7 @@ def keep_apart_cmd(
 
 
 @app.command("confirm")
+@reads_store
 def confirm_cmd(
     project: Path = PROJECT,
     entity_id: str = typer.Argument(..., help="The entity that is right as it is."),
@@ -308,6 +312,7 @@ def confirm_cmd(
 
 
 @app.command("pin")
+@reads_store
 def pin_cmd(
     project: Path = PROJECT,
     entity_id: str = typer.Argument(..., help="The entity whose golden record to pin."),
@@ -323,6 +328,7 @@ def pin_cmd(
 
 
 @app.command("undo")
+@reads_store
 def undo_cmd(
     project: Path = PROJECT,
     decision_id: int = typer.Argument(..., help="The decision to withdraw (see `idweave decisions`)."),

@@ -15,7 +15,9 @@ from conftest import run_cli
 from idweave.cli.app import _register, app
 
 READERS = ["export", "count-pairs", "explain", "evaluate", "lookup", "history", "diff", "review", "show",
-           "decisions", "export-labels", "evaluate-labels"]
+           "decisions", "export-labels", "evaluate-labels", "subject-access", "model"]
+#: The commands that decide: the busy message names --wait, so they take it too.
+DECIDERS = ["merge", "split", "keep-apart", "confirm", "pin", "undo", "forget"]
 
 
 def hold(store: Path) -> subprocess.Popen:
@@ -32,7 +34,7 @@ def test_every_reading_command_takes_wait() -> None:
 
     _register()
     group = typer.main.get_command(app)
-    for name in READERS:
+    for name in READERS + DECIDERS:
         opts = {o for p in group.commands[name].params for o in p.opts}
         assert "--wait" in opts, name
 
@@ -71,3 +73,25 @@ def test_wait_gives_up_after_its_seconds(linked_copy: Path) -> None:
         holder.kill()
         holder.wait()
     assert res.code == 2 and "in use by another idweave run" in res.error
+
+
+def test_a_decision_waits_for_the_run_and_is_recorded_once(linked_copy: Path) -> None:
+    from idweave.linkage.graph import Store
+
+    store = linked_copy.parent / "out" / "tiny.duckdb"
+    with Store.open(store, read_only=True) as st:
+        eid = st.record_entities()["entity_id"][0]
+        before = st.max_decision_id()
+    holder = hold(store)
+    released = threading.Timer(1.5, holder.kill)
+    released.start()
+    try:
+        res = run_cli("confirm", linked_copy, eid, "--author", "steward", "--wait", "30")
+    finally:
+        released.cancel()
+        holder.kill()
+        holder.wait()
+    assert res.code == 0, res.err
+    assert "waiting up to 30s" in res.err
+    with Store.open(store, read_only=True) as st:
+        assert st.max_decision_id() == before + 1

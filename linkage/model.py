@@ -24,7 +24,7 @@ import polars as pl
 
 from idweave.linkage.errors import ModelError
 
-__all__ = ["TrainedModel", "load_model"]
+__all__ = ["TrainedModel", "load_model", "stored_single_listing"]
 
 
 @dataclass
@@ -95,3 +95,24 @@ def load_model(path: Path, tf_tables: dict[str, pl.DataFrame] | None = None) -> 
         raise ModelError(f"cannot read model: {exc}", file=str(path)) from None
     return TrainedModel(settings, dict(tf_tables or {}))
 
+
+def stored_single_listing(st: Any, version: str | None = None) -> list[str] | None:
+    """The single-listing sources the latest run of model ``version`` (default: the latest
+    run's model) recorded in its summary; None if no run did. A decision re-clusters with
+    them as a run does.
+
+    >>> from idweave.linkage import link
+    >>> from idweave.linkage.graph import Store
+    >>> from idweave.linkage.project import load_project
+    >>> _ = link("fixtures/tiny/project.yaml")  # 30 people: too few to tell
+    >>> with Store.open(load_project("fixtures/tiny/project.yaml").store, read_only=True) as st:
+    ...     stored_single_listing(st)
+    []
+    """
+    if version is None:
+        version = (st.last_run_info() or {}).get("model_version")
+    for text in reversed(st.run_summaries(version) if version else []):
+        found = json.loads(text or "{}").get("single_listing")
+        if found is not None:
+            return list(found)
+    return None

@@ -205,6 +205,7 @@ class _Run:
     started: Any = None
     report: LoadReport = field(default_factory=LoadReport)
     exclusive: list[str] = field(default_factory=list)
+    single_listing: list[str] = field(default_factory=list)  # exclusive sources told from the data
     method: str = DEFAULT_CLUSTERING
     min_average: float = 0.5
     st: Any = None                      # the open Store (compare .. write)
@@ -388,6 +389,11 @@ def _train(run: _Run) -> None:
     st = run.st
     with run.timer.stage("train"):
         run.trained, run.retrained = _model_for(run.proj, st, run.with_attributes, run.retrain)
+        # Sources that list a person once (a census) are exclusive like those the project marks.
+        run.single_listing, notes = training.single_listing(run.proj, run.trained, run.retrained,
+                                                            run.with_attributes, st)
+        run.trained.training_log += notes
+        run.exclusive += [s for s in run.single_listing if s not in run.exclusive]
     run.version = run.trained.version  # a hash of the model and its term-frequency tables: once
     run.sig = _signature(run)
     run.prev = st.last_run_info()
@@ -572,7 +578,8 @@ def _write(run: _Run) -> None:
             row={"project_hash": proj.config_hash(), "model_version": run.version, "threshold": run.thr,
                  "clustering": run.method, "signature": run.sig,
                  "summary": json.dumps({"timings": run.timer.timings, "report": run.report.__dict__,
-                                        "mode_reason": run.why, "training_log": run.trained.training_log})})
+                                        "mode_reason": run.why, "training_log": run.trained.training_log,
+                                        "single_listing": run.single_listing})})
         run.entities, run.sizes, run.run_id, run.n_events = inc.write_run(run.st, proj, write, run.trained,
                                                                           _splink.splink_version())
     if run.retrained or not proj.model_file.exists():
@@ -608,6 +615,7 @@ def _result(run: _Run) -> LinkResult:
         "entity_sizes": {str(k): v for k, v in run.sizes.items()},
         "retrained": run.retrained,
         "training_log": run.trained.training_log,
+        "single_listing": run.single_listing,
         "events": run.n_events,
         "timings": timings,
     }

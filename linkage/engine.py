@@ -41,7 +41,7 @@ from idweave.linkage import _splink
 from idweave.linkage.errors import ModelError
 
 __all__ = [
-    "ENGINES", "Engine", "DuckDBEngine", "SparkEngine", "get_engine", "render_condition", "render_settings",
+    "ENGINES", "Engine", "DuckDBEngine", "SparkEngine", "get_engine", "engine_of", "render_condition", "render_settings",
     "spark_session", "spark_available", "JW_UDF", "DL_UDF", "HASH_UDF",
 ]
 
@@ -128,7 +128,8 @@ class DuckDBEngine:
 
 class SparkEngine:
     """Splink's Spark backend (``SparkAPI``) on the process's SparkSession
-    (:func:`spark_session`: ``master`` defaults to ``local[*]``, ``conf`` adds Spark settings).
+    (:func:`spark_session`: ``master`` defaults to ``local[*]``, ``conf`` adds Spark settings,
+    ``checkpoint_dir`` is where Spark checkpoints, by default a temporary folder).
 
     The model's level SQL is rendered for Spark (:func:`render_settings`), with idweave's own
     Jaro-Winkler and Damerau-Levenshtein UDFs in place of the Splink jar's, so a pair reaches
@@ -140,9 +141,11 @@ class SparkEngine:
     name = "spark"
     dialect = "spark"
 
-    def __init__(self, master: str | None = None, conf: dict[str, str] | None = None):
+    def __init__(self, master: str | None = None, conf: dict[str, str] | None = None,
+                 checkpoint_dir: str | os.PathLike | None = None):
         self.master = master
         self.conf = dict(conf or {})
+        self.checkpoint_dir = checkpoint_dir
 
     @contextmanager
     def session(self, what: str, *, deterministic: bool = False) -> Iterator[Any]:
@@ -150,7 +153,8 @@ class SparkEngine:
         temporary views (Splink's tables of one task never meet another's) and idweave's
         UDFs; its views are dropped and Spark's cache emptied after."""
         with _splink.engine_errors(what):
-            spark = spark_session(self.master, self.conf).newSession()
+            spark = spark_session(self.master, self.conf, self.checkpoint_dir).newSession()
+            spark.conf.set("spark.sql.session.timeZone", "UTC")  # dates parse alike on every cluster
             _register_udfs(spark)
         try:
             with _splink.engine_errors(what):
@@ -215,6 +219,25 @@ def get_engine(name: str | Engine, **options: Any) -> Engine:
     if name == "spark":
         return SparkEngine(**options)
     raise ModelError(f"must be one of {', '.join(ENGINES)}, got {name!r}", key="engine")
+
+
+def engine_of(project: Any) -> Engine:
+    """The engine a project's runs train and score on: its ``engine`` key, and for Spark its
+    ``spark:`` section (master, conf, checkpoint dir).
+
+    >>> from idweave.linkage.project import load_project, project_from_dict
+    >>> tiny = load_project("fixtures/tiny/project.yaml")
+    >>> engine_of(tiny).name
+    'duckdb'
+    >>> e = engine_of(project_from_dict({**tiny.raw, "engine": "spark", "spark": {"master": "local[2]"}},
+    ...                                 base_dir=tiny.base_dir))
+    >>> e.name, e.master, e.conf
+    ('spark', 'local[2]', {})
+    """
+    if project.engine == "spark":
+        spark = getattr(project, "spark", None) or {}
+        return SparkEngine(spark.get("master"), spark.get("conf"), spark.get("checkpoint_dir"))
+    return get_engine(project.engine)
 
 
 # --------------------------------------------------------------------------------------
@@ -324,12 +347,15 @@ def spark_available() -> str | None:
     return None
 
 
-def spark_session(master: str | None = None, conf: dict[str, str] | None = None):
+def spark_session(master: str | None = None, conf: dict[str, str] | None = None,
+                  checkpoint_dir: str | os.PathLike | None = None):
     """The process's SparkSession for Splink, made on first use (5-20 s, ~3 GB): Splink's
-    similarity jar, no UI, its local, warehouse and checkpoint folders in one temporary
-    folder, few shuffle partitions, UTC, and idweave's UDFs registered. Later calls return
-    the same session (a different ``master`` or ``conf`` then is ignored: Spark has one
-    context per process).
+    similarity jar, no UI, its local and warehouse folders in one temporary folder (and its
+    checkpoints, unless ``checkpoint_dir`` is given), few shuffle partitions, UTC, and
+    idweave's UDFs registered. Where the process has an active session already (a Databricks
+    notebook, ``spark-submit``), that session is used as it is: its master and settings are
+    the cluster's. Later calls return the same session (a different ``master``, ``conf`` or
+    ``checkpoint_dir`` then is ignored: Spark has one context per process).
     """
     with _SPARK_LOCK:
         got = _SPARK.get("session")
@@ -337,7 +363,7 @@ def spark_session(master: str | None = None, conf: dict[str, str] | None = None)
             return got
         why = spark_available()
         if why:
-            raise ModelError(f"engine spark is not available: {why}", key="engine")
+            raise ModelError(f"spark is not available here: {why}", key="engine")
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         # Spark's Python workers must be this interpreter (with pyarrow, pandas and idweave).
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -348,6 +374,7 @@ def spark_session(master: str | None = None, conf: dict[str, str] | None = None)
         settings = {
             "spark.jars": _splink.spark_jar(),
             "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
             "spark.local.dir": os.path.join(tmp, "local"),
             "spark.sql.warehouse.dir": os.path.join(tmp, "warehouse"),
             "spark.sql.shuffle.partitions": "4",
@@ -358,12 +385,17 @@ def spark_session(master: str | None = None, conf: dict[str, str] | None = None)
             "spark.python.worker.reuse": "true",
             **(conf or {}),
         }
-        builder = SparkSession.builder.master(master or "local[*]").appName("idweave")
-        for k, v in settings.items():
-            builder = builder.config(k, v)
-        spark = builder.getOrCreate()
+        spark = SparkSession.getActiveSession()
+        if spark is None:
+            builder = SparkSession.builder.appName("idweave")
+            # Under spark-submit the JVM is running already, with the master it was given.
+            if master or "PYSPARK_GATEWAY_PORT" not in os.environ:
+                builder = builder.master(master or "local[*]")
+            for k, v in settings.items():
+                builder = builder.config(k, v)
+            spark = builder.getOrCreate()
         spark.sparkContext.setLogLevel("ERROR")
-        spark.sparkContext.setCheckpointDir(os.path.join(tmp, "checkpoint"))
+        spark.sparkContext.setCheckpointDir(str(checkpoint_dir or os.path.join(tmp, "checkpoint")))
         _register_udfs(spark)
         _SPARK["session"] = spark
         _SPARK["dir"] = tmp
@@ -390,7 +422,7 @@ def _register_udfs(spark) -> None:
     import pandas as pd
     from pyspark.sql.functions import pandas_udf
 
-    def jaro_winkler(a, b):
+    def jaro_winkler_udf(a, b):
         from idweave.linkage._levels import duckdb_jaro_winkler
 
         return pd.Series(_pairwise(duckdb_jaro_winkler, a.tolist(), b.tolist()), dtype="float64")
@@ -408,7 +440,7 @@ def _register_udfs(spark) -> None:
         return pd.Series([None if x is None or pd.isna(x) else Decimal(h(x if isinstance(x, str) else int(x)))
                           for x in a.tolist()], dtype="object")
 
-    for name, fn, kind in ((JW_UDF, jaro_winkler, "double"), (DL_UDF, damerau_levenshtein, "int"),
+    for name, fn, kind in ((JW_UDF, jaro_winkler_udf, "double"), (DL_UDF, damerau_levenshtein, "int"),
                            (HASH_UDF, duckdb_hash, "decimal(20,0)")):
         # pandas_udf reads the kind of UDF from type hints, which must be classes (this
         # module's annotations are strings).

@@ -90,7 +90,7 @@ def explain_pair(project: Project | str | Path | Mapping[str, Any], left: tuple[
     trained = model_mod.TrainedModel(settings, tf)
     scored = scoring.score_pairs(both, pl.DataFrame({"rid_l": [0], "rid_r": [1], "rule": [-1]},
                                                       schema={"rid_l": pl.Int64, "rid_r": pl.Int64,
-                                                              "rule": pl.Int32}), trained, engine=proj.engine)
+                                                              "rule": pl.Int32}), trained)
     row = scored.row(0, named=True)
     comps = []
     labels = level_labels(settings)

@@ -26,6 +26,7 @@ from idweave.blocking.pairs import PairStats
 from idweave.linkage import _splink, comparisons, scoring, training
 from idweave.linkage import model as model_mod
 from idweave.linkage.cluster import DEFAULT_CLUSTERING, choose_threshold, closure, cluster, completion_pairs
+from idweave.linkage.engine import engine_of
 from idweave.linkage.errors import IdweaveError, StoreBusyError
 from idweave.linkage.graph import Store, utc_now
 from idweave.linkage.project import Project, project_rules, resolve_project, threshold_problem
@@ -437,7 +438,7 @@ def _score(run: _Run) -> None:
     st, records, dirty = run.st, run.records, run.dirty
     with run.timer.stage("score"):
         scored = inc.score_chunks(inc.records_of(records, run.pairs, st, run.delta), run.pairs, run.trained,
-                                  engine=run.proj.engine, count=run.timer.counter("score"))
+                                  engine=engine_of(run.proj), count=run.timer.counter("score"))
         if run.retrained:
             # A new model's prior comes from its own candidate pairs (a retrain is always
             # a full run, so every pair was scored).
@@ -518,7 +519,7 @@ def _complete(run: _Run) -> None:
                 derived = inc.canonical_scores(inc.score_chunks(
                     inc.records_of(records, extra, run.st, run.delta),
                     extra.with_columns(pl.lit(COMPLETION_RULE, pl.Int32).alias("rule")), run.trained,
-                    engine=run.proj.engine, count=run.timer.counter("complete")),
+                    engine=engine_of(run.proj), count=run.timer.counter("complete")),
                     run.trained.prior).select(run.scored.columns)
     elif derived_stored.height:
         derived_drop = derived_stored.select("rid_l", "rid_r")

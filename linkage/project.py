@@ -37,10 +37,10 @@ __all__ = ["Attribute", "Source", "Project", "load_project", "project_from_dict"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _RESERVED = {"source", "record_id", "rid", "entity_id", "cluster_id", "match_key", "unique_id"}
 _ENGINES = ("duckdb", "spark")
-_AVAILABLE_ENGINES = ("duckdb",)  # spark is reserved for scale-out
+_SPARK_KEYS = ("master", "conf", "checkpoint_dir")
 _SOURCE_KEYS = {"path", "id", "columns", "date_format", "exclusive", "mode", "format", "encoding"}
 _TOP_KEYS = {
-    "store", "threshold", "attributes", "sources", "blocking", "comparisons", "engine",
+    "store", "threshold", "attributes", "sources", "blocking", "comparisons", "engine", "spark",
     "model", "training", "clustering", "base_dir", "erasure", "privacy", "survivorship",
 }
 #: Survivorship rules of a golden record (``survivorship:``; see golden.py). ``source_priority``
@@ -110,6 +110,7 @@ class Project:
     blocking: list[Any] | None = None
     comparisons: dict[str, Any] | None = None
     engine: str = "duckdb"
+    spark: dict[str, Any] = field(default_factory=dict)
     model_path: Path | None = None
     training: dict[str, Any] = field(default_factory=dict)
     clustering: dict[str, Any] = field(default_factory=dict)
@@ -127,8 +128,9 @@ class Project:
 
     def config_hash(self) -> str:
         """A hash of the settings that change results (not of the data)."""
-        # Survivorship picks golden values at export: it changes no run's result.
-        keep = {k: v for k, v in self.raw.items() if k not in ("store", "base_dir", "survivorship")}
+        # Survivorship picks golden values at export, and the Spark section says where the
+        # Spark engine runs: neither changes a run's result.
+        keep = {k: v for k, v in self.raw.items() if k not in ("store", "base_dir", "survivorship", "spark")}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -339,6 +341,7 @@ def project_from_dict(
     attributes = _parse_attributes(raw_attrs, problems)
     src_objs = _parse_sources(data.get("sources"), raw_attrs, frames, base, problems)
     engine = _parse_engine(data.get("engine", "duckdb"), problems)
+    spark = _parse_spark(data.get("spark"), base, problems)
     if data.get("model") is not None and (not isinstance(data["model"], str) or not data["model"]):
         problems.append("model: must be a file path for the trained model (e.g. out/project.model.json), "
                         f"got {_type_name(data['model'])}")
@@ -361,6 +364,7 @@ def project_from_dict(
         blocking=data.get("blocking"),
         comparisons=data.get("comparisons"),
         engine=engine,
+        spark=spark,
         model_path=_resolve(base, model) if model else None,
         training=dict(data.get("training") or {}),
         clustering=dict(data.get("clustering") or {}),
@@ -491,9 +495,7 @@ def _parse_source(sname: str, spec: Any, raw_attrs: dict[Any, Any], frames: dict
     if not isinstance(spec, dict):
         problems.append(f"{at}: must be a mapping with path, id and columns")
         return None
-    for key in spec:
-        if key not in _SOURCE_KEYS:
-            problems.append(f"{at}.{key}: unknown key; expected one of {', '.join(sorted(_SOURCE_KEYS))}")
+    problems += _unknown_keys(at, spec, _SOURCE_KEYS)
     id_col = spec.get("id")
     if not id_col or not isinstance(id_col, str):
         problems.append(f"{at}.id: required: the column holding the record id")
@@ -581,11 +583,61 @@ def _parse_source_path(src: Source, spec: dict[str, Any], base: Path, problems: 
 def _parse_engine(engine: Any, problems: list[str]) -> Any:
     if engine not in _ENGINES:
         problems.append(f"engine: must be one of {', '.join(_ENGINES)}, got {_shown(engine)}")
-    elif engine not in _AVAILABLE_ENGINES:
-        # Said here, not when the model is trained: by then a run would have opened the store.
-        problems.append(f"engine: {_shown(engine)} is not available in this version of idweave; use "
-                        f"{' or '.join(_AVAILABLE_ENGINES)}")
     return engine
+
+
+def _unknown_keys(at: str, spec: dict[str, Any], keys: Any) -> list[str]:
+    """A problem for each key of the mapping at ``at`` that is not one of ``keys``."""
+    return [f"{at}.{_printable(key)}: unknown key; expected one of {', '.join(sorted(keys))}"
+            for key in spec if key not in keys]
+
+
+def _parse_spark(spec: Any, base: Path, problems: list[str]) -> dict[str, Any]:
+    """The ``spark:`` section: ``master`` (a Spark master URL; default: the one ``spark-submit``
+    or a notebook's session has, else ``local[*]``), ``conf``
+    (Spark settings, name -> value) and ``checkpoint_dir`` (a folder, relative to the project
+    file). It is read whatever the engine, so that switching ``engine`` is one line.
+
+    >>> _parse_spark({"master": "local[2]", "conf": {"spark.executor.memory": "4g"}}, Path("."), [])
+    {'master': 'local[2]', 'conf': {'spark.executor.memory': '4g'}, 'checkpoint_dir': None}
+    >>> problems = []; _ = _parse_spark({"master": 2, "conf": {"a": [1]}, "jars": "x"}, Path("."), problems)
+    >>> problems  # doctest: +NORMALIZE_WHITESPACE
+    ['spark.jars: unknown key; expected one of checkpoint_dir, conf, master',
+     'spark.master: must be a Spark master URL such as local[*] or yarn, got the int 2',
+     'spark.conf.a: must be a string, number or boolean, got a list']
+    """
+    out: dict[str, Any] = {"master": None, "conf": {}, "checkpoint_dir": None}
+    if spec is None:
+        return out
+    if not isinstance(spec, dict):
+        problems.append(f"spark: must be a mapping (master, conf, checkpoint_dir), got {_type_name(spec)}")
+        return out
+    problems += _unknown_keys("spark", spec, _SPARK_KEYS)
+    master = spec.get("master")
+    if master is None:
+        pass  # the session's own (spark-submit, a notebook), else local[*]
+    elif not isinstance(master, str) or not master.strip():
+        problems.append(f"spark.master: must be a Spark master URL such as local[*] or yarn, got {_type_name(master)}")
+    else:
+        out["master"] = master.strip()
+    conf = spec.get("conf") or {}
+    if not isinstance(conf, dict):
+        problems.append(f"spark.conf: must be a mapping of Spark setting -> value, got {_type_name(conf)}")
+        conf = {}
+    for k, v in conf.items():
+        if isinstance(v, bool):
+            out["conf"][str(k)] = "true" if v else "false"
+        elif isinstance(v, (str, int, float)):
+            out["conf"][str(k)] = str(v)
+        else:
+            problems.append(f"spark.conf.{_printable(k)}: must be a string, number or boolean, got {_type_name(v)}")
+    ckpt = spec.get("checkpoint_dir")
+    if ckpt is not None:
+        if not isinstance(ckpt, str) or not ckpt:
+            problems.append(f"spark.checkpoint_dir: must be a folder path, got {_type_name(ckpt)}")
+        else:
+            out["checkpoint_dir"] = _resolve(base, ckpt) if "://" not in ckpt else ckpt
+    return out
 
 
 def _check_options_of(data: dict[str, Any], attributes: dict[str, Attribute], base: Path) -> list[str]:

@@ -89,7 +89,7 @@ def score_pairs(records: pl.DataFrame, pairs: pl.DataFrame, model: TrainedModel,
             schema[f"level_{c}"] = pl.Int32
             schema[f"w_{c}"] = pl.Float64
         return pl.DataFrame(schema=schema)
-    if engine != "duckdb":
+    if get_engine(engine).name != "duckdb":
         return _score_pairs_splink(records, pairs, model, engine=engine)
     compiled = _compiled(model.settings)
     if not {*tf_columns(model.settings), *compiled.tf_columns} <= set(model.tf_tables):

@@ -29,7 +29,7 @@ from idweave.linkage._db import query_pl
 from idweave.linkage.comparisons import (HOUSEHOLD_SUFFIX, build_settings, comparison_columns, input_columns,
                                          is_branch, level_labels, model_attributes, prepare, tf_columns,
                                          without_households)
-from idweave.linkage.engine import Engine, get_engine
+from idweave.linkage.engine import Engine, engine_of, get_engine
 from idweave.linkage.errors import ModelError
 from idweave.linkage.kinds import NAME_KINDS
 from idweave.linkage.model import TrainedModel, stored_single_listing
@@ -154,7 +154,7 @@ def train(records: pl.DataFrame, project: Project, *, seed: int = 42, progress=N
     recs = prepare(records, input_columns(wanted)).sort("rid")
     present = {c for c in comparison_columns(project) if recs[c].null_count() < recs.height}
     log_lines: list[str] = []
-    eng = get_engine(engine or project.engine)
+    eng = get_engine(engine) if engine else engine_of(project)
     with _training_engine(eng) as con:
         linker, db = eng.linker(con, recs, settings)
         n = recs.height

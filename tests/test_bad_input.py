@@ -20,7 +20,7 @@ from idweave.linkage import ProjectError, SourceError, link, load_project
 
 KINDS = ("given_name, family_name, full_name, date, sex, category, postcode, address, city, "
          "national_id, phone, email, text, number")
-TOP_KEYS = "attributes, blocking, clustering, comparisons, engine, erasure, model, privacy, sources, store, survivorship, threshold, training"
+TOP_KEYS = "attributes, blocking, clustering, comparisons, engine, erasure, model, privacy, sources, spark, store, survivorship, threshold, training"
 
 VALID = """\
 store: out/bad.duckdb
@@ -191,10 +191,18 @@ def test_threshold_out_of_range(bad: Path, value: str) -> None:
         f"(exclusive), got {shown}")
 
 
-def test_engine_not_available(bad: Path) -> None:
-    p = project(bad, VALID.format(path="people.csv") + "engine: spark\n")
+def test_unknown_engine(bad: Path) -> None:
+    p = project(bad, VALID.format(path="people.csv") + "engine: sqlite\n")
     assert fails(bad, "link", p) == (
-        f"Error: {p}: invalid project file: engine: 'spark' is not available in this version of idweave; use duckdb")
+        f"Error: {p}: invalid project file: engine: must be one of duckdb, spark, got 'sqlite'")
+
+
+def test_bad_spark_section(bad: Path) -> None:
+    p = project(bad, VALID.format(path="people.csv") + "engine: spark\nspark:\n  master: ''\n  conf: [1]\n")
+    assert fails(bad, "link", p) == (
+        f"Error: {p}: invalid project file (2 problems):\n"
+        "  - spark.master: must be a Spark master URL such as local[*] or yarn, got a string\n"
+        "  - spark.conf: must be a mapping of Spark setting -> value, got a list")
 
 
 def test_unknown_top_level_key(bad: Path) -> None:

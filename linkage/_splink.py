@@ -29,7 +29,7 @@ from idweave.linkage.errors import ModelError
 __all__ = [
     "INTERNALS", "splink_version", "dist_version", "engine", "engine_errors", "db_api", "make_linker",
     "linker_prior", "set_linker_prior", "linker_settings", "restore_linker_settings", "is_em_training_error",
-    "em_step_replaced", "scoring_reading", "block_on", "spark_jar", "SPARK_HASH_UDF",
+    "em_step_replaced", "scoring_reading", "block_on", "spark_jar", "SPARK_HASH_UDF", "connected_components",
 ]
 
 # Splink's internals the functions below use: (where, attribute) -> what for.
@@ -189,6 +189,18 @@ def spark_jar() -> str:
     from splink.backends.spark import similarity_jar_location
 
     return similarity_jar_location()
+
+
+def connected_components(db, nodes, edges, threshold: float):
+    """Splink's connected components (``cluster_pairwise_predictions_at_threshold``) of
+    ``edges`` (``rid_l``, ``rid_r``, ``match_probability``) at or above ``threshold`` over
+    ``nodes`` (``rid``), in ``db``'s engine: a Splink dataframe of ``rid`` and ``cluster_id``
+    (a member's rid; every node is in one). Example: :func:`idweave.linkage.engine.cluster_on`.
+    """
+    from splink.clustering import cluster_pairwise_predictions_at_threshold
+
+    return cluster_pairwise_predictions_at_threshold(nodes, edges, db, "rid", "rid_l", "rid_r",
+                                                     threshold_match_probability=threshold)
 
 
 def block_on(*columns: str):

@@ -14,9 +14,10 @@ A model is stored in one form whatever engine trained it: its level SQL in DuckD
 rendered for another engine when a linker is built (:func:`render_condition`, through sqlglot).
 Where DuckDB and Spark would compute a similarity differently (the Splink jar's Jaro-Winkler
 gives 0.9083 for ``elltiot``/``elliot``, DuckDB 0.9278), the Spark rendering calls a UDF that
-computes DuckDB's definition (:func:`idweave.linkage._levels.duckdb_jaro_winkler`, the same
-port the lookup fast path trusts; edit distances from rapidfuzz as there), so a pair reaches
-the same level on both (``tests/test_engines.py``).
+computes DuckDB's definition (:func:`jaro_winkler`, bit for bit what DuckDB and the port the
+lookup fast path trusts, :func:`idweave.linkage._levels.duckdb_jaro_winkler`, give; edit
+distances from rapidfuzz as there), so a pair reaches the same level on both
+(``tests/test_engines.py``).
 
 >>> render_condition('jaro_winkler_similarity("a_l", "a_r") >= 0.9', "spark")
 'IDWEAVE_JARO_WINKLER(`a_l`, `a_r`) >= 0.9'
@@ -41,8 +42,8 @@ from idweave.linkage import _splink
 from idweave.linkage.errors import ModelError
 
 __all__ = [
-    "ENGINES", "Engine", "DuckDBEngine", "SparkEngine", "get_engine", "engine_of", "render_condition", "render_settings",
-    "spark_session", "spark_available", "JW_UDF", "DL_UDF", "HASH_UDF",
+    "ENGINES", "Engine", "DuckDBEngine", "SparkEngine", "get_engine", "engine_of", "cluster_on", "render_condition", "render_settings",
+    "spark_session", "spark_available", "jaro_winkler", "JW_UDF", "DL_UDF", "HASH_UDF",
 ]
 
 ENGINES = ("duckdb", "spark")
@@ -241,6 +242,76 @@ def engine_of(project: Any) -> Engine:
 
 
 # --------------------------------------------------------------------------------------
+# clustering on an engine
+# --------------------------------------------------------------------------------------
+def cluster_on(engine: str | Engine, links: pl.DataFrame, rids: Any, *, threshold: float,
+               method: str = "components", min_average: float = 0.5,
+               exclusive: dict[int, str] | None = None) -> pl.DataFrame:
+    """:func:`idweave.linkage.cluster.cluster` (``rid``, ``cluster``: the smallest rid of each
+    cluster) run on ``engine``. On DuckDB it is that function, on the driver. On Spark, the
+    connected components of the links at ``threshold`` are found in Spark (Splink's
+    ``cluster_pairwise_predictions_at_threshold``), and every component of more than one
+    record is clustered inside an executor by the same function
+    (``groupBy(component).cogroup(...).applyInPandas``), on the component's links and
+    members: clusters never span two components and links between components never count
+    (see ``cluster``), so the result is the driver's exactly (``tests/test_engines.py``).
+    Decisions' must- and cannot-links are not taken here; ``links`` come from the driver.
+
+    >>> links = pl.DataFrame({"rid_l": [0, 1], "rid_r": [1, 2], "match_probability": [0.99, 0.97]})
+    >>> cluster_on("duckdb", links, [0, 1, 2, 3], threshold=0.9)["cluster"].to_list()
+    [0, 0, 0, 3]
+    """
+    from idweave.linkage.cluster import cluster
+
+    eng = get_engine(engine)
+    rid_list = [int(r) for r in rids]
+    if eng.name == "duckdb":
+        return cluster(links, rid_list, threshold=threshold, exclusive=exclusive, method=method,
+                       min_average=min_average).select("rid", "cluster")
+    import functools
+
+    from pyspark.sql import functions as F
+
+    nodes = pl.DataFrame({"rid": rid_list, "exclusive": [(exclusive or {}).get(r) for r in rid_list]},
+                         schema={"rid": pl.Int64, "exclusive": pl.Utf8})
+    edges = links.select(pl.col("rid_l").cast(pl.Int64), pl.col("rid_r").cast(pl.Int64),
+                         pl.col("match_probability").cast(pl.Float64))
+    with eng.session("clustering") as spark:
+        db = _splink.db_api(spark, "spark")
+        comp = _splink.connected_components(db, eng.register(db, nodes.select("rid"), "idweave_nodes"),
+                                            eng.register(db, edges, "idweave_edges"), threshold)
+        comp = comp.as_spark_dataframe().select(F.col("rid").cast("long"),
+                                                F.col("cluster_id").cast("string").alias("component"))
+        members = spark.createDataFrame(nodes.to_arrow()).join(comp, "rid")
+        sizes = members.groupBy("component").count()
+        members = members.join(sizes, "component")
+        ends = comp.withColumnRenamed("rid", "rid_l").withColumnRenamed("component", "c_l").join(
+            spark.createDataFrame(edges.to_arrow()), "rid_l")
+        inside = ends.join(comp.withColumnRenamed("rid", "rid_r").withColumnRenamed("component", "c_r"), "rid_r") \
+            .filter(F.col("c_l") == F.col("c_r")).select(F.col("c_l").alias("component"), "rid_l", "rid_r",
+                                                           "match_probability")
+        several = members.filter(F.col("count") > 1).select("component", "rid", "exclusive")
+        fn = functools.partial(_cluster_component, threshold, method, min_average)
+        clustered = inside.groupBy("component").cogroup(several.groupBy("component")).applyInPandas(
+            fn, schema="rid long, cluster long")
+        alone = members.filter(F.col("count") == 1).select("rid", F.col("rid").alias("cluster"))
+        out = pl.from_arrow(clustered.unionByName(alone).toArrow())
+    return out.with_columns(pl.col("rid").cast(pl.Int64), pl.col("cluster").cast(pl.Int64)).sort("rid")
+
+
+def _cluster_component(threshold: float, method: str, min_average: float, links, members):
+    """One component's clusters, in an executor: :func:`idweave.linkage.cluster.cluster` on
+    its links and members (pandas frames in, a pandas frame of ``rid``, ``cluster`` out)."""
+    from idweave.linkage.cluster import cluster
+
+    exclusive = {int(r): s for r, s in zip(members["rid"], members["exclusive"]) if isinstance(s, str)}
+    got = cluster(pl.from_pandas(links[["rid_l", "rid_r", "match_probability"]]),
+                  [int(r) for r in members["rid"]], threshold=threshold, exclusive=exclusive or None,
+                  method=method, min_average=min_average)
+    return got.select(pl.col("rid").cast(pl.Int64), pl.col("cluster").cast(pl.Int64)).to_pandas()
+
+
+# --------------------------------------------------------------------------------------
 # the model's SQL in another dialect
 # --------------------------------------------------------------------------------------
 # DuckDB functions (sqlglot's parse of them) known to mean the same in Spark once rendered,
@@ -402,6 +473,41 @@ def spark_session(master: str | None = None, conf: dict[str, str] | None = None,
         return spark
 
 
+def jaro_winkler(p: str, t: str) -> float:
+    """DuckDB's ``jaro_winkler_similarity`` bit for bit, fast: what the Spark UDF
+    (:data:`JW_UDF`) computes. The Jaro part is rapidfuzz's (DuckDB's own comes from the same
+    C++ library); the Winkler bonus is added as DuckDB adds it, with one rounding where its
+    build fuses the multiply-add (:func:`idweave.linkage._levels.duckdb_fuses`), computed
+    exactly in integers. A twelfth of the time of the pure-Python port
+    (:func:`idweave.linkage._levels.duckdb_jaro_winkler`), which gives the same values
+    (``tests/test_engines.py`` checks both against DuckDB).
+
+    >>> round(jaro_winkler("elltiot", "elliot"), 4), jaro_winkler("", ""), jaro_winkler("a", "")
+    (0.9278, 0.0, 0.0)
+    """
+    from rapidfuzz.distance import Jaro
+
+    from idweave.linkage._levels import duckdb_fuses
+
+    if p == t:
+        return 1.0 if p else 0.0
+    if not p or not t:
+        return 0.0
+    sim = Jaro.similarity(p, t)
+    if sim > 0.7:
+        prefix = len(os.path.commonprefix((p[:4], t[:4])))  # the Winkler prefix: at most 4
+        if prefix:
+            w = prefix * 0.1
+            if duckdb_fuses():  # round(w * (1 - sim) + sim) once: exact rationals, one division
+                wn, wd = w.as_integer_ratio()
+                cn, cd = (1.0 - sim).as_integer_ratio()
+                sn, sd = sim.as_integer_ratio()
+                sim = (wn * cn * sd + sn * wd * cd) / (wd * cd * sd)
+            else:
+                sim = sim + w * (1.0 - sim)
+    return sim
+
+
 def _pairwise(fn, a, b):
     """``fn`` over two columns of strings (NULL gives NULL), each distinct pair computed once."""
     memo: dict[tuple[str, str], Any] = {}
@@ -423,9 +529,7 @@ def _register_udfs(spark) -> None:
     from pyspark.sql.functions import pandas_udf
 
     def jaro_winkler_udf(a, b):
-        from idweave.linkage._levels import duckdb_jaro_winkler
-
-        return pd.Series(_pairwise(duckdb_jaro_winkler, a.tolist(), b.tolist()), dtype="float64")
+        return pd.Series(_pairwise(jaro_winkler, a.tolist(), b.tolist()), dtype="float64")
 
     def damerau_levenshtein(a, b):
         from idweave.linkage._levels import damerau_levenshtein as dl

@@ -142,8 +142,9 @@ _TEXT = st.text(alphabet="abcde é", max_size=12)
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(_TEXT, _TEXT), min_size=1, max_size=40))
 def test_the_spark_similarities_are_duckdbs_bit_for_bit(pairs) -> None:
-    """The functions the Spark UDFs compute (``_levels``) give DuckDB's own values exactly:
-    Jaro-Winkler (its float operations included), Damerau-Levenshtein and hash."""
+    """The functions the Spark UDFs compute (``engine.jaro_winkler``, ``_levels``) give
+    DuckDB's own values exactly: Jaro-Winkler (its float operations included; the port the
+    lookup fast path uses too), Damerau-Levenshtein and hash."""
     pairs = [*pairs, ("elltiot", "elliot"), ("c ", "ca b bcaaba")]
     con = duckdb.connect()
     try:
@@ -155,6 +156,7 @@ def test_the_spark_similarities_are_duckdbs_bit_for_bit(pairs) -> None:
         con.close()
     for a, b, i, jw, dl, ha, hi in rows:
         assert _levels.duckdb_jaro_winkler(a, b) == jw, (a, b)
+        assert engine.jaro_winkler(a, b) == jw, (a, b)  # the Spark UDF's
         assert _levels.damerau_levenshtein(a, b) == dl, (a, b)
         assert _levels.duckdb_hash(a) == ha and _levels.duckdb_hash(i) == hi, (a, i)
 
@@ -255,3 +257,25 @@ def test_spark_trains_the_demo_model_duckdb_trains(spark, demo) -> None:
     assert got.training_log == want.training_log
     assert got.tf_tables.keys() == want.tf_tables.keys()
     assert all(got.tf_tables[k].equals(want.tf_tables[k]) for k in want.tf_tables)
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("method", ["average", "components"])
+def test_spark_clusters_component_by_component_as_the_driver_does(spark, demo, method) -> None:
+    """Connected components in Spark, then each component clustered in an executor by
+    ``cluster.cluster`` (applyInPandas): the driver's clusters exactly, exclusivity included."""
+    from idweave.linkage.cluster import cluster
+
+    p, recs, pairs, model = demo
+    links = score_pairs(recs, pairs, model).select("rid_l", "rid_r", "match_probability")
+    exclusive = {r: s for r, s in recs.filter(pl.col("source").is_in([n for n, src in p.sources.items()
+                                                                      if src.exclusive]))
+                 .select("rid", "source").iter_rows()}
+    assert exclusive
+    # a threshold at which components are several records, and exclusivity and averages bite
+    want = cluster(links, recs["rid"], threshold=0.5, exclusive=exclusive, method=method).select("rid", "cluster")
+    got = engine.cluster_on(spark, links, recs["rid"], threshold=0.5, exclusive=exclusive, method=method)
+    assert got.height == recs.height and want["cluster"].n_unique() < recs.height
+    want = want.with_columns(pl.col("rid").cast(pl.Int64), pl.col("cluster").cast(pl.Int64)).sort("rid")
+    assert got.equals(want), got.join(want, on="rid", suffix="_driver").filter(
+        pl.col("cluster") != pl.col("cluster_driver"))

@@ -94,6 +94,7 @@ def run_idweave(town: Town) -> dict[str, Any]:
     out = score(town, keys, ent.entity_id.astype(str).to_numpy())
     out.update(tool="idweave", seconds=seconds, threshold=result.summary.get("threshold"),
                candidate_pairs=result.summary.get("candidate_pairs"), peak_rss_mb=round(rss.peak_bytes / 2**20),
+               single_listing=result.summary.get("single_listing"),
                timings={k: round(float(v), 2) for k, v in result.timings.items()})
     return out
 

@@ -314,6 +314,8 @@ def cluster(
     first = np.full(n, n, np.int64)  # a root's smallest member, hence smallest rid
     np.minimum.at(first, root, on_walk)
     label[on_walk] = first[root]
+    if method == "average" and len(sa):
+        label = _abstain(label, a, b, p, sa, sb, np.concatenate([ma, mb]), dense, exclusive or {}, cannot_link)
     out = pl.DataFrame({"rid": rid_arr, "cluster": uniq[label[dense(rid_arr)]]},
                        schema={"rid": pl.Int64, "cluster": pl.Int64})
     if not with_trace:
@@ -322,6 +324,107 @@ def cluster(
     trace = pl.DataFrame({"rid_l": uniq[sa[joined]], "rid_r": uniq[sb[joined]], "match_probability": sp[joined]},
                          schema={**_PAIR_SCHEMA, "match_probability": pl.Float64})
     return Clustering(out, trace)
+
+
+# A record is placed in an entity only if its best link there is at least this many bits
+# (odds 9 to 1) stronger than its best link to another entity that would take it too.
+AMBIGUOUS_BITS = math.log2(9)
+
+
+def _abstain(label: np.ndarray, a: np.ndarray, b: np.ndarray, p: np.ndarray, sa: np.ndarray, sb: np.ndarray,
+             decided: np.ndarray, dense: _Dense, exclusive: Mapping[int, str],
+             cannot_link: Iterable[tuple[int, int]]) -> np.ndarray:
+    """The clusters (dense ``label``: a cluster's smallest member) with each ambiguous record
+    taken out on its own. A record is ambiguous when its own cluster and another one are two
+    people for sure (each holds a record of one exclusive source, or a cannot-link runs
+    between them) and it fits the other one nearly as well: a strong link reaches it, nothing
+    forbids it there (its own exclusive source, a cannot-link), and its best link there is less
+    than :data:`AMBIGUOUS_BITS` weaker than its best link inside its own cluster. A payroll form
+    with no birth date naming a father and son of one name at one address, each with his own
+    census record, fits both: it is left on its own for a person to place rather than given to
+    one of them. Records under a must-link stay. A function of each component's clusters and
+    links, so a replay gives it as a run from scratch does.
+
+    Two census records (0, 2: an exclusive source) and a form (1) that links to both, nearly
+    as well; then one it links to far better:
+
+    >>> import polars as pl
+    >>> census = {0: "census", 2: "census"}
+    >>> links = pl.DataFrame({"rid_l": [0, 1], "rid_r": [1, 2], "match_probability": [0.999, 0.998]})
+    >>> cluster(links, [0, 1, 2], threshold=0.9, method="average", exclusive=census)["cluster"].to_list()
+    [0, 1, 2]
+    >>> links = pl.DataFrame({"rid_l": [0, 1], "rid_r": [1, 2], "match_probability": [0.99999, 0.95]})
+    >>> cluster(links, [0, 1, 2], threshold=0.9, method="average", exclusive=census)["cluster"].to_list()
+    [0, 0, 2]
+    """
+    n = len(label)
+    cross = label[sa] != label[sb]
+    if not cross.any():
+        return label
+    size = np.bincount(label, minlength=n)
+    keep = np.zeros(n, bool)
+    keep[decided] = True
+    xs = np.concatenate([sa[cross], sb[cross]])
+    ds = np.concatenate([label[sb[cross]], label[sa[cross]]])
+    ok = (size[label[xs]] >= 2) & ~keep[xs]
+    if not ok.any():
+        return label
+    cand = pl.DataFrame({"x": xs[ok], "d": ds[ok]}).unique()
+    is_cand = np.zeros(n, bool)
+    is_cand[cand["x"].to_numpy()] = True
+    # Every link of a candidate, from its side: (x, y, p).
+    both = np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([p, p])
+    at = is_cand[both[0]] & (both[0] != both[1])
+    x, y, q = both[0][at], both[1][at], both[2][at]
+    w = np.log2(np.clip(q, 1e-300, None)) - np.log2(np.clip(1 - q, 1e-300, None))
+    lk = pl.DataFrame({"x": x, "d": label[y], "w": w, "own": label[y] == label[x]})
+    own = lk.filter(pl.col("own")).group_by("x").agg(pl.col("w").max().alias("w_own"))
+    other = (lk.filter(~pl.col("own")).join(cand, on=["x", "d"], how="semi")
+             .group_by("x", "d").agg(pl.col("w").max()))
+    # Clusters a record could never join: one holding a record of its exclusive source, or
+    # a record it must not be with.
+    at = dense(_ints(exclusive)) if exclusive else np.zeros(0, np.int64)
+    have = at >= 0
+    held = pl.DataFrame()
+    if have.any():
+        src = pl.Series(list(compress(exclusive.values(), have.tolist())))
+        held = pl.DataFrame({"i": at[have], "src": src})
+        of_x = held.select(pl.col("i").alias("x"), "src")
+        in_d = held.select(pl.Series("d", label[at[have]]), "src")
+        barred = other.join(of_x, on="x").join(in_d, on=["d", "src"], how="semi").select("x", "d")
+        other = other.join(barred, on=["x", "d"], how="anti")
+    ca, cb, _ = _pairs(cannot_link, dense)
+    if len(ca):
+        no = pl.DataFrame({"x": np.concatenate([ca, cb]), "d": label[np.concatenate([cb, ca])]})
+        other = other.join(no, on=["x", "d"], how="anti")
+    # Only between two clusters that are two people for sure (each holds a record of one
+    # exclusive source, or a person kept them apart): where the average alone kept them apart
+    # they may be one person, and the record is not in doubt (abstaining there cost fake_1000
+    # and historical_50k 0.002 F1, BENCHMARKS.md).
+    other = other.with_columns(pl.Series("c", label[other["x"].to_numpy()]))
+    apart = []
+    if have.any():
+        in_c = held.select(pl.Series("c", label[at[have]]), "src").unique()
+        apart.append(other.select("c", "d").unique().join(in_c, on="c")
+                     .join(in_c.rename({"c": "d"}), on=["d", "src"], how="semi").select("c", "d"))
+    if len(ca):
+        apart.append(pl.DataFrame({"c": label[np.concatenate([ca, cb])], "d": label[np.concatenate([cb, ca])]}))
+    if not apart:
+        return label
+    other = other.join(pl.concat(apart).unique(), on=["c", "d"], how="semi")
+    hit = (other.join(own, on="x")
+           .filter(pl.col("w") >= pl.col("w_own") - AMBIGUOUS_BITS)["x"].unique().to_numpy())
+    if not len(hit):
+        return label
+    out = label.copy()
+    out[hit] = hit
+    # A cluster that lost its smallest member is named after the smallest it keeps.
+    rest = np.flatnonzero(np.isin(label, hit) & (out != np.arange(n)) & np.isin(out, hit))
+    if len(rest):
+        first = np.full(n, n, np.int64)
+        np.minimum.at(first, label[rest], rest)
+        out[rest] = first[label[rest]]
+    return out
 
 
 @contextmanager

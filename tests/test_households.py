@@ -11,7 +11,6 @@ import sys
 from itertools import combinations
 from pathlib import Path
 
-import duckdb
 import polars as pl
 import pytest
 
@@ -92,16 +91,23 @@ def test_households_are_not_merged_as_often_as_by_independent_evidence(runs):
     assert with_branch["false"] < without["false"]
 
 
-def test_siblings_and_most_spouses_stay_apart(town, runs):
+def test_siblings_and_spouses_stay_apart(town, runs):
     run = runs[True]
     members = town.people.filter(pl.col("relation").is_null()).group_by("household", maintain_order=True) \
         .agg("person_id")["person_id"].to_list()
     spouses = [(m[0], m[1]) for m in members if len(m) >= 2]
     children = [pair for m in members for pair in combinations(m[2:], 2)]
-    assert children and not any(_together(run, a, b) for a, b in children)
-    together = sum(_together(run, a, b) for a, b in spouses)
-    assert together * 10 <= len(spouses)  # at most one couple in ten (measured: 10 of 181)
-    assert together < sum(_together(runs[False], a, b) for a, b in spouses)
+    assert len(spouses) >= 100 and children
+    assert not [pair for pair in spouses + children if _together(run, *pair)]
+    assert sum(_together(runs[False], a, b) for a, b in spouses) >= 10  # what independent evidence does
+
+
+def test_parent_and_child_of_one_name_stay_apart(town, runs):
+    # A Jr/Sr pair shares given name, family name and address; only the birth date tells them
+    # apart, and a payroll form has none: it fits both and is left on its own.
+    namesakes = town.people.filter(pl.col("relation") == "namesake").select("person_id", "related_to").rows()
+    assert len(namesakes) >= 3
+    assert not [pair for pair in namesakes if _together(runs[True], *pair)]
 
 
 def test_twins_stay_apart(town, runs):

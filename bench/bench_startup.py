@@ -23,7 +23,11 @@ full run's memory near 5 GB on this shared machine):
    per top-level package.
 
 ``--before DIR`` measures another checkout (``git worktree add DIR COMMIT``) the same way, put
-first on the import path. Prints a JSON line (also written to ``WORK/startup.json``).
+first on the import path. ``--turns A=DIR B=DIR`` instead runs the no-op, +1 % incremental (and
+with ``--turns-full`` +1 % full, at 50k) commands of two checkouts taking turns, on the base
+stores earlier runs of this script left in ``WORK/{graph}_A`` and ``WORK/{graph}_B``. Each
+command's CPU seconds (user + system, all threads) are reported beside its wall time. Prints a
+JSON line (also written to ``WORK/startup.json``).
 """
 from __future__ import annotations
 
@@ -79,7 +83,10 @@ def run(args: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
         raise RuntimeError(f"{args} exit {code}: {(cwd / 'last.err').read_text()[-1500:]}")
     text = (cwd / "last.out").read_text()
     summary = json.loads(text) if text.strip().startswith("{") else None
-    return {"s": round(wall, 3), "rss_gb": round(usage.ru_maxrss / 1e6, 3), "summary": summary}
+    # CPU seconds (user + system, every thread) beside wall time: what a loaded shared machine
+    # still tells (wall time stretches with the other jobs on the two cores).
+    return {"s": round(wall, 3), "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+            "rss_gb": round(usage.ru_maxrss / 1e6, 3), "summary": summary}
 
 
 def link(project: Path, env: dict[str, str], *extra: str) -> dict[str, Any]:
@@ -175,7 +182,8 @@ def graph(name: str, data: Path, model_store: Path, rules: list | None, code: st
     for i in range(repeats):
         log(f"{name} {tag}: no-op rerun {i + 1}")
         noop.append(link(p99, env))
-    out["noop"] = {"s": med([r["s"] for r in noop]), "rss_gb": med([r["rss_gb"] for r in noop]),
+    out["noop"] = {"s": med([r["s"] for r in noop]), "cpu_s": med([r["cpu_s"] for r in noop]),
+                   "rss_gb": med([r["rss_gb"] for r in noop]),
                    "mode": noop[-1]["mode"], "timings": noop[-1]["timings"], "events": noop[-1]["events"]}
     out["imports_noop"] = imports(["-m", "idweave.cli.app", "link", str(p99), "--json"], env, folder)
     out["imports_help"] = imports(["-m", "idweave.cli.app", "--help"], env, folder)
@@ -195,13 +203,43 @@ def graph(name: str, data: Path, model_store: Path, rules: list | None, code: st
             copy_synced(base, store)
             log(f"{name} {tag}: +1 % {kind} {i + 1}")
             rs.append(link(p100, env, *extra))
-        out[kind] = {"s": med([r["s"] for r in rs]), "rss_gb": med([r["rss_gb"] for r in rs]),
+        out[kind] = {"s": med([r["s"] for r in rs]), "cpu_s": med([r["cpu_s"] for r in rs]),
+                     "rss_gb": med([r["rss_gb"] for r in rs]),
                      "mode": rs[-1]["mode"], "new": rs[-1]["new"], "scored": rs[-1]["scored"],
                      "entities": rs[-1]["entities"], "timings": rs[-1]["timings"]}
     if "full" in out:
         out["ratio"] = round(out["incremental"]["s"]["median"] / out["full"]["s"]["median"], 4)
     out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return out
+
+
+def interleaved(name: str, work: Path, codes: list[tuple[str, str | None]], repeats: int,
+                full: bool) -> dict[str, Any]:
+    """The no-op rerun, +1 % incremental (and, with ``full``, +1 % full) commands of two
+    checkouts taking turns, A B A B ..., each on the base store an earlier run of this script
+    made with that code in ``WORK/{name}_{tag}``: on a shared machine whose load drifts, turns
+    compare where two blocks of runs minutes apart do not."""
+    out: dict[str, Any] = {tag: {"noop": [], "incremental": [], "full": []} for tag, _ in codes}
+    kinds = [("noop", "project.yaml", ()), ("incremental", "p100.yaml", ())]
+    if full:
+        kinds.append(("full", "p100.yaml", ("--full",)))
+    for i in range(repeats):
+        for kind, project, extra in kinds:
+            for tag, code in codes:
+                folder = work / f"{name}_{tag}"
+                copy_synced(folder / "base.duckdb", folder / "store.duckdb")
+                log(f"{name} {tag}: {kind} turn {i + 1}")
+                out[tag][kind].append(link(folder / project, shim_env(code), *extra))
+    result: dict[str, Any] = {}
+    for tag, runs in out.items():
+        result[tag] = {k: {"s": med([r["s"] for r in rs]), "cpu_s": med([r["cpu_s"] for r in rs]),
+                           "mode": rs[-1]["mode"], "timings": rs[-1]["timings"]} for k, rs in runs.items() if rs}
+        if runs["full"]:
+            for m in ("s", "cpu_s"):
+                result[tag][f"ratio_{m}"] = round(result[tag]["incremental"][m]["median"]
+                                                  / result[tag]["full"][m]["median"], 4)
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return result
 
 
 def main() -> None:
@@ -215,6 +253,10 @@ def main() -> None:
     ap.add_argument("--only", choices=["50k", "1m"], help="one graph only")
     ap.add_argument("--no-after", action="store_true", help="measure only --before")
     ap.add_argument("--skip-full-1m", action="store_true", help="no full runs at 1M (they take minutes)")
+    ap.add_argument("--turns", nargs=2, metavar="TAG=CODE",
+                    help="instead: two checkouts taking turns (see interleaved) on WORK/{graph}_{TAG}, made by "
+                         "earlier runs of this script; CODE '-' is this checkout")
+    ap.add_argument("--turns-full", action="store_true", help="with --turns: also +1 %% full runs (50k only)")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -224,6 +266,15 @@ def main() -> None:
                                           "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
                                                           / 1e9, 1)},
                               "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+    if a.turns:
+        codes = [(t.split("=", 1)[0], None if t.split("=", 1)[1] == "-" else t.split("=", 1)[1]) for t in a.turns]
+        for name in ([a.only] if a.only else ["50k", "1m"]):
+            graph_name = "hist50k" if name == "50k" else "x20"
+            result[f"turns_{graph_name}"] = interleaved(graph_name, work, codes, a.repeats,
+                                                        a.turns_full and name == "50k")
+            (work / "startup.json").write_text(json.dumps(result, indent=2))
+        print(json.dumps(result))
+        return
     codes = ([] if a.no_after else [("after", None)]) + ([("before", a.before)] if a.before else [])
     for tag, code in codes:
         if a.only in (None, "50k"):

@@ -461,7 +461,8 @@ def _apply(st: Store, proj: Project, action: str, *, payload: dict[str, Any], au
             and not _constrained_differently(cons_before, cons):
         # The links and the constraints are those the store's entities were clustered from:
         # clustering would give them back as they are, so the region is the seeds' entities.
-        region = sorted({k for k in current if current[k] in {current[x] for x in seeds}}, key=rid_of.get)
+        seed_entities = {current[x] for x in seeds}  # once: not again for each of the store's records
+        region = sorted({k for k in current if current[k] in seed_entities}, key=rid_of.get)
         ids_of = {e: i for i, e in enumerate(sorted({current[k] for k in region}))}
         clusters = {k: ids_of[current[k]] for k in region}
     else:

@@ -162,3 +162,16 @@ def test_a_household_taken_for_one_person_enters_the_queue_named(runs):
         detail = i.detail if i.reason == "household" else ""
         assert not detail or " share " in detail
         assert not any(v in detail.lower() for v in values), detail
+
+
+def test_an_incremental_run_keeps_the_single_listing_sources_and_equals_a_full_run(town, tmp_path):
+    path = registers.Town(town.frames, town.people, town.project).write(tmp_path)
+    link(path)
+    census = pl.read_csv(tmp_path / "census.csv", infer_schema_length=0)
+    census.with_columns(pl.when(pl.col("person_ref") == "C00010").then(pl.lit("Zzzz")).otherwise(pl.col("given"))
+                        .alias("given")).write_csv(tmp_path / "census.csv")
+    again = link(path)
+    assert again.summary["mode"] == "incremental" and again.summary["single_listing"] == ["census", "benefits"]
+    full = link(path, full=True)
+    assert full.summary["single_listing"] == ["census", "benefits"]
+    assert again.entities.sort("source", "record_id").equals(full.entities.sort("source", "record_id"))

@@ -246,3 +246,15 @@ def test_engine_spark_without_java_is_an_error_naming_engine_and_the_store_is_un
     assert "Traceback" not in proc.stderr
     assert "Error: engine: spark is not available here: " in proc.stderr
     assert snapshot(project.parent) == before
+
+
+def test_the_spark_section_is_no_part_of_a_runs_settings(tmp_path: Path) -> None:
+    """Where Spark runs (``spark:``) changes no result: adding the section to a linked
+    DuckDB project leaves the next run with nothing to do (mode ``unchanged``, no Spark)."""
+    project = project_copy("demo", tmp_path / "demo")
+    link(project)
+    before = snapshot(project.parent)
+    project.write_text(project.read_text() + "spark:\n  master: local[4]\n  conf: {spark.executor.memory: 8g}\n")
+    again = link(project)
+    assert again.summary["mode"] == "unchanged" and again.summary["events"] == 0
+    assert snapshot(project.parent) == before

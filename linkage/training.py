@@ -535,8 +535,8 @@ def _monotone(comparison: str, levels: list[dict[str, Any]], *, floor_lifts: boo
 
 # A source lists each person once when its records agree with one another on a name and a
 # strong key (birth date, national id) at most this often for each such agreement with the
-# records of another source (pseudopeople's registers: census 0.0005, 1040 returns 0, social
-# security events 0.018, W-2 forms 0.32; the demo's census 0.047).
+# records of another source (pseudopeople's registers, six towns: census 0-0.0008, 1040 returns
+# 0-0.0002; social security events 0.021-0.022 and W-2 forms 0.30-0.32 are not single-listing).
 SINGLE_LISTING_RATIO = 0.005
 # ... and the other source agrees with it so at least this often (fewer cannot tell none in 200
 # from a few).

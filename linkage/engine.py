@@ -151,10 +151,16 @@ class SparkEngine:
     @contextmanager
     def session(self, what: str, *, deterministic: bool = False) -> Iterator[Any]:
         """A new session of the process's SparkSession (:func:`spark_session`): its own
-        temporary views (Splink's tables of one task never meet another's) and idweave's
-        UDFs; its views are dropped and Spark's cache emptied after."""
+        temporary views (Splink's tables of one task never meet another's), idweave's UDFs,
+        and those of ``conf`` a running session can take; its views are dropped and Spark's
+        cache emptied after."""
         with _splink.engine_errors(what):
             spark = spark_session(self.master, self.conf, self.checkpoint_dir).newSession()
+            # The project's settings that a running session can take (spark.sql.*) are this
+            # session's even where the process's session was made before (a notebook's).
+            for k, v in self.conf.items():
+                if spark.conf.isModifiable(k):
+                    spark.conf.set(k, v)
             spark.conf.set("spark.sql.session.timeZone", "UTC")  # dates parse alike on every cluster
             _register_udfs(spark)
         try:

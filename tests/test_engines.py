@@ -237,3 +237,15 @@ def test_spark_clusters_component_by_component_as_the_driver_does(spark, demo, m
     want = want.with_columns(pl.col("rid").cast(pl.Int64), pl.col("cluster").cast(pl.Int64)).sort("rid")
     assert got.equals(want), got.join(want, on="rid", suffix="_driver").filter(
         pl.col("cluster") != pl.col("cluster_driver"))
+
+
+@pytest.mark.spark
+def test_a_spark_session_takes_the_projects_runtime_settings(spark) -> None:
+    """``conf`` settings that a running session can take (``spark.sql.*``) hold in the
+    engine's session even though the process's SparkSession was made before, with others."""
+    eng = engine.get_engine("spark", master="local[2]", conf={"spark.sql.shuffle.partitions": "3"})
+    with eng.session("a test") as session:
+        assert session.conf.get("spark.sql.shuffle.partitions") == "3"
+        assert session.conf.get("spark.sql.session.timeZone") == "UTC"
+    with spark.session("a test") as session:
+        assert session.conf.get("spark.sql.shuffle.partitions") == "4"

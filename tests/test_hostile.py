@@ -276,7 +276,7 @@ CASES = [
          ("sources.people.date_format:",)),
     Case("source-unknown-key", _replace("    id: id\n", "    id: id\n    encodnig: utf8\n"),
          ("sources.people.encodnig: unknown key",)),
-    Case("engine-spark", _project(VALID + "engine: spark\n"), ("engine: 'spark' is not available",)),
+    Case("engine-spark-section", _project(VALID + "engine: spark\nspark: [local]\n"), ("spark: must be a mapping",)),
     Case("engine-list", _project(VALID + "engine: [duckdb]\n"), ("engine: must be one of",)),
     Case("training-int", _project(VALID + "training: 5\n"), ("training: must be a mapping",)),
     Case("training-seed", _project(VALID + "training: {seed: -1}\n"), ("training.seed:",)),

@@ -228,14 +228,17 @@ def test_merge_with_a_search_for_the_other_entity(browser, server, demo) -> None
 
 def test_keep_apart_a_pair_item_then_undo_it(browser, server, demo) -> None:
     (a, b), = pairs(demo, 1, avoid=set())
+    ra, rb = members(demo, a), members(demo, b)
     page = steward(browser, server, "ada")
     page.goto(f"{server.base}/entity/{a}?other={b}")
     assert page.locator("#apart-form select[name=other]").input_value() == b
     page.fill("#apart-form input[name=reason]", "two people, born apart")
     assert submit(page, "apart-form") == 200
     d = last_decision(demo)
-    assert d["action"] == "keep_apart" and entity_of(demo, sorted(members(demo, a))[0]) != \
-        entity_of(demo, sorted(members(demo, b))[0])
+    # The records of the two stay apart. (They may change entity: a record that was left alone
+    # because it fitted two people equally joins the one it was not kept apart from.)
+    assert d["action"] == "keep_apart"
+    assert not {entity_of(demo, r) for r in ra} & {entity_of(demo, r) for r in rb}
     # Undo it from the entity page (the u key puts the cursor in the newest undo form).
     page.goto(f"{server.base}/entity/{a}")
     page.keyboard.press("u")

@@ -47,7 +47,7 @@ import polars as pl
 from idweave.linkage.cluster import closure, cluster
 from idweave.linkage.errors import IdweaveError
 from idweave.linkage.graph import Store, assign_ids
-from idweave.linkage.model import stored_single_listing
+from idweave.linkage.model import exclusive_sources
 from idweave.linkage.project import Project, resolve_project
 
 __all__ = [
@@ -454,9 +454,7 @@ def _apply(st: Store, proj: Project, action: str, *, payload: dict[str, Any], au
     rid_of = {k: i for i, k in enumerate(current)}
 
     seeds = {s for s in seeds if s in current}
-    exclusive = {s.name for s in proj.sources.values() if s.exclusive}
-    # and those the runs found to list a person once (a census), as the run clustered with them
-    exclusive |= set(stored_single_listing(st) or [])
+    exclusive = exclusive_sources(proj, st)
     if action in _NO_CONSTRAINT and not fresh and not basis_override \
             and not _constrained_differently(cons_before, cons):
         # The links and the constraints are those the store's entities were clustered from:

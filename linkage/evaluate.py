@@ -19,7 +19,7 @@ import polars as pl
 from idweave.linkage.cluster import cluster
 from idweave.linkage.errors import IdweaveError, SourceError
 from idweave.linkage.graph import Store
-from idweave.linkage.model import stored_single_listing
+from idweave.linkage.model import exclusive_sources
 from idweave.linkage.project import resolve_project
 from idweave.linkage.project import Project
 from idweave.linkage.readers import source_columns
@@ -103,7 +103,7 @@ def evaluate(project: Project | str | Path | Mapping[str, Any], *, truth: str,
         ents = st.require(records=True).record_entity_index()
         links = st.link_keys()
         run = st.last_run_clustering()
-        single = stored_single_listing(st) or []  # sources the runs cluster as exclusive (training.py)
+        excl_sources = exclusive_sources(proj, st)  # as the runs cluster
     df = records.join(ents, on=["source", "record_id"], how="inner")
     # Records without a truth label are their own entity (a singleton can only cost recall).
     df = df.with_columns(pl.col(truth).fill_null(pl.concat_str([pl.lit("__none__"), pl.col("source"),
@@ -124,8 +124,7 @@ def evaluate(project: Project | str | Path | Mapping[str, Any], *, truth: str,
     found = int(lk.filter(pl.col("t_l") == pl.col("t_r")).height)
     blocking_recall = found / true_pairs if true_pairs else 1.0
 
-    excl_sources = [s.name for s in proj.sources.values() if s.exclusive] + single
-    excl = {r: s for r, s in key.filter(pl.col("source").is_in(excl_sources)).select("rid", "source").iter_rows()}
+    excl = {r: s for r, s in key.filter(pl.col("source").is_in(sorted(excl_sources))).select("rid", "source").iter_rows()}
     rows = []
     for t in thresholds:
         cl = cluster(lk, key["rid"], threshold=t, exclusive=excl, method=method,

@@ -462,11 +462,8 @@ class Store(StoreReads):
     def ready_for_runs(self) -> bool:
         """True when the store has every table and column a run reads (a store made by this
         build, or upgraded by a run opened for writing: see ``_MIGRATIONS``)."""
-        return {"runs", "events", "decisions", "models", "meta"} <= set(self._table_names()) \
+        return {"runs", "events", "decisions", "models", "meta"} <= set(_marker(self.con)[0]) \
             and "signature" in self.columns("runs")
-
-    def _table_names(self) -> list[str]:
-        return [t for (t,) in self.con.execute("select table_name from information_schema.tables").fetchall()]
 
     def last_run_info(self) -> dict[str, Any] | None:
         """The latest run's threshold, clustering, model version and signature (None before

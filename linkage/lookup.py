@@ -183,7 +183,7 @@ class Matcher:
             settings, tf_tables, version = stored
             row = st.last_run_threshold()
             records = st.records()
-            single = model_mod.stored_single_listing(st) or []  # sources the runs cluster as exclusive
+            exclusive = model_mod.exclusive_sources(proj, st)  # as the runs cluster
         self.run_id, self.threshold = row if row else (0, None)
         self.model = model_mod.TrainedModel(settings, tf_tables)
         self.model_version = version
@@ -195,7 +195,7 @@ class Matcher:
                 records = records.with_columns(pl.lit(None, dtype=pl.Float64 if k == "number" else pl.Utf8).alias(a))
         self.records = records
         self.rules = project_rules(proj, records)
-        self.exclusive = {s.name for s in proj.sources.values() if s.exclusive} | set(single)
+        self.exclusive = exclusive
         self._sources = set(proj.sources)
         self._build_index(records)
         self._build_scorer(records)

@@ -96,6 +96,23 @@ def load_model(path: Path, tf_tables: dict[str, pl.DataFrame] | None = None) -> 
     return TrainedModel(settings, dict(tf_tables or {}))
 
 
+def exclusive_sources(proj: Any, st: Any) -> set[str]:
+    """The sources a run clustered as exclusive: those the project marks, and those the
+    latest run found to list a person once (:func:`stored_single_listing`). Decisions,
+    lookup and evaluate cluster with these, as the run did.
+
+    >>> from idweave.linkage import link
+    >>> from idweave.linkage.graph import Store
+    >>> from idweave.linkage.project import load_project
+    >>> p = load_project("fixtures/tiny/project.yaml")
+    >>> _ = link(p)
+    >>> with Store.open(p.store, read_only=True) as st:
+    ...     sorted(exclusive_sources(p, st))
+    ['tax']
+    """
+    return {s.name for s in proj.sources.values() if s.exclusive} | set(stored_single_listing(st) or [])
+
+
 def stored_single_listing(st: Any, version: str | None = None) -> list[str] | None:
     """The single-listing sources the latest run of model ``version`` (default: the latest
     run's model) recorded in its summary; None if no run did. A decision re-clusters with

@@ -168,17 +168,14 @@ def link(
         if done is not None:
             return done
     try:
-        for _ in range(_ATTEMPTS - 1):
+        for attempt in range(1, _ATTEMPTS + 1):
             try:
                 return _link(proj, threshold=threshold, retrain=retrain, full=full, progress=progress, wait=wait)
-            except _StoreMoved:
-                continue  # another writer came between this run's reading and its write
-        try:
-            return _link(proj, threshold=threshold, retrain=retrain, full=full, progress=progress, wait=wait)
-        except _StoreMoved:
-            raise StoreBusyError(f"the store changed while this run read it ({_ATTEMPTS} times: other runs, "
-                                 "decisions or erasures kept writing it); run again when they are done",
-                                 file=str(proj.store)) from None
+            except _StoreMoved:  # another writer came between this run's reading and its write
+                if attempt == _ATTEMPTS:
+                    raise StoreBusyError(f"the store changed while this run read it ({_ATTEMPTS} times: other "
+                                         "runs, decisions or erasures kept writing it); run again when they are done",
+                                         file=str(proj.store)) from None
     except StoreBusyError:
         raise
     except BaseException:

@@ -49,17 +49,22 @@ def test_without_wait_a_held_store_fails_at_once_naming_the_option(linked_copy: 
     assert res.code == 2 and "--wait SECONDS" in res.error
 
 
-def test_with_wait_the_command_waits_for_the_run_and_succeeds(linked_copy: Path) -> None:
-    holder = hold(linked_copy.parent / "out" / "tiny.duckdb")
+def run_while_held_briefly(store: Path, *args: object):
+    """``idweave ARGS`` while another process holds ``store``, which lets go after 1.5 s."""
+    holder = hold(store)
     released = threading.Timer(1.5, holder.kill)
     released.start()
-    t = time.monotonic()
     try:
-        res = run_cli("decisions", linked_copy, "--wait", "30")
+        return run_cli(*args)
     finally:
         released.cancel()
         holder.kill()
         holder.wait()
+
+
+def test_with_wait_the_command_waits_for_the_run_and_succeeds(linked_copy: Path) -> None:
+    t = time.monotonic()
+    res = run_while_held_briefly(linked_copy.parent / "out" / "tiny.duckdb", "decisions", linked_copy, "--wait", "30")
     assert res.code == 0, res.err
     assert "waiting up to 30s for the run that holds the store" in res.err
     assert time.monotonic() - t >= 1.0
@@ -82,15 +87,7 @@ def test_a_decision_waits_for_the_run_and_is_recorded_once(linked_copy: Path) ->
     with Store.open(store, read_only=True) as st:
         eid = st.record_entities()["entity_id"][0]
         before = st.max_decision_id()
-    holder = hold(store)
-    released = threading.Timer(1.5, holder.kill)
-    released.start()
-    try:
-        res = run_cli("confirm", linked_copy, eid, "--author", "steward", "--wait", "30")
-    finally:
-        released.cancel()
-        holder.kill()
-        holder.wait()
+    res = run_while_held_briefly(store, "confirm", linked_copy, eid, "--author", "steward", "--wait", "30")
     assert res.code == 0, res.err
     assert "waiting up to 30s" in res.err
     with Store.open(store, read_only=True) as st:

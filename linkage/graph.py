@@ -15,6 +15,9 @@ Tables (the README's "Identity store" section describes every column):
 * ``models``    every model version used, as Splink JSON, and ``model_tf`` its tf tables
 * ``model_sql`` what Splink made of each model for scoring (its SQL and weights), per Splink
                 version and compile key, so that a run reusing the model does not load Splink
+* ``components`` each record's connected component of the last run's strong links and
+                must-links (``rk``, ``component``): what an incremental run re-clusters
+                (see ``_incremental.py``)
 
 Persistent ids: every cluster of a run inherits the id of the old entity it holds the largest
 part of; when a cluster holds the largest part of several old entities the oldest id survives
@@ -715,6 +718,8 @@ class Store(StoreReads):
             self.con.execute("delete from block_keys where rk = ?", [rk])
         if self.has_table("joins"):
             self.con.execute("delete from joins where rk_l = ? or rk_r = ?", [rk, rk])
+        if self.has_table("components"):
+            self.con.execute("delete from components where rk = ?", [rk])
         self.con.execute("delete from erasure_pending where rk = ?", [rk])
 
     def record_erasure(self, row: Sequence[Any]) -> None:
@@ -1043,6 +1048,13 @@ class Store(StoreReads):
         with self.registered("_rks", pl.DataFrame({"rk": rks})):
             self.con.execute(f"delete from {table} where rk_l in (select rk from _rks) or rk_r in (select rk from _rks)")
 
+    def delete_rks(self, table: str, rks: pl.Series) -> None:
+        """Delete the rows of ``table`` (one with an ``rk`` column: ``components``) of the
+        records ``rks``."""
+        assert table in ("components",)
+        with self.registered("_rks", pl.DataFrame({"rk": rks.cast(pl.Int64)})):
+            self.con.execute(f"delete from {table} where rk in (select rk from _rks)")
+
     def delete_link_pairs(self, pairs: pl.DataFrame) -> None:
         """Delete the stored links of ``pairs`` (``a``, ``b``: rk_l, rk_r)."""
         with self.registered("_pairs", pairs):
@@ -1181,7 +1193,8 @@ _READING: contextvars.ContextVar[Store | None] = contextvars.ContextVar("idweave
 # writing. Any other table, or a ``records`` table without the marker, means the file is
 # somebody else's: it is refused and left untouched.
 STORE_TABLES = frozenset({"meta", "runs", "entities", "events", "decisions", "models", "model_tf", "model_sql",
-                          "records", "links", "block_keys", "joins", QUEUE_TABLE, f"{QUEUE_TABLE}_dirty"})
+                          "records", "links", "block_keys", "joins", "components", QUEUE_TABLE,
+                          f"{QUEUE_TABLE}_dirty"})
 _CORE_TABLES = frozenset({"runs", "entities", "events", "decisions"})
 _NOT_A_STORE = "not an idweave store"
 

@@ -249,6 +249,7 @@ class _Run:
     affected: Any = None
     aff_mask: Any = None
     blocking_affected: Any = None
+    components: Any = None              # rid, component of the affected records (the store keeps them)
     # complete
     derived: Any = None
     derived_kept: Any = None
@@ -470,6 +471,8 @@ def _score(run: _Run) -> None:
 
 def _affected(run: _Run) -> None:
     """The threshold, the decisions in force, and the part of the graph to cluster again."""
+    from idweave.linkage import _incremental as inc
+
     records, blocking = run.records, run.blocking
     with run.timer.stage("affected"):
         thr = run.threshold if run.threshold is not None else run.proj.threshold
@@ -480,14 +483,22 @@ def _affected(run: _Run) -> None:
         run.must, run.cannot = must, cannot = _decision_constraints(run.st, records)
         run.reclustered_all = not (run.incremental and run.prev is not None and run.prev["threshold"] == thr)
         run.constrained = pl.Series("rid", [r for pair in [*must, *cannot] for r in pair], dtype=pl.Int64)
+        must_links = pl.DataFrame(must, schema=_NO_PAIRS, orient="row")
         if run.reclustered_all:
             run.affected = records["rid"]
         else:
-            strong = pl.concat([blocking.filter(pl.col("match_probability") >= thr).select("rid_l", "rid_r"),
-                                pl.DataFrame(must, schema=_NO_PAIRS, orient="row")])
-            run.affected = closure(pl.concat([run.seeds.cast(pl.Int64), run.constrained]), strong, records["rid"])
-    run.aff_mask = _rid_mask(records.height, run.affected)
-    run.blocking_affected = blocking.filter(_ends(blocking, run.aff_mask, both=True))
+            # The stored components holding a seed (a union of this run's components, see
+            # _incremental.COMPONENTS), or the seeds' closure over every strong link.
+            seeds = pl.concat([run.seeds.cast(pl.Int64), run.constrained])
+            run.affected = inc.stored_components(run.st, records, seeds)
+            if run.affected is None:
+                strong = pl.concat([blocking.filter(pl.col("match_probability") >= thr).select("rid_l", "rid_r"),
+                                    must_links])
+                run.affected = closure(seeds, strong, records["rid"])
+        run.aff_mask = _rid_mask(records.height, run.affected)
+        run.blocking_affected = blocking.filter(_ends(blocking, run.aff_mask, both=True))
+        run.components = inc.component_rows(records, run.affected, pl.concat([
+            run.blocking_affected.filter(pl.col("match_probability") >= thr).select("rid_l", "rid_r"), must_links]))
 
 
 def _complete(run: _Run) -> None:
@@ -578,6 +589,7 @@ def _write(run: _Run) -> None:
                  "summary": json.dumps({"timings": run.timer.timings, "report": run.report.__dict__,
                                         "mode_reason": run.why, "training_log": run.trained.training_log,
                                         "single_listing": run.single_listing})})
+        write.components = run.components
         run.entities, run.sizes, run.run_id, run.n_events = inc.write_run(run.st, proj, write, run.trained,
                                                                           _splink.splink_version())
     if run.retrained or not proj.model_file.exists():

@@ -441,7 +441,7 @@ class RunWrite:
     records: pl.DataFrame          # all records of the run, with rid
     seen: pl.Series                # read from the sources this run
     delta: Delta
-    new_links: pl.DataFrame        # scored this run, with evidence: to insert
+    new_links: list[tuple[str, pl.DataFrame]]  # scored this run, light, with the spill name of their evidence: to insert
     rule_names: dict[int, str]     # rule index -> stored rule name
     rescored: pl.Series            # rids whose stored links are all replaced
     drop_pairs: pl.DataFrame       # rid_l, rid_r of other stored links that go (or are replaced)
@@ -456,6 +456,7 @@ class RunWrite:
     joined: pl.DataFrame | None = None  # the clustering's trace for the affected rids (rid_l, rid_r, p)
     reclustered_all: bool = True
     source_state: dict[str, Any] | None = None  # what unchanged_run checks next time (see record_state)
+    spill: Any = None              # the levels and weights of new_links (a _spill.Spill)
 
 
 # How often an incremental run lets DuckDB compact row groups when it checkpoints (see write_run).
@@ -470,20 +471,52 @@ def _keys(records: pl.DataFrame, rids: pl.Series) -> pl.DataFrame:
     return records.filter(pl.col("rid").is_in(rids.implode())).select("source", "record_id")
 
 
-def _link_table(links: pl.DataFrame, records: pl.DataFrame, rule_names: dict[int, str]) -> pl.DataFrame:
+def _link_table(links: pl.DataFrame, key: pl.DataFrame, names: pl.DataFrame) -> pl.DataFrame:
+    """Rows of the store's ``links`` for scored pairs with their evidence: each end by
+    ``source``, ``record_id`` and ``rk`` (``key``, one row per rid: gathered when row i is
+    rid i, else joined), the rule by name."""
+    ends = []
+    for side in ("l", "r"):
+        rid = links[f"rid_{side}"]
+        if key.height and key["rid"][0] == 0 and key["rid"][-1] == key.height - 1:
+            end = key.gather(rid)  # rid order: rid i is row i (checked against the rids below)
+            if not end["rid"].equals(rid, check_names=False):
+                raise RuntimeError("records are not in rid order")
+        else:
+            end = rid.to_frame("rid").join(key, on="rid", how="left", maintain_order="left")
+        ends.append(end.drop("rid").rename({c: f"{c}_{side}" for c in ("source", "record_id", "rk")}))
+    rule = (links.select(pl.col("rule").cast(pl.Int32)).join(names, on="rule", how="left", maintain_order="left")
+            ["rule_name"].alias("rule"))
+    ev = [c for c in links.columns if c.startswith(("level_", "w_"))]
+    return pl.concat([ends[0].select("source_l", "record_id_l"), ends[1].select("source_r", "record_id_r"),
+                      rule.to_frame(), links.select("match_weight", "match_probability", *ev),
+                      ends[0].select("rk_l"), ends[1].select("rk_r")], how="horizontal")
+
+
+def _write_links(st: Store, records: pl.DataFrame, w: RunWrite, *, replace: bool) -> None:
+    """Write the links scored this run, a spilled piece at a time: its light columns (kept in
+    memory) beside its levels and weights (read back from the spill), checked to be the same
+    pairs in the same order. ``replace``: the links table is replaced (a full run)."""
     key = records.select("rid", "source", "record_id", "rk")
-    names = pl.DataFrame({"rule": list(rule_names), "rule_name": list(rule_names.values())},
+    names = pl.DataFrame({"rule": list(w.rule_names), "rule_name": list(w.rule_names.values())},
                          schema={"rule": pl.Int32, "rule_name": pl.Utf8})
-    t = (links.join(key.rename({"rid": "rid_l", "source": "source_l", "record_id": "record_id_l", "rk": "rk_l"}),
-                    on="rid_l")
-         .join(key.rename({"rid": "rid_r", "source": "source_r", "record_id": "record_id_r", "rk": "rk_r"}),
-               on="rid_r")
-         .with_columns(pl.col("rule").cast(pl.Int32))
-         .join(names, on="rule", how="left")
-         .drop("rid_l", "rid_r", "rule")
-         .rename({"rule_name": "rule"}))
-    return t.select("source_l", "record_id_l", "source_r", "record_id_r", "rule", "match_weight",
-                    "match_probability", *[c for c in t.columns if c.startswith(("level_", "w_"))], "rk_l", "rk_r")
+    first = replace
+    for name, light in w.new_links:
+        done = 0
+        for heavy in w.spill.pieces(name):
+            part = light.slice(done, heavy.height)
+            if part.height != heavy.height or not (part["rid_l"].equals(heavy["rid_l"])
+                                                    and part["rid_r"].equals(heavy["rid_r"])):
+                raise RuntimeError(f"the spilled pairs of {name} are out of step with the scored ones")
+            rows = _link_table(pl.concat([part, heavy.drop("rid_l", "rid_r")], how="horizontal"), key, names)
+            if first:
+                st.replace_table("links", rows)
+                first = False
+            else:
+                st.append("links", rows)
+            done += heavy.height
+        if done != light.height:
+            raise RuntimeError(f"the spill holds {done} of the {light.height} pairs of {name}")
 
 
 def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_version: str,
@@ -556,7 +589,6 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
                 .with_columns(pl.col("first_seen_run").fill_null(run_id).cast(pl.Int32),
                               pl.when(pl.col("_seen")).then(pl.lit(run_id)).otherwise(pl.col("last_seen_run"))
                               .cast(pl.Int32).alias("last_seen_run")))
-    link_rows = _link_table(w.new_links, records, w.rule_names)
 
     touched = assignment.touched | set(retired) | set(merged_away)
     size_ids = touched | candidates | set(assignment.entity_of.values())
@@ -568,10 +600,10 @@ def write_run(st: Store, project: Project, w: RunWrite, trained: Any, splink_ver
         save_compiled(st, version, trained.settings, run_id)
         if full:
             st.replace_table("records", rec_rows.drop("rid", "_seen").sort("source", "record_id"))
-            st.replace_table("links", link_rows)
+            _write_links(st, records, w, replace=True)
         else:
             _write_records_delta(st, records, delta, rec_rows, run_id, all_seen=bool(w.seen.all()))
-            _write_links_delta(st, records, delta, w, link_rows)
+            _write_links_delta(st, records, delta, w)
         if w.joined is not None:
             rk = records.select("rid", "rk")
             rows = (w.joined.join(rk.rename({"rid": "rid_l", "rk": "rk_l"}), on="rid_l")
@@ -680,7 +712,7 @@ def stored_joins(st: Store, records: pl.DataFrame, rids: pl.Series) -> pl.DataFr
                     pl.col("match_probability").cast(pl.Float64)))
 
 
-def _write_links_delta(st: Store, records: pl.DataFrame, delta: Delta, w: RunWrite, link_rows: pl.DataFrame) -> None:
+def _write_links_delta(st: Store, records: pl.DataFrame, delta: Delta, w: RunWrite) -> None:
     """Links of an incremental run: drop every stored link of a re-scored or removed record
     (and the derived links of re-clustered records), insert the links scored this run."""
     drop = pl.concat([delta.gone_rks, _rks(records, w.rescored)]).unique()
@@ -694,7 +726,7 @@ def _write_links_delta(st: Store, records: pl.DataFrame, delta: Delta, w: RunWri
                  .select("a", "b"))
         # A stored link's rk_l is its record first in (source, record_id) order, as rid_l is.
         st.delete_link_pairs(pairs)
-    st.append("links", link_rows)
+    _write_links(st, records, w, replace=False)
 
 
 def canonical_scores(scored: pl.DataFrame, prior: float) -> pl.DataFrame:
@@ -726,7 +758,7 @@ CHUNKS = 20
 
 
 def score_chunks(records: pl.DataFrame, pairs: pl.DataFrame, trained: Any, *, engine: Any = "duckdb",
-                 count: Any = None, chunk: int | None = None) -> pl.DataFrame:
+                 count: Any = None, chunk: int | None = None, keep: Any = None) -> pl.DataFrame:
     """:func:`~idweave.linkage.scoring.score_pairs` of ``pairs`` (``rid_l``, ``rid_r``,
     ``rule``) against ``records`` (with ``rid`` and the attributes), in pieces of about
     ``chunk`` pairs: each piece is a range of ``rid_l`` scored with only its own records, the
@@ -734,6 +766,10 @@ def score_chunks(records: pl.DataFrame, pairs: pl.DataFrame, trained: Any, *, en
     score depends on the pair and the model only; :func:`canonical_scores` makes it bit for
     bit). ``count(done, total)`` is called after each piece. Engines other than DuckDB score
     in one piece (a Splink linker per piece would cost more than it shows).
+
+    ``keep(piece)``, if given, is called with each scored piece and returns what of it to
+    keep (a run keeps the light columns and spills the rest: :mod:`idweave.linkage._spill`),
+    so that no more than one piece's levels and weights are in memory at once.
 
     >>> from idweave.linkage.project import load_project
     >>> from idweave.linkage.sources import load_records
@@ -754,8 +790,10 @@ def score_chunks(records: pl.DataFrame, pairs: pl.DataFrame, trained: Any, *, en
     total = pairs.height
     size = chunk or max(CHUNK_PAIRS, -(-total // CHUNKS))
     name = getattr(engine, "name", engine)
+    if keep is None:
+        keep = _whole
     if total <= size or name != "duckdb":
-        out = score_pairs(records, pairs, trained, engine=engine)
+        out = keep(score_pairs(records, pairs, trained, engine=engine))
         if count is not None:
             count(total, total)
         return out
@@ -774,11 +812,15 @@ def score_chunks(records: pl.DataFrame, pairs: pl.DataFrame, trained: Any, *, en
         wanted[:] = False
         wanted[part["rid_l"].to_numpy()] = True
         wanted[part["rid_r"].to_numpy()] = True
-        parts.append(score_pairs(records.filter(pl.Series(wanted[rec_rid])), part, trained, engine=engine))
+        parts.append(keep(score_pairs(records.filter(pl.Series(wanted[rec_rid])), part, trained, engine=engine)))
         done += part.height
         if count is not None:
             count(done, total)
     return pl.concat(parts)
+
+
+def _whole(piece: pl.DataFrame) -> pl.DataFrame:
+    return piece
 
 
 def records_of(records: pl.DataFrame, pairs: pl.DataFrame, st: Store | None = None,

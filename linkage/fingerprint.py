@@ -34,7 +34,7 @@ STATE_MODULES = (
     "linkage/model.py", "linkage/comparisons.py", "linkage/training.py", "linkage/scoring.py", "linkage/_splink.py",
     "linkage/cluster.py", "linkage/_blockkeys.py", "linkage/_incremental.py", "linkage/pipeline.py",
     "linkage/graph.py", "linkage/forget.py", "linkage/review.py", "linkage/decisions.py",
-    "linkage/engine.py", "linkage/_levels.py",
+    "linkage/engine.py", "linkage/_levels.py", "linkage/_spill.py",
 )
 
 # Modules a run imports that cannot change what it stores (with why).

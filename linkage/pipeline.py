@@ -21,13 +21,12 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import polars as pl
 
-from idweave.blocking import generate_pairs
-from idweave.blocking.pairs import PairStats
 from idweave.linkage import _splink, comparisons, scoring, training
 from idweave.linkage import model as model_mod
 from idweave.linkage.cluster import DEFAULT_CLUSTERING, choose_threshold, closure, cluster, completion_pairs
 from idweave.linkage.engine import engine_of
 from idweave.linkage.errors import IdweaveError, StoreBusyError
+from idweave.linkage._spill import Spill
 from idweave.linkage.graph import Store, utc_now
 from idweave.linkage.project import Project, project_rules, resolve_project, threshold_problem
 from idweave.linkage.sources import LoadReport, load_records
@@ -207,6 +206,7 @@ class _Run:
     method: str = DEFAULT_CLUSTERING
     min_average: float = 0.5
     st: Any = None                      # the open Store (compare .. write)
+    spill: Any = None                   # the scored pairs' levels and weights (_spill.Spill)
     # load
     source_files: Any = None
     index: Any = None
@@ -284,6 +284,13 @@ def _link(proj: Project, *, threshold: float | None, retrain: bool, full: bool, 
     run.method = str(proj.clustering.get("method", DEFAULT_CLUSTERING))
     run.min_average = float(proj.clustering.get("min_average", 0.5))
     _load(run)
+    with Spill() as run.spill:
+        return _link_loaded(run, wait)
+
+
+def _link_loaded(run: _Run, wait: float) -> LinkResult:
+    """:func:`_link` once the sources are loaded."""
+    proj = run.proj
     state = None
     if proj.store.exists() and proj.store.stat().st_size > 0:
         # Every stage up to the clustering reads the store read-only: other readers (the
@@ -421,10 +428,10 @@ def _block(run: _Run) -> None:
             run.pairs, run.dirty, run.flip_pairs, run.flipped = plan.pairs, plan.dirty, plan.flip_pairs, plan.flipped_members
             run.new_keys = plan.new_keys
         else:
-            keys, run.new_keys = bk.all_keys(records, run.rules)
-            run.pairs = generate_pairs(records, run.rules, exclusive=run.exclusive, stats=PairStats(), keys=keys)
+            # Keys and pairs in a DuckDB that spills to disk (generate_pairs' pairs, all_keys' rows).
+            run.pairs, run.new_keys = bk.full_pairs(records, run.rules, max_block=DEFAULT_MAX_BLOCK,
+                                                    exclusive=run.exclusive)
             run.dirty, run.flip_pairs, run.flipped = records["rid"], pl.DataFrame(schema=_NO_PAIRS), 0
-            del keys
 
 
 def _score(run: _Run) -> None:
@@ -435,15 +442,24 @@ def _score(run: _Run) -> None:
 
     st, records, dirty = run.st, run.records, run.dirty
     with run.timer.stage("score"):
+        # Each piece's levels and weights go to the spill; its light columns stay. A new
+        # model's scores are made canonical once its prior is known (below).
+        prior = run.trained.prior
+        run.spill.start("scored")
+
+        def keep(piece: pl.DataFrame) -> pl.DataFrame:
+            return run.spill.keep("scored", piece if run.retrained else inc.canonical_scores(piece, prior))
+
         scored = inc.score_chunks(inc.records_of(records, run.pairs, st, run.delta), run.pairs, run.trained,
-                                  engine=engine_of(run.proj), count=run.timer.counter("score"))
+                                  engine=engine_of(run.proj), count=run.timer.counter("score"), keep=keep)
         if run.retrained:
             # A new model's prior comes from its own candidate pairs (a retrain is always
-            # a full run, so every pair was scored).
-            run.trained, scored = training.refine_prior(run.trained, scored, possible_pairs(records, run.exclusive))
+            # a full run, so every pair was scored); the scores follow it.
+            run.trained, _ = training.refine_prior(run.trained, scored, possible_pairs(records, run.exclusive))
             run.version = run.trained.version
             run.sig = _signature(run)
-        run.scored = scored = inc.canonical_scores(scored, run.trained.prior)
+            scored = _rescored(run.spill, "scored", scored, run.trained.prior)
+        run.scored = scored
         blocking = scored.select(_LIGHT)
         run.derived_stored = blocking.clear()
         run.seeds = dirty
@@ -524,11 +540,13 @@ def _complete(run: _Run) -> None:
             derived_drop = old.filter(~wanted).select("rid_l", "rid_r")
             extra = extra.filter(~extra_key.is_in(old_key.implode()))
             if extra.height:
-                derived = inc.canonical_scores(inc.score_chunks(
+                prior = run.trained.prior
+                run.spill.start("derived")
+                derived = inc.score_chunks(
                     inc.records_of(records, extra, run.st, run.delta),
                     extra.with_columns(pl.lit(COMPLETION_RULE, pl.Int32).alias("rule")), run.trained,
-                    engine=engine_of(run.proj), count=run.timer.counter("complete")),
-                    run.trained.prior).select(run.scored.columns)
+                    engine=engine_of(run.proj), count=run.timer.counter("complete"),
+                    keep=lambda piece: run.spill.keep("derived", inc.canonical_scores(piece, prior)))
     elif derived_stored.height:
         derived_drop = derived_stored.select("rid_l", "rid_r")
     run.derived, run.derived_drop = derived, derived_drop
@@ -577,7 +595,8 @@ def _write(run: _Run) -> None:
     with run.timer.stage("store"):
         write = inc.RunWrite(
             mode=run.mode, records=run.records, seen=run.delta.seen, delta=run.delta,
-            new_links=pl.concat([run.scored, run.derived]), rule_names=run.rule_names, rescored=run.dirty,
+            new_links=[("scored", run.scored), ("derived", run.derived)], spill=run.spill,
+            rule_names=run.rule_names, rescored=run.dirty,
             drop_pairs=pl.concat([run.flip_pairs, run.derived_drop]), affected=run.affected, clusters=run.clusters,
             new_keys=run.new_keys, joined=run.joined, reclustered_all=run.reclustered_all,
             n_links_total=run.links.height, n_strong_total=run.n_strong, started=run.started,
@@ -594,6 +613,19 @@ def _write(run: _Run) -> None:
                                                                           _splink.splink_version())
     if run.retrained or not proj.model_file.exists():
         run.trained.save(proj.model_file)
+
+
+def _rescored(spill: Spill, name: str, light: pl.DataFrame, prior: float) -> pl.DataFrame:
+    """``light`` with the match weights and probabilities of a new prior, from the spilled
+    weights (added up as :func:`~idweave.linkage._incremental.canonical_scores` does), a
+    piece at a time."""
+    from idweave.linkage import _incremental as inc
+
+    parts = [inc.canonical_scores(piece, prior).select("match_weight", "match_probability")
+             for piece in spill.pieces(name)]
+    if not parts:
+        return light
+    return light.select("rid_l", "rid_r", "rule").hstack(pl.concat(parts))
 
 
 def _result(run: _Run) -> LinkResult:

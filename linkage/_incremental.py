@@ -371,9 +371,7 @@ def stored_components(st: Store, records: pl.DataFrame, seeds: pl.Series) -> pl.
         return None
     rk = records["rk"].to_numpy()
     seed_rks = pl.Series("rk", rk[seeds.cast(pl.Int64).unique().to_numpy()], dtype=pl.Int64)
-    with st.registered("_seed_rk", seed_rks.to_frame()):
-        got = _query(st, f"select rk from {COMPONENTS} where component in "
-                         f"(select component from {COMPONENTS} semi join _seed_rk using (rk))")
+    got = st.component_rks(seed_rks)
     rid_of = np.full(int(max(rk.max(), got["rk"].max() if got.height else 0)) + 1, -1, dtype=np.int64)
     rid_of[rk] = records["rid"].to_numpy()
     found = rid_of[got["rk"].to_numpy()] if got.height else np.zeros(0, dtype=np.int64)

@@ -1048,6 +1048,12 @@ class Store(StoreReads):
         with self.registered("_rks", pl.DataFrame({"rk": rks})):
             self.con.execute(f"delete from {table} where rk_l in (select rk from _rks) or rk_r in (select rk from _rks)")
 
+    def component_rks(self, rks: pl.Series) -> pl.DataFrame:
+        """``rk`` of every record in the stored ``components`` of the records ``rks``."""
+        with self.registered("_seed_rk", pl.DataFrame({"rk": rks.cast(pl.Int64)})):
+            return query_pl(self.con, "select rk from components where component in "
+                                      "(select component from components semi join _seed_rk using (rk))")
+
     def delete_rks(self, table: str, rks: pl.Series) -> None:
         """Delete the rows of ``table`` (one with an ``rk`` column: ``components``) of the
         records ``rks``."""

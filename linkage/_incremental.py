@@ -16,7 +16,9 @@ Why the result equals a full run on the same data:
   inside each connected component of strong links (at or above the threshold) and must-links.
   A component that holds no dirty record, no neighbour of a removed or re-scored record and no
   record under a human decision has the same records and links as in the last run, so its
-  clusters (the stored entities) stand. Every other component is re-clustered, by replaying
+  clusters (the stored entities) stand. The components that may not are found from the
+  store's ``components`` table (see ``COMPONENTS``), not by following every strong link of
+  the graph. Every other component is re-clustered, by replaying
   the last run's trace (the ``joins`` table): a decision between two clusters none of whose
   records has a changed link is the last run's decision, so only the decisions around new,
   changed and re-linked records are made again (the replay's exactness is argued and

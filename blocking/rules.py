@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from itertools import combinations
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from idweave.blocking.keys import check_transform, sql_transform
+
+if TYPE_CHECKING:
+    import polars as pl
 
 __all__ = ["Key", "Rule", "parse_rules", "derive_rules", "scale_factor", "scaled_cap", "PAIR_BUDGET", "SCALE_FROM"]
 
@@ -296,7 +298,7 @@ def derive_rules(attributes: Mapping[str, str], n_records: int | None = None, *,
     if scale_factor(n_records, scale_from) == 1:
         return out
     sharpeners = _sharpeners(by_kind)
-    base_sets = {frozenset(r.keys) for r in out}
+    conjunctions = [frozenset(r.keys) for r in out if r.max_block is None]
     scaled: list[Rule] = []
     for r in out:
         # A rare-value rule's cap already bounds what a record costs (its blocks are small
@@ -304,20 +306,41 @@ def derive_rules(attributes: Mapping[str, str], n_records: int | None = None, *,
         cap = r.max_block if r.max_block is not None else scaled_cap(DEFAULT_CAP, n_records, scale_from)
         parent = Rule(r.keys, max_block=cap)
         scaled.append(parent)
-        # A rare value's pairs are those no other key found (a missing or mistyped date):
-        # its blocks are split by the names' initials first, not by a date.
-        order = sharpeners if r.max_block is None else sorted(sharpeners, key=lambda k: k.transforms != ("initial",))
-        extra = [k for k in order if not any(k.left in (rk.left, rk.right) for rk in r.keys)]
-        keys = r.keys
-        for k in extra[:SHARPEN_DEPTH]:
-            keys = (*keys, k)
-            if frozenset(keys) in base_sets:
-                break  # that rule is derived anyway, with its own cap and sharpening
-            child = Rule(keys, max_block=cap, sharpens=parent.name)
-            scaled.append(child)
-            parent = child
-    seen = set()
-    return [r for r in scaled if not (r.name in seen or seen.add(r.name))]
+        if r.max_block is None:
+            # A conjunction is split by what its keys do not read: the initial of a name
+            # it already holds (a word of either name field) hardly splits its blocks.
+            extra = [k for k in sharpeners if not k.attributes() & r.attributes]
+        else:
+            # A rare value's pairs are those no other key found (a missing or mistyped
+            # date): its blocks are split by the names' initials first, not by a date.
+            order = sorted(sharpeners, key=lambda k: k.transforms != ("initial",))
+            extra = [k for k in order if not any(k.left in (rk.left, rk.right) for rk in r.keys)]
+        others = [c for c in conjunctions if c != frozenset(r.keys)]
+        scaled.extend(_sharpen(parent, extra, others, SHARPEN_DEPTH))
+    seen: set[frozenset[Key]] = set()
+    # One rule per set of keys (the same keys added in another order make the same blocks).
+    return [r for r in scaled if not (frozenset(r.keys) in seen or seen.add(frozenset(r.keys)))]
+
+
+def _sharpen(parent: Rule, extra: list[Key], others: list[frozenset[Key]], depth: int) -> list[Rule]:
+    """The rules that split ``parent``'s blocks above its cap: one for each key of ``extra``
+    (each on its own, so a pair that disagrees on one of them, a mistyped year, a moved
+    postcode, is still found by another), each split once more by the next key of ``extra``
+    while ``depth`` allows. A split is left out when another derived conjunction's keys are
+    all among its keys: that rule makes its pairs already (``name & city`` split by the
+    birth year is ``name & year`` with one more key), so its pairs are the ones that rule
+    found, not the ones ``parent`` is there for."""
+    out: list[Rule] = []
+    for i, k in enumerate(extra):
+        keys = frozenset((*parent.keys, k))
+        if any(c <= keys for c in others):
+            continue
+        child = Rule((*parent.keys, k), max_block=parent.max_block, sharpens=parent.name)
+        out.append(child)
+        if depth > 1:
+            rest = [x for x in extra if x is not k]
+            out.extend(_sharpen(child, rest[:1] if rest else [], others, depth - 1))
+    return out
 
 
 def _sharpeners(by_kind: Mapping[str, list[str]]) -> list[Key]:

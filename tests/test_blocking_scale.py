@@ -16,7 +16,7 @@ from idweave.blocking import count_pairs, derive_rules, generate_pairs, rule_pai
 from idweave.blocking import rules as rules_mod
 from idweave.blocking.pairs import key_table, pair_budget, pairs_from_keys, rule_keys
 from idweave.blocking.rules import PAIR_BUDGET, SCALE_FROM, Rule, scale_factor, scaled_cap
-from idweave.linkage.project import load_project, project_rules, with_rids
+from idweave.linkage.project import load_project, with_rids
 from idweave.linkage.sources import load_records
 
 from conftest import run_cli, table_rows
@@ -98,6 +98,35 @@ def test_every_sharpening_rule_is_its_parent_plus_one_key() -> None:
         assert rules.index(c) > rules.index(parent)
 
 
+def test_a_rule_is_sharpened_by_each_useful_key_on_its_own() -> None:
+    rules = derive_rules(KINDS, 64_000, scale_from=1000)
+    conjunctions = [frozenset(r.keys) for r in derive_rules(KINDS) if r.max_block is None]
+    by_name = {r.name: r for r in rules}
+    # One rule per set of keys.
+    assert len({frozenset(r.keys) for r in rules}) == len(rules)
+    for c in (r for r in rules if r.sharpens is not None):
+        parent = by_name[c.sharpens]
+        # No split holds every key of another derived conjunction (name & town split by
+        # the year would be name & year with one key more: that rule makes those pairs).
+        root = frozenset(_root(c, by_name).keys)
+        assert not any(k <= frozenset(c.keys) for k in conjunctions if k != root)
+        # A conjunction is not split by the initial of a name it already reads.
+        if _root(c, by_name).max_block is None:
+            assert not c.keys[-1].attributes() & parent.attributes
+    # Each key splits a rule's big blocks on its own (a mistyped year still leaves the
+    # postcode district): surname & birth date's month and day is split by the district
+    # and by the town, side by side, not one inside the other.
+    md = next(r for r in rules if r.sharpens is None and [str(k) for k in r.keys] == ["ln:metaphone", "dob:month_day"])
+    assert [[str(k) for k in r.keys[2:]] for r in rules if r.sharpens == md.name] == [["pc:district"], ["town"]]
+
+
+def _root(rule: Rule, by_name: dict[str, Rule]) -> Rule:
+    """The derived rule a chain of sharpening rules starts from."""
+    while rule.sharpens is not None:
+        rule = by_name[rule.sharpens]
+    return rule
+
+
 # ------------------------------------------------------------------ too big: sharpened, not dropped
 def test_a_too_big_block_sharpens_instead_of_vanishing(populations) -> None:
     project, records = populations[6000]
@@ -144,7 +173,7 @@ def test_sharpening_inside_the_parents_big_blocks_only_makes_the_same_pairs(popu
 
 # ------------------------------------------------------------------ the budget
 def test_pairs_per_record_stay_within_the_budget_as_n_grows(populations) -> None:
-    (p_small, small), (p_large, large) = populations[1500], populations[6000]
+    (_, small), (p_large, large) = populations[1500], populations[6000]
     kinds = {a.name: a.kind for a in load_project(p_large).attributes.values()}
     excl = ["tax"]
 

@@ -70,6 +70,14 @@ def _jw(c: str, t: float) -> str:
     return f"jaro_winkler_similarity({_l(c)}, {_r(c)}) >= {t}"
 
 
+def _one_typo(c: str) -> str:
+    """At most one insertion, deletion, substitution or swap apart. The length test first is
+    the same condition (the distance is at least the difference in length) and lets the engine
+    skip the distance for most pairs: on historical_50k x4 it took the city and postcode
+    levels from 1.0 s to a fraction of that per 600k pairs."""
+    return f"abs(length({_l(c)}) - length({_r(c)})) <= 1 AND damerau_levenshtein({_l(c)}, {_r(c)}) <= 1"
+
+
 # Helper columns the model derives from records before Splink sees them.
 FORMAL_SUFFIX = "__formal"
 
@@ -219,12 +227,12 @@ def _ladder(c: str, kind: str, spec: dict[str, Any], others: dict[str, str]) -> 
         levels.append(_lvl(f"abs(date_diff('day', {dl}, {dr})) <= 3653", "within ten years"))
     elif m in ("identifier", "phone"):
         levels.append(_exact(c, tf))
-        levels.append(_lvl(f"damerau_levenshtein({_l(c)}, {_r(c)}) <= 1", "one typo"))
+        levels.append(_lvl(_one_typo(c), "one typo"))
         if m == "phone":
             levels.append(_lvl(f"right({_l(c)}, 7) = right({_r(c)}, 7)", "last 7 digits agree"))
     elif m == "postcode":
         levels.append(_exact(c, tf))
-        levels.append(_lvl(f"damerau_levenshtein({_l(c)}, {_r(c)}) <= 1", "one typo"))
+        levels.append(_lvl(_one_typo(c), "one typo"))
         levels.append(_lvl(f"length({_l(c)}) > 4 AND length({_r(c)}) > 4 AND "
                            f"left({_l(c)}, length({_l(c)}) - 3) = left({_r(c)}, length({_r(c)}) - 3)",
                            "same district"))
@@ -241,7 +249,7 @@ def _ladder(c: str, kind: str, spec: dict[str, Any], others: dict[str, str]) -> 
     elif m == "exact":
         levels.append(_exact(c, tf))
         if kind == "city":
-            levels.append(_lvl(f"damerau_levenshtein({_l(c)}, {_r(c)}) <= 1", "one typo"))
+            levels.append(_lvl(_one_typo(c), "one typo"))
     elif m == "jaro_winkler":
         levels.append(_exact(c, tf))
         for t in th or [0.92, 0.8]:

@@ -10,7 +10,8 @@ imports, reading Parquet and the store included), timed from outside; peak RSS i
 ``ru_maxrss`` (``os.wait4``). Per graph (historical_50k, attributes and kinds of
 ``../shared/checks/score.py hist50k``; and historical_50k scaled x20 to ~1M records with
 ``../shared/datasets/scale_historical.py``, whose project states five blocking rules to keep a
-full run's memory near 5 GB on this shared machine):
+full run's memory near 5 GB on this shared machine; ``--data-200k``: historical_50k scaled x4,
+~202k records, with the same rules):
 
 1. **base**: a store holding 99 % of the records (seeded sample) and a model, made by one
    ``link`` on the 99 % file starting from ``--model-store-*`` (a store of the same data
@@ -248,15 +249,17 @@ def main() -> None:
     ap.add_argument("--data-1m", help="historical_50k scaled x20 (scale_historical.py 20 OUT)")
     ap.add_argument("--model-store-50k", required=True, help="a historical_50k store holding a model")
     ap.add_argument("--model-store-1m", help="a store of the x20 data (project of this script) holding a model")
+    ap.add_argument("--data-200k", help="historical_50k scaled x4 (scale_historical.py 4 OUT): run with the 1M rules")
+    ap.add_argument("--model-store-200k", help="a store of the x4 data (project of this script) holding a model")
     ap.add_argument("--before", help="another checkout to measure the same way")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", choices=["50k", "1m"], help="one graph only")
+    ap.add_argument("--only", choices=["50k", "200k", "1m"], help="one graph only")
     ap.add_argument("--no-after", action="store_true", help="measure only --before")
     ap.add_argument("--skip-full-1m", action="store_true", help="no full runs at 1M (they take minutes)")
     ap.add_argument("--turns", nargs=2, metavar="TAG=CODE",
                     help="instead: two checkouts taking turns (see interleaved) on WORK/{graph}_{TAG}, made by "
                          "earlier runs of this script; CODE '-' is this checkout")
-    ap.add_argument("--turns-full", action="store_true", help="with --turns: also +1 %% full runs (50k only)")
+    ap.add_argument("--turns-full", action="store_true", help="with --turns: also +1 %% full runs (50k, 200k)")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -268,10 +271,10 @@ def main() -> None:
                               "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
     if a.turns:
         codes = [(t.split("=", 1)[0], None if t.split("=", 1)[1] == "-" else t.split("=", 1)[1]) for t in a.turns]
-        for name in ([a.only] if a.only else ["50k", "1m"]):
-            graph_name = "hist50k" if name == "50k" else "x20"
+        for name in ([a.only] if a.only else ["50k", *(["200k"] if a.data_200k else []), "1m"]):
+            graph_name = {"50k": "hist50k", "200k": "x4", "1m": "x20"}[name]
             result[f"turns_{graph_name}"] = interleaved(graph_name, work, codes, a.repeats,
-                                                        a.turns_full and name == "50k")
+                                                        a.turns_full and name in ("50k", "200k"))
             (work / "startup.json").write_text(json.dumps(result, indent=2))
         print(json.dumps(result))
         return
@@ -280,6 +283,9 @@ def main() -> None:
         if a.only in (None, "50k"):
             result[f"hist50k_{tag}"] = graph("hist50k", HIST50K, Path(a.model_store_50k), None, code, work,
                                              a.repeats, False)
+        if a.only in (None, "200k") and a.data_200k:
+            result[f"x4_{tag}"] = graph("x4", Path(a.data_200k), Path(a.model_store_200k), RULES_1M, code, work,
+                                        a.repeats, False)
         if a.only in (None, "1m") and a.data_1m:
             result[f"x20_{tag}"] = graph("x20", Path(a.data_1m), Path(a.model_store_1m), RULES_1M, code, work,
                                          a.repeats, a.skip_full_1m)

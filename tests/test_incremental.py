@@ -271,6 +271,37 @@ def batches_end_where_a_full_run_does(fixture, tmp: Path, data) -> None:
     assert partition(inc.entities) == partition(full.entities)
     assert read_table(store, "links").equals(read_table(before_last, "links"))
     assert inc.summary["events"] == full.summary["events"]
+    # The components the incremental runs kept up to date are those the full run computes.
+    assert stored_components(store) == stored_components(before_last)
+
+
+def stored_components(store: Path) -> set[frozenset[int]]:
+    """The store's ``components`` table as a set of record (rk) sets."""
+    rows = read_table(store, "components")
+    return {frozenset(g["rk"].to_list()) for _, g in rows.group_by("component")}
+
+
+def test_a_store_without_components_grows_the_closure_and_equals_a_full_run(demo, tmp_path: Path) -> None:
+    """A store whose last run kept no components (an older store): the run finds what to
+    re-cluster by the closure over the strong links, ends where a full run does and writes no
+    partial components table; the next full run writes it whole."""
+    import duckdb
+
+    project, template = demo
+    frames = raw_frames(project)
+    store = copy_store(template, tmp_path / "inc.duckdb")
+    con = duckdb.connect(str(store))
+    con.execute("drop table components")
+    con.close()
+    inc, full, other = run_both(project, store, tmp_path, batch_two(frames))
+    assert inc.summary["mode"] == "incremental" and inc.summary["reclustered_records"] < inc.summary["records"]
+    assert_same_graph(inc, full, store, other)
+    with duckdb.connect(str(store), read_only=True) as con:
+        assert not con.execute("select count(*) from information_schema.tables "
+                               "where table_name = 'components'").fetchone()[0]
+    again = link(project, sources=batch_two(frames), store=store, full=True)
+    assert again.summary["events"] == 0
+    assert stored_components(store) == stored_components(other)
 
 
 @settings(max_examples=60, deadline=None)

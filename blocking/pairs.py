@@ -1,4 +1,6 @@
-"""Candidate pairs from blocking rules, in polars.
+"""Candidate pairs from blocking rules: in polars (:func:`generate_pairs`, the reference), and
+the same pairs in a DuckDB with a memory limit that spills to disk (:func:`sql_pairs`, what a
+full run uses: the joins and the final grouping outside Python memory).
 
 Input records need ``rid`` (a unique integer per record), ``source`` and the attributes the
 rules name. A pair is ``(rid_l, rid_r)`` with ``rid_l < rid_r`` and the index of the first
@@ -14,16 +16,24 @@ most one record per person, so those pairs cannot be matches.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import polars as pl
 
 from idweave.blocking.keys import key_values
 from idweave.blocking.rules import DEFAULT_CAP, PAIR_BUDGET, Key, Rule
 
-__all__ = ["generate_pairs", "count_pairs", "rule_pairs", "rule_keys", "key_table", "pairs_from_keys",
-           "PairStats", "DEFAULT_MAX_BLOCK", "pair_budget"]
+if TYPE_CHECKING:
+    import duckdb
+
+__all__ = ["generate_pairs", "count_pairs", "rule_pairs", "rule_keys", "key_table", "key_parts", "pairs_from_keys",
+           "PairStats", "DEFAULT_MAX_BLOCK", "pair_budget", "pairs_db", "load_keys", "sql_pairs",
+           "generate_pairs_sql", "PAIRS_MEMORY_FRACTION", "pairs_memory_limit"]
 
 # A key value shared by more records than this makes too many pairs to be informative
 # (a very common name, a placeholder date): its block is skipped for that rule and counted
@@ -95,6 +105,25 @@ def rule_keys(records: pl.DataFrame, rule: Rule) -> tuple[pl.DataFrame, pl.DataF
     kv = _KeyValues(records)
     left = kv.side(rule, "l").collect()
     return left, (left if rule.symmetric else kv.side(rule, "r").collect())
+
+
+def key_parts(records: pl.DataFrame, rules: Sequence[Rule], *, seed: int | None = None
+              ) -> Iterator[tuple[int, int, pl.DataFrame]]:
+    """:func:`key_table`'s rows one rule side at a time: ``(rule, side, frame)``, the frame
+    holding ``rid``, ``source``, ``key`` (hashed with ``seed`` when given), so a caller that
+    moves them elsewhere holds one rule's keys at a time, not all of them.
+
+    >>> from idweave.blocking.rules import Key
+    >>> recs = pl.DataFrame({"rid": [0, 1], "source": ["a", "b"], "fn": ["ann", "lee"]})
+    >>> [(i, side, f["key"].to_list()) for i, side, f in key_parts(recs, [Rule((Key("fn", "fn"),))])]
+    [(0, 0, ['ann', 'lee'])]
+    """
+    kv = _KeyValues(records)
+    key = pl.col("key") if seed is None else pl.col("key").hash(seed=seed)
+    for i, rule in enumerate(rules):
+        for side, s in ((0, "l"), (1, "r")):
+            if side == 0 or not rule.symmetric:
+                yield i, side, kv.side(rule, s).select("rid", "source", key.alias("key")).collect()
 
 
 def key_table(records: pl.DataFrame, rules: Sequence[Rule], *, seed: int | None = None) -> pl.DataFrame:
@@ -266,6 +295,192 @@ def pairs_from_keys(keys: pl.DataFrame, rules: Sequence[Rule], *, max_block: int
                       pl.max_horizontal("rid", "rid_r").cast(pl.Int64).alias("rid_r"))
            .agg(pl.col("rule").min().cast(pl.Int32)).sort("rid_l", "rid_r"))
     return out.collect()
+
+
+# The share of the machine's memory the DuckDB that makes a full run's pairs may hold before
+# it spills to its temporary folder (DuckDB's own default is 80 %: the run holds its records,
+# keys and model besides, and the machine may run other work). At 202k records the pairs
+# need about 0.3 GB, well inside it; past it, DuckDB spills its joins and groupings to disk.
+PAIRS_MEMORY_FRACTION = 0.125
+_KEYS_TABLE = "pair_keys"
+
+
+def pairs_memory_limit(fraction: float = PAIRS_MEMORY_FRACTION) -> str:
+    """DuckDB's ``memory_limit`` for :func:`pairs_db`: ``fraction`` of the machine's physical
+    memory, at least 256 MB.
+
+    >>> pairs_memory_limit(1e-9)
+    '256MB'
+    """
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{max(256, int(total * fraction / 2**20))}MB"
+
+
+@contextmanager
+def pairs_db(memory_limit: str | None = None, temp_dir: str | None = None) -> Iterator["duckdb.DuckDBPyConnection"]:
+    """A private in-memory DuckDB for :func:`sql_pairs`, with ``memory_limit``
+    (:func:`pairs_memory_limit` by default) and a new temporary folder in ``temp_dir`` (the
+    system's, ``TMPDIR``, by default) it spills to beyond that limit, removed at the end;
+    DuckDB's default threads. (Not the process's scratch DuckDB: its memory limit would hold
+    for every other query on it.)
+
+    >>> with pairs_db("300MB") as con:
+    ...     con.execute("select current_setting('memory_limit')").fetchall()
+    [('286.1 MiB',)]
+    """
+    import duckdb
+
+    folder = tempfile.mkdtemp(prefix="idweave-pairs-", dir=temp_dir)
+    try:
+        con = duckdb.connect(config={"memory_limit": memory_limit or pairs_memory_limit(),
+                                     "temp_directory": folder})
+        try:
+            yield con
+        finally:
+            con.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def load_keys(con: "duckdb.DuckDBPyConnection", parts: Iterable[tuple[int, int, pl.DataFrame]], *,
+              exclusive: Iterable[str] = ()) -> None:
+    """Move rule keys (:func:`key_parts`: ``(rule, side, frame of rid, source, key)``) into
+    table ``pair_keys`` of ``con``: ``rule``, ``side``, ``rid``, ``key`` and ``xs``, the index
+    of the record's source among ``exclusive`` (-1 for any other source). One part at a time,
+    so Python holds one rule's keys at a time.
+
+    >>> from idweave.blocking.rules import Key
+    >>> recs = pl.DataFrame({"rid": [0, 1], "source": ["a", "b"], "fn": ["ann", "ann"]})
+    >>> with pairs_db() as con:
+    ...     load_keys(con, key_parts(recs, [Rule((Key("fn", "fn"),))]), exclusive=["b"])
+    ...     con.execute("select rule, side, rid, key, xs from pair_keys order by rid").fetchall()
+    [(0, 0, 0, 'ann', -1), (0, 0, 1, 'ann', 0)]
+    """
+    excl = list(dict.fromkeys(exclusive))
+    xs = (pl.col("source").replace_strict({s: j for j, s in enumerate(excl)}, default=-1, return_dtype=pl.Int16)
+          if excl else pl.lit(-1, pl.Int16))
+    made = False
+    for rule, side, frame in parts:
+        part = frame.select(pl.lit(rule, pl.Int16).alias("rule"), pl.lit(side, pl.UInt8).alias("side"),
+                            pl.col("rid").cast(pl.Int64), "key", xs.alias("xs")).to_arrow()
+        con.register("_part", part)
+        con.execute(f"insert into {_KEYS_TABLE} select * from _part" if made else
+                    f"create or replace temp table {_KEYS_TABLE} as select * from _part")
+        con.unregister("_part")
+        made = True
+    if not made:
+        con.execute(f"create or replace temp table {_KEYS_TABLE} "
+                    "(rule smallint, side utinyint, rid bigint, key ubigint, xs smallint)")
+
+
+def _rule_table(rules: Sequence[Rule], max_block: int) -> pl.DataFrame:
+    """Per rule: its ``cap``, whether it is symmetric (``sym``) and the index of the rule it
+    sharpens (``parent``), as :func:`generate_pairs` finds it: the last earlier rule of that
+    name (null for a rule of its own, or when no earlier rule has the name)."""
+    seen: dict[str, int] = {}
+    parents: list[int | None] = []
+    for i, rule in enumerate(rules):
+        parents.append(seen.get(rule.sharpens) if rule.sharpens is not None else None)
+        seen[rule.name] = i
+    return pl.DataFrame({"rule": list(range(len(rules))),
+                         "cap": [r.max_block if r.max_block is not None else max_block for r in rules],
+                         "sym": [r.symmetric for r in rules], "parent": parents},
+                        schema={"rule": pl.Int16, "cap": pl.Int64, "sym": pl.Boolean, "parent": pl.Int16})
+
+
+def sql_pairs(con: "duckdb.DuckDBPyConnection", rules: Sequence[Rule], *, max_block: int = DEFAULT_MAX_BLOCK,
+              stats: PairStats | None = None) -> pl.DataFrame:
+    """:func:`generate_pairs` in DuckDB, on the keys :func:`load_keys` put in ``con``: the
+    same pairs (``rid_l`` < ``rid_r``, the first rule that makes each), block caps by the
+    distinct records holding a key on either side, sharpening rules paired only between the
+    records of their parent's blocks above its cap, no pair inside one exclusive source,
+    sorted by ``rid_l``, ``rid_r``; ``stats`` filled as :func:`generate_pairs` fills them.
+
+    Every rule at once, in four statements: the blocks above their cap, the records in them
+    (for the rules that others sharpen), the keys left to pair, and one self-join of those
+    grouped by pair. Only the result comes back to Python.
+
+    >>> from idweave.blocking.rules import Key
+    >>> recs = pl.DataFrame({"rid": [0, 1, 2], "source": ["a", "a", "b"], "fn": ["ann", "ann", "anne"]})
+    >>> rules = [Rule((Key("fn", "fn"),))]
+    >>> with pairs_db() as con:
+    ...     load_keys(con, key_parts(recs, rules))
+    ...     sql_pairs(con, rules).rows()
+    [(0, 1, 0)]
+    """
+    out_schema = {"rid_l": pl.Int64, "rid_r": pl.Int64, "rule": pl.Int32}
+    if not rules:
+        return pl.DataFrame(schema=out_schema)
+    k = _KEYS_TABLE
+    con.register("_rules", _rule_table(rules, max_block).to_arrow())
+    con.execute("create or replace temp table _ri as select * from _rules")
+    con.unregister("_rules")
+    # Blocks above their cap: distinct records per (rule, key), counted only for keys held by
+    # more rows than the cap (a block of fewer rows has fewer records).
+    con.execute(f"""create or replace temp table _big as
+        with rows as (select k.rule, k.key from {k} k join _ri using (rule)
+                      group by k.rule, k.key, _ri.cap having count(*) > _ri.cap)
+        select d.rule, d.key, count(*) as n
+        from (select distinct k.rule, k.key, k.rid from {k} k semi join rows r on k.rule = r.rule and k.key = r.key) d
+        join _ri using (rule) group by d.rule, d.key, _ri.cap having count(*) > _ri.cap""")
+    # The records in the too-big blocks of the rules that others sharpen.
+    con.execute(f"""create or replace temp table _members as
+        select distinct k.rule, k.rid from {k} k semi join _big b on k.rule = b.rule and k.key = b.key
+        where k.rule in (select parent from _ri where parent is not null)""")
+    # The keys left to pair: outside blocks above the cap; for a sharpening rule, only those
+    # of records in its parent's blocks above the cap.
+    con.execute(f"""create or replace temp table _kept as
+        select k.rule, k.side, k.rid, k.key, k.xs, _ri.sym from {k} k join _ri using (rule)
+        anti join _big b on k.rule = b.rule and k.key = b.key
+        where _ri.parent is null
+        union all
+        select k.rule, k.side, k.rid, k.key, k.xs, _ri.sym from {k} k join _ri using (rule)
+        semi join _members m on m.rule = _ri.parent and m.rid = k.rid
+        anti join _big b on k.rule = b.rule and k.key = b.key
+        where _ri.parent is not null""")
+    # A symmetric rule's keys are both its sides (each pair once, the smaller rid on the
+    # left); an asymmetric rule joins its left keys (side 0) to its right keys (side 1).
+    made = """select l.rule, least(l.rid, r.rid) as rid_l, greatest(l.rid, r.rid) as rid_r
+        from _kept l join _kept r on l.rule = r.rule and l.key = r.key
+        where l.side = 0 and r.side = case when l.sym then 0 else 1 end
+          and (l.rid < r.rid or (not l.sym and l.rid > r.rid))
+          and (l.xs < 0 or l.xs <> r.xs)"""
+    if stats is not None:
+        con.execute(f"create or replace temp table _made as select distinct * from ({made})")
+        made = "select * from _made"
+    rel = con.sql(f"""select rid_l::bigint as rid_l, rid_r::bigint as rid_r, min(rule)::integer as rule
+                      from ({made}) group by rid_l, rid_r order by rid_l, rid_r""")
+    out = pl.from_arrow(rel.to_arrow_table())
+    assert isinstance(out, pl.DataFrame)
+    out = out if out.width else pl.DataFrame(schema=out_schema)
+    if stats is not None:
+        def per_rule(sql: str) -> list[int]:
+            got = dict(con.execute(sql).fetchall())
+            return [int(got.get(i, 0) or 0) for i in range(len(rules))]
+        stats.skipped_blocks.extend(per_rule("select rule, count(*) from _big group by rule"))
+        stats.skipped_records.extend(per_rule("select rule, sum(n) from _big group by rule"))
+        stats.raw.extend(per_rule("select rule, count(*) from _made group by rule"))
+        added = dict(out["rule"].value_counts().iter_rows())
+        stats.added.extend(added.get(i, 0) for i in range(len(rules)))
+    for t in ("_ri", "_big", "_members", "_kept", "_made"):
+        con.execute(f"drop table if exists {t}")
+    return out.cast(out_schema)
+
+
+def generate_pairs_sql(records: pl.DataFrame, rules: Sequence[Rule], *, max_block: int = DEFAULT_MAX_BLOCK,
+                       exclusive: Iterable[str] = (), stats: PairStats | None = None, seed: int | None = None,
+                       memory_limit: str | None = None, temp_dir: str | None = None) -> pl.DataFrame:
+    """:func:`generate_pairs` (no ``restrict_to``) made in a :func:`pairs_db`: the keys of
+    :func:`key_parts` (hashed with ``seed`` if given), paired by :func:`sql_pairs`.
+
+    >>> from idweave.blocking.rules import Key
+    >>> recs = pl.DataFrame({"rid": [0, 1, 2], "source": ["a", "a", "b"], "fn": ["ann", "ann", "ann"]})
+    >>> generate_pairs_sql(recs, [Rule((Key("fn", "fn"),))], exclusive=["a"]).rows()
+    [(0, 2, 0), (1, 2, 0)]
+    """
+    with pairs_db(memory_limit, temp_dir) as con:
+        load_keys(con, key_parts(records, rules, seed=seed), exclusive=exclusive)
+        return sql_pairs(con, rules, max_block=max_block, stats=stats)
 
 
 def pair_budget(n_records: int, budget: float = PAIR_BUDGET) -> int:

@@ -1,8 +1,8 @@
 """Stored blocking keys: what lets an incremental run block new records without recomputing
 the keys of every stored record.
 
-A full run computes every rule's key values for every record (:func:`all_keys`, hashed to
-64 bits) and keeps them in the store's ``block_keys`` table (``rule``, ``side``, ``h``,
+A full run computes every rule's key values for every record (:func:`full_pairs`, hashed to
+64 bits; :func:`all_keys` in polars), makes its pairs from them in a DuckDB that spills to disk, and keeps them in the store's ``block_keys`` table (``rule``, ``side``, ``h``,
 ``rk``: rule index, 0 for a rule's left side and 1 for the right side of an asymmetric
 rule, key hash, and the record's persistent integer key ``records.rk``). Full runs block on
 the same hashes, so both kinds of run find exactly the same pairs.
@@ -24,8 +24,9 @@ from typing import Sequence
 
 import polars as pl
 
-from idweave.blocking.pairs import key_table, pairs_from_keys
+from idweave.blocking.pairs import DEFAULT_MAX_BLOCK, key_parts, key_table, load_keys, pairs_db, pairs_from_keys, sql_pairs
 from idweave.blocking.rules import Rule
+from idweave.linkage._db import query_pl
 from idweave.linkage.graph import Store
 
 __all__: list[str] = []
@@ -58,6 +59,31 @@ def all_keys(records: pl.DataFrame, rules: Sequence[Rule]
         left = parts.get((i, 0), empty).select("rid", "source", "key").sort("rid")
         keys.append((left, left if rule.symmetric else parts.get((i, 1), empty).select("rid", "source", "key").sort("rid")))
     return keys, _rows(table, records)
+
+
+def full_pairs(records: pl.DataFrame, rules: Sequence[Rule], *, max_block: int = DEFAULT_MAX_BLOCK,
+               exclusive: Sequence[str] = (), memory_limit: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A full run's candidate pairs and its ``block_keys`` rows: :func:`all_keys` and
+    :func:`~idweave.blocking.pairs.generate_pairs` on them, the same frames, but with the keys
+    moved rule by rule into a :func:`~idweave.blocking.pairs.pairs_db` (a DuckDB with a memory
+    limit that spills to disk) and paired there (:func:`~idweave.blocking.pairs.sql_pairs`):
+    Python holds the pairs and the rows, not the joins.
+
+    >>> from idweave.blocking.rules import Key
+    >>> recs = pl.DataFrame({"rid": [0, 1], "source": ["a", "b"], "fn": ["ann", "ann"], "rk": [7, 9]})
+    >>> pairs, rows = full_pairs(recs, [Rule((Key("fn", "fn"),))])
+    >>> pairs.rows(), rows["rk"].to_list(), rows["h"].n_unique()
+    ([(0, 1, 0)], [7, 9], 1)
+    """
+    with pairs_db(memory_limit) as con:
+        load_keys(con, key_parts(records, rules, seed=_SEED), exclusive=exclusive)
+        con.register("_rk", records.select(pl.col("rid").cast(pl.Int64), pl.col("rk").cast(pl.Int64)).to_arrow())
+        rows = query_pl(con, "select k.rule, k.side, k.key as h, i.rk from pair_keys k join _rk i using (rid) "
+                             "order by k.rule, k.key, i.rk, k.side")
+        con.unregister("_rk")
+        rows = rows.cast(_ROW_SCHEMA) if rows.width else pl.DataFrame(schema=_ROW_SCHEMA)
+        pairs = sql_pairs(con, rules, max_block=max_block)
+    return pairs, rows
 
 
 def _rows(table: pl.DataFrame, rk_of: pl.DataFrame) -> pl.DataFrame:

@@ -189,6 +189,23 @@ def _median(runs: list[dict], key: str) -> float | None:
     return statistics.median(vals) if vals else None
 
 
+def table(results: list[dict]) -> str:
+    """The Markdown table of a run's results (rows as ``main`` collects them)."""
+    lines = ["| records | tool | pairs | pairs/record | blocking recall | copy-0 recall | rules (sharpening) "
+             "| block s (median, spread) | peak RSS GB |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "failed" in r:
+            lines.append(f"| x{r['copies']} | {r['tool']} | failed: {r['failed']} | | | | | | |")
+            continue
+        rules = (f"{r['rules']} ({r['sharpening_rules']})" if "rules" in r else
+                 f"{r['copies']} x 50k (recall {r['recall_min']:.4f}-{r['recall_max']:.4f})" if "recall_min" in r else "10")
+        c0 = f"{r['copy0_recall']:.4f}" if "copy0_recall" in r else ""
+        lines.append(f"| {r['records']:,} | {r['tool']} | {r['pairs']:,} | {r['pairs_per_record']:.1f} | {r['recall']:.4f} "
+                     f"| {c0} | {rules} | {r['block_s_median']:.1f} ({r['block_s_spread']:.1f}) "
+                     f"| {r['peak_rss_gb_median']:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--child", nargs=2, metavar=("TOOL", "PATH"), help=argparse.SUPPRESS)
@@ -233,19 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 row["failed"] = runs[0]["failed"]
             results.append(row)
-    print("| records | tool | pairs | pairs/record | blocking recall | copy-0 recall | rules (sharpening) "
-          "| block s (median, spread) | peak RSS GB |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        if "failed" in r:
-            print(f"| x{r['copies']} | {r['tool']} | failed: {r['failed']} | | | | | | |")
-            continue
-        rules = (f"{r['rules']} ({r['sharpening_rules']})" if "rules" in r else
-                 f"{r['copies']} x 50k (recall {r['recall_min']:.4f}-{r['recall_max']:.4f})" if "copies" in r else "10")
-        c0 = f"{r['copy0_recall']:.4f}" if "copy0_recall" in r else ""
-        print(f"| {r['records']:,} | {r['tool']} | {r['pairs']:,} | {r['pairs_per_record']:.1f} | {r['recall']:.4f} "
-              f"| {c0} | {rules} | {r['block_s_median']:.1f} ({r['block_s_spread']:.1f}) "
-              f"| {r['peak_rss_gb_median']:.1f} |")
+    print(table(results))
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(results, indent=1))
     return 0

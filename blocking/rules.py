@@ -171,7 +171,8 @@ DEFAULT_CAP = 400
 # a full run: the rules are in the incremental signature).
 SCALE_FROM = 65_536
 CAP_EXPONENT = 0.75
-# How many keys a too-big block may gain, one after the other, before it is dropped.
+# How many keys a too-big block may gain, one after the other, before it is dropped (each
+# rule's blocks are split by several keys side by side, each of those once more).
 SHARPEN_DEPTH = 2
 # Pairs per record the derived rules are meant to stay within, whatever the size of the data.
 PAIR_BUDGET = 25
@@ -219,11 +220,13 @@ def derive_rules(attributes: Mapping[str, str], n_records: int | None = None, *,
     (``n_records``), so above ``scale_from`` records (:data:`SCALE_FROM`) a conjunction's cap
     shrinks as :func:`scaled_cap` says (a rare-value rule keeps its small cap: its blocks are
     small however large the data), and a block above its cap is no longer simply dropped:
-    each rule is followed by up to :data:`SHARPEN_DEPTH` rules that ``sharpen`` it, its keys
-    plus the birth year, an initial, the postcode district or the city (the first not
-    already in the rule). Such a rule's blocks inside the parent's small blocks make pairs
-    the parent already made; inside a block above the parent's cap they are what is left of
-    it. The aim is :data:`PAIR_BUDGET` pairs per record (``count-pairs`` shows it).
+    each rule is followed by rules that ``sharpen`` it: its keys plus one of the birth year,
+    an initial, the postcode district or the city, one rule for each (side by side, so a
+    pair that disagrees on one is still found by another), each sharpened again by the next
+    key, :data:`SHARPEN_DEPTH` keys at most (see ``_sharpen`` for the keys left out). Such
+    a rule's blocks inside the parent's small blocks make pairs the parent already made;
+    inside a block above the parent's cap they are what is left of it. The aim is
+    :data:`PAIR_BUDGET` pairs per record (``count-pairs`` shows it).
 
     >>> [r.name for r in derive_rules({"ssn": "national_id", "fn": "given_name", "ln": "family_name"})]
     ['ssn', 'fn:nickname:metaphone & ln:metaphone', 'fn~ln:metaphone & ln~fn:metaphone', 'fn:prefix2 & ln:prefix3', 'fn:initial & ln:metaphone', 'fn+ln:tokens:nickname:metaphone (blocks <= 25)']
